@@ -1,0 +1,3 @@
+"""lms: a local LLM server with API-token authentication."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,311 @@
+"""The one error table of lms.
+
+Every error a user can see is an :class:`LmsError` subclass carrying a stable ``code``, the HTTP
+status the daemon answers with, the exit code the CLI ends with and the ``type`` of the API error
+envelope. The daemon renders them (``protocol.error_body``), the client rebuilds them from
+``code`` (:func:`from_code`) and the CLI's root group prints them. No other place converts errors.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, ClassVar
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the ``lms`` command (SPEC §3)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    NOT_RUNNING = 3
+    AUTH = 4
+    NOT_FOUND = 5
+    CONFLICT = 6
+    INTERRUPTED = 130
+
+
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "the operation failed",
+    ExitCode.USAGE: "bad usage: unknown option, bad value, invalid setting",
+    ExitCode.NOT_RUNNING: "the daemon or the server is not running",
+    ExitCode.AUTH: "authentication or permission refused",
+    ExitCode.NOT_FOUND: "not found (model, token, instance)",
+    ExitCode.CONFLICT: "conflict: name taken, port in use, another daemon holds the lock",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+class LmsError(Exception):
+    """Base of every error lms reports to a user or a client."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILED
+    type: ClassVar[str] = "internal_error"
+    anthropic_type: ClassVar[str] = "api_error"
+
+    _registry: ClassVar[dict[str, type[LmsError]]] = {}
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.param = param
+        self.headers = headers or {}
+        self.data = data or {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The first class that declares a code owns it; subclasses that only refine
+        # behaviour keep their parent's code.
+        if "code" in cls.__dict__:
+            if cls.code in LmsError._registry:
+                raise TypeError(f"error code {cls.code!r} declared twice")
+            LmsError._registry[cls.code] = cls
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+class InvalidRequestError(LmsError):
+    """A request or command argument is malformed (400 / exit 2)."""
+
+    code = "invalid_request"
+    status = 400
+    exit_code = ExitCode.USAGE
+    type = "invalid_request"
+    anthropic_type = "invalid_request_error"
+
+
+class InvalidJsonError(InvalidRequestError):
+    code = "invalid_json"
+
+
+class MissingParameterError(InvalidRequestError):
+    code = "missing_required_parameter"
+
+
+class InvalidParameterError(InvalidRequestError):
+    code = "invalid_parameter"
+
+
+class SettingError(InvalidRequestError):
+    """An unknown setting key or a value that does not validate."""
+
+    code = "invalid_setting"
+
+
+class UnsafePathError(LmsError):
+    """A state directory or file has an owner or mode lms refuses to trust."""
+
+    code = "unsafe_path"
+    exit_code = ExitCode.FAILED
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    code = "payload_too_large"
+    status = 413
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class ForbiddenRequestError(InvalidRequestError):
+    """Refused by the browser defences: foreign Origin, unknown Host."""
+
+    code = "forbidden"
+    status = 403
+    exit_code = ExitCode.AUTH
+    anthropic_type = "permission_error"
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+
+class AuthError(LmsError):
+    code = "authentication_error"
+    status = 401
+    exit_code = ExitCode.AUTH
+    type = "invalid_request"
+    anthropic_type = "authentication_error"
+
+
+class MissingApiKeyError(AuthError):
+    code = "missing_api_key"
+
+
+class InvalidApiKeyError(AuthError):
+    code = "invalid_api_key"
+
+
+class ExpiredApiKeyError(AuthError):
+    code = "expired_api_key"
+
+
+class PermissionDeniedError(AuthError):
+    code = "insufficient_permissions"
+    status = 403
+    anthropic_type = "permission_error"
+
+
+class ModelNotAllowedError(PermissionDeniedError):
+    code = "model_not_allowed"
+
+
+class RateLimitedError(AuthError):
+    code = "rate_limited"
+    status = 429
+    anthropic_type = "rate_limit_error"
+
+
+# --- not found / conflict ----------------------------------------------------------------------
+
+
+class NotFoundError(LmsError):
+    code = "not_found"
+    status = 404
+    exit_code = ExitCode.NOT_FOUND
+    type = "invalid_request"
+    anthropic_type = "not_found_error"
+
+
+class RouteNotFoundError(NotFoundError):
+    code = "route_not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+    type = "model_not_found"
+
+
+class InstanceNotFoundError(NotFoundError):
+    code = "instance_not_found"
+    type = "model_not_found"
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class ConflictError(LmsError):
+    code = "conflict"
+    status = 409
+    exit_code = ExitCode.CONFLICT
+    type = "invalid_request"
+    anthropic_type = "invalid_request_error"
+
+
+class PortInUseError(ConflictError):
+    code = "port_in_use"
+
+
+class DaemonRunningError(ConflictError):
+    """Another daemon holds the pid-file lock."""
+
+    code = "daemon_already_running"
+
+
+class ServerAlreadyRunningError(ConflictError):
+    code = "server_already_running"
+
+
+# --- daemon and server state -------------------------------------------------------------------
+
+
+class NotRunningError(LmsError):
+    code = "not_running"
+    status = 503
+    exit_code = ExitCode.NOT_RUNNING
+    type = "unavailable"
+    anthropic_type = "overloaded_error"
+
+
+class DaemonNotRunningError(NotRunningError):
+    code = "daemon_not_running"
+
+
+class ServerNotRunningError(NotRunningError):
+    code = "server_not_running"
+
+
+class DaemonVersionError(LmsError):
+    """The running daemon is another version than this CLI."""
+
+    code = "daemon_version_mismatch"
+    exit_code = ExitCode.FAILED
+
+
+class ConfigBrokenError(LmsError):
+    """config.toml or tokens.toml cannot be read: the daemon fails closed."""
+
+    code = "configuration_broken"
+    status = 503
+    exit_code = ExitCode.FAILED
+    type = "unavailable"
+    anthropic_type = "api_error"
+
+
+class ShuttingDownError(LmsError):
+    code = "shutting_down"
+    status = 503
+    type = "unavailable"
+    anthropic_type = "overloaded_error"
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+class ModelLoadError(LmsError):
+    """A model file could not be loaded (corrupt GGUF, out of memory, ...)."""
+
+    code = "model_load_failed"
+    status = 500
+    type = "model_load_failed"
+
+
+class ContextOverflowError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class GenerationCancelledError(LmsError):
+    code = "generation_cancelled"
+    status = 499
+    type = "cancelled"
+
+
+class InterruptedByUserError(LmsError):
+    code = "interrupted"
+    exit_code = ExitCode.INTERRUPTED
+
+
+class InternalError(LmsError):
+    """Anything unexpected: a generic message on the wire, the traceback in the log."""
+
+    code = "internal_error"
+
+
+def from_code(code: str, message: str, **kwargs: Any) -> LmsError:
+    """Rebuild the error a daemon reported, by its code (unknown codes become LmsError)."""
+    cls = LmsError._registry.get(code, LmsError)
+    return cls(message, **kwargs)
+
+
+def error_classes() -> list[type[LmsError]]:
+    """Every registered error class, in declaration order (for docs and tests)."""
+    return list(LmsError._registry.values())

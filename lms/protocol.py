@@ -1,0 +1,120 @@
+"""Route paths and wire shapes shared by the daemon, the client and the CLI (stdlib only).
+
+Two planes:
+
+* the **control plane**: HTTP/1.1 with JSON bodies over the Unix socket, spoken by ``lms`` to the
+  daemon (``CONTROL_*`` routes). Errors come back as ``{"error": {"code", "message", "hint"}}``
+  with the HTTP status of the error table, and the client rebuilds the same error from ``code``.
+* the **API**: HTTP on TCP for clients (``API_*`` routes), with OpenAI-shaped error envelopes,
+  and Anthropic-shaped ones on ``/v1/messages``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+from lms.errors import LmsError
+
+# --- control plane (Unix socket) --------------------------------------------------------------
+
+CONTROL_STATUS = "/status"
+CONTROL_SHUTDOWN = "/shutdown"
+CONTROL_SERVER = "/server"
+CONTROL_SERVER_START = "/server/start"
+CONTROL_SERVER_STOP = "/server/stop"
+CONTROL_MODELS = "/models"
+CONTROL_INSTANCES = "/instances"
+CONTROL_LOAD = "/instances/load"
+CONTROL_UNLOAD = "/instances/unload"
+
+# --- API (TCP) ---------------------------------------------------------------------------------
+
+API_HEALTH = "/health"
+API_GREETING = "/lmstudio-greeting"
+API_OPENAI_MODELS = "/v1/models"
+API_OPENAI_CHAT = "/v1/chat/completions"
+API_OPENAI_COMPLETIONS = "/v1/completions"
+API_OPENAI_EMBEDDINGS = "/v1/embeddings"
+API_OPENAI_RESPONSES = "/v1/responses"
+API_ANTHROPIC_MESSAGES = "/v1/messages"
+API_NATIVE_MODELS = "/api/v1/models"
+API_NATIVE_CHAT = "/api/v1/chat"
+API_NATIVE_LOAD = "/api/v1/models/load"
+API_NATIVE_UNLOAD = "/api/v1/models/unload"
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class ServerStatus(TypedDict):
+    running: bool
+    host: str | None
+    port: int | None
+    url: str | None
+    cors: bool
+    auth_required: bool
+    tls: bool
+
+
+class DaemonStatus(TypedDict):
+    version: str
+    pid: int
+    socket: str
+    started_at: float
+    uptime_seconds: float
+    server: ServerStatus
+
+
+class ModelEntry(TypedDict):
+    key: str
+    type: Literal["llm", "embedding"]
+    publisher: str
+    display_name: str
+    architecture: str | None
+    params_string: str | None
+    quantization: str | None
+    bits_per_weight: float | None
+    size_bytes: int
+    path: str
+    format: str
+    max_context_length: int | None
+    trained_for_tool_use: bool
+    vision: bool
+    loaded_instances: list[str]
+
+
+class InstanceEntry(TypedDict):
+    identifier: str
+    model_key: str
+    type: Literal["llm", "embedding"]
+    status: str
+    queued: int
+    context_length: int
+    parallel: int
+    ttl_seconds: int | None
+    ttl_left_seconds: float | None
+    jit: bool
+    loaded_at: float
+    last_used_at: float
+    load_time_seconds: float
+    size_bytes: int
+
+
+def control_error_body(err: LmsError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": err.code, "message": err.message}
+    if err.hint:
+        body["hint"] = err.hint
+    if err.data:
+        body["data"] = err.data
+    return {"error": body}
+
+
+def api_error_body(err: LmsError) -> dict[str, Any]:
+    """The error envelope of the native and OpenAI-compatible APIs."""
+    body: dict[str, Any] = {"type": err.type, "code": err.code, "message": err.message}
+    if err.param:
+        body["param"] = err.param
+    return {"error": body}
+
+
+def anthropic_error_body(err: LmsError) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": err.anthropic_type, "message": err.message}}
