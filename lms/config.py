@@ -339,7 +339,7 @@ class ConfigWatcher:
     def __init__(self, overrides: Mapping[str, Any], path: Path | None = None) -> None:
         self._overrides = dict(overrides)
         self._path = path
-        self._signature: tuple[int, int, int, int] | None | str = "unread"
+        self._signature: tuple[int, int, int, int] | str | None = "unread"
         self._settings: Settings | None = None
         self._error: ConfigBrokenError | None = None
 

@@ -8,6 +8,7 @@ envelope. The daemon renders them (``protocol.error_body``), the client rebuilds
 
 from __future__ import annotations
 
+import builtins
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -46,7 +47,7 @@ class LmsError(Exception):
     type: ClassVar[str] = "internal_error"
     anthropic_type: ClassVar[str] = "api_error"
 
-    _registry: ClassVar[dict[str, type[LmsError]]] = {}
+    _registry: ClassVar[dict[str, builtins.type[LmsError]]] = {}
 
     def __init__(
         self,
@@ -306,6 +307,6 @@ def from_code(code: str, message: str, **kwargs: Any) -> LmsError:
     return cls(message, **kwargs)
 
 
-def error_classes() -> list[type[LmsError]]:
+def error_classes() -> list[builtins.type[LmsError]]:
     """Every registered error class, in declaration order (for docs and tests)."""
     return list(LmsError._registry.values())

@@ -1,0 +1,41 @@
+"""The TCP API application: every client-facing route behind the middlewares."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from lms import protocol
+from lms.api import middlewares, native, openai
+from lms.api.state import CONFIG, LISTENER, MANAGER, Listener
+from lms.config import ConfigWatcher
+from lms.inference.manager import ModelManager
+
+routes = web.RouteTableDef()
+
+
+@routes.get(protocol.API_HEALTH)
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get(protocol.API_GREETING)
+async def greeting(request: web.Request) -> web.Response:
+    return web.json_response({"lmstudio": True})
+
+
+def build_api_app(
+    manager: ModelManager, config: ConfigWatcher, listener: Listener
+) -> web.Application:
+    """The aiohttp application served on TCP."""
+    app = web.Application(
+        middlewares=[middlewares.errors, middlewares.defences],
+        client_max_size=protocol.MAX_BODY_BYTES,
+    )
+    app[MANAGER] = manager
+    app[CONFIG] = config
+    app[LISTENER] = listener
+    app.add_routes(routes)
+    app.add_routes(openai.routes)
+    app.add_routes(native.routes)
+    app.on_response_prepare.append(middlewares.add_cors_headers)
+    return app

@@ -1,0 +1,184 @@
+"""The control-plane application served on the Unix socket (``lms`` ↔ daemon).
+
+Only the owning user may talk to it: the socket is 0600 in a 0700 directory, and every
+connection's peer uid is checked with ``SO_PEERCRED``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from lms import protocol
+from lms.api import bodies, middlewares
+from lms.api.native import model_json
+from lms.api.state import MANAGER
+from lms.errors import (
+    ForbiddenRequestError,
+    InternalError,
+    InvalidParameterError,
+    LmsError,
+    MethodNotAllowedError,
+    RouteNotFoundError,
+)
+from lms.protocol import DaemonStatus, ModelEntry, ServerStatus
+
+log = logging.getLogger("lms.control")
+
+
+class Controller(Protocol):
+    """What the daemon offers the control plane."""
+
+    def daemon_status(self) -> DaemonStatus: ...
+
+    def server_status(self) -> ServerStatus: ...
+
+    async def start_server(
+        self, port: int | None, bind: str | None, cors: bool | None
+    ) -> ServerStatus: ...
+
+    async def stop_server(self) -> ServerStatus: ...
+
+    def request_shutdown(self) -> None: ...
+
+
+CONTROLLER = web.AppKey("controller", Controller)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+@web.middleware
+async def control_errors(request: web.Request, handler: middlewares.Handler) -> web.StreamResponse:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or peer_uid(sock) != os.geteuid():
+        err: LmsError = ForbiddenRequestError("the control socket serves its owner only")
+        return web.json_response(protocol.control_error_body(err), status=err.status)
+    try:
+        return await handler(request)
+    except LmsError as exc:
+        err = exc
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            err = RouteNotFoundError(f"unknown control route {request.path}")
+        elif exc.status == 405:
+            err = MethodNotAllowedError(f"{request.method} not allowed on {request.path}")
+        else:
+            raise
+    except Exception:
+        log.exception("control request %s %s failed", request.method, request.path)
+        err = InternalError("internal error in the daemon; see its log")
+    return web.json_response(protocol.control_error_body(err), status=err.status)
+
+
+routes = web.RouteTableDef()
+
+
+async def _optional_json(request: web.Request) -> dict[str, Any]:
+    return await bodies.read_json(request) if request.can_read_body else {}
+
+
+@routes.get(protocol.CONTROL_STATUS)
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROLLER].daemon_status())
+
+
+@routes.post(protocol.CONTROL_SHUTDOWN)
+async def shutdown(request: web.Request) -> web.Response:
+    request.app[CONTROLLER].request_shutdown()
+    return web.json_response({"ok": True})
+
+
+@routes.get(protocol.CONTROL_SERVER)
+async def server_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROLLER].server_status())
+
+
+@routes.post(protocol.CONTROL_SERVER_START)
+async def server_start(request: web.Request) -> web.Response:
+    body = await _optional_json(request)
+    result = await request.app[CONTROLLER].start_server(
+        bodies.get(body, "port", int), bodies.get(body, "bind", str), bodies.get(body, "cors", bool)
+    )
+    return web.json_response(result)
+
+
+@routes.post(protocol.CONTROL_SERVER_STOP)
+async def server_stop(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[CONTROLLER].stop_server())
+
+
+@routes.get(protocol.CONTROL_MODELS)
+async def models(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    entries: list[ModelEntry] = []
+    for model in await manager.models():
+        native = model_json(model, manager.instances())
+        entries.append(
+            {
+                "key": model.key,
+                "type": model.type,
+                "publisher": model.publisher,
+                "display_name": model.display_name,
+                "architecture": model.architecture,
+                "params_string": model.params_string,
+                "quantization": model.quantization,
+                "bits_per_weight": model.bits_per_weight,
+                "size_bytes": model.size_bytes,
+                "path": str(model.path),
+                "format": "gguf",
+                "max_context_length": model.max_context_length,
+                "trained_for_tool_use": model.trained_for_tool_use,
+                "vision": model.vision,
+                "loaded_instances": [i["id"] for i in native["loaded_instances"]],
+            }
+        )
+    return web.json_response({"models": entries})
+
+
+@routes.get(protocol.CONTROL_INSTANCES)
+async def instances(request: web.Request) -> web.Response:
+    return web.json_response({"instances": [i.entry() for i in request.app[MANAGER].instances()]})
+
+
+@routes.post(protocol.CONTROL_LOAD)
+async def load(request: web.Request) -> web.Response:
+    body = await bodies.read_json(request)
+    instance = await request.app[MANAGER].load(
+        bodies.require(body, "model", str),
+        context_length=bodies.get(body, "context_length", int),
+        ttl=bodies.get(body, "ttl", int),
+        identifier=bodies.get(body, "identifier", str),
+    )
+    return web.json_response(instance.entry())
+
+
+@routes.post(protocol.CONTROL_UNLOAD)
+async def unload(request: web.Request) -> web.Response:
+    body = await bodies.read_json(request)
+    manager = request.app[MANAGER]
+    identifier = bodies.get(body, "identifier", str)
+    everything = bodies.get(body, "all", bool, False)
+    if bool(identifier) == bool(everything):
+        raise InvalidParameterError("give either 'identifier' or 'all': true", param="identifier")
+    if everything:
+        return web.json_response({"unloaded": await manager.unload_all()})
+    assert identifier is not None
+    await manager.unload(identifier)
+    return web.json_response({"unloaded": [identifier]})
+
+
+def build_control_app(controller: Controller, manager: Any) -> web.Application:
+    app = web.Application(middlewares=[control_errors], client_max_size=1024 * 1024)
+    app[CONTROLLER] = controller
+    app[MANAGER] = manager
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,60 @@
+"""LM Studio's native REST API (``/api/v1/*``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from lms import protocol
+from lms.api.state import MANAGER
+from lms.inference.catalog import ModelFile
+from lms.inference.manager import Instance
+
+routes = web.RouteTableDef()
+
+
+def _instance_json(instance: Instance) -> dict[str, Any]:
+    return {
+        "id": instance.identifier,
+        "config": {
+            "context_length": instance.engine.n_ctx_per_seq,
+            "eval_batch_size": instance.engine.options.batch_size,
+            "parallel": instance.engine.options.parallel,
+            "flash_attention": instance.engine.options.flash_attention,
+        },
+    }
+
+
+def model_json(model: ModelFile, instances: list[Instance]) -> dict[str, Any]:
+    """One element of ``GET /api/v1/models`` (reference/lmstudio-api.md §2.6)."""
+    entry: dict[str, Any] = {
+        "type": model.type,
+        "publisher": model.publisher,
+        "key": model.key,
+        "display_name": model.display_name,
+        "quantization": {"name": model.quantization, "bits_per_weight": model.bits_per_weight}
+        if model.quantization
+        else None,
+        "size_bytes": model.size_bytes,
+        "params_string": model.params_string,
+        "loaded_instances": [_instance_json(i) for i in instances if i.model.key == model.key],
+        "max_context_length": model.max_context_length,
+        "format": "gguf",
+    }
+    if model.type == "llm":
+        entry["architecture"] = model.architecture
+        entry["capabilities"] = {
+            "vision": model.vision,
+            "trained_for_tool_use": model.trained_for_tool_use,
+        }
+        entry["description"] = None
+    return entry
+
+
+@routes.get(protocol.API_NATIVE_MODELS)
+async def list_models(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    instances = manager.instances()
+    models = [model_json(m, instances) for m in await manager.models()]
+    return web.json_response({"models": models})

@@ -1,0 +1,1 @@
+"""The daemon process: lock, sockets, signals, logs (``python -m lms.daemon``)."""

@@ -1,0 +1,215 @@
+"""The daemon: control socket, TCP API server, model manager, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import lms
+from lms import config, paths
+from lms.api.app import build_api_app
+from lms.api.control import build_control_app
+from lms.api.state import Listener
+from lms.config import ConfigWatcher
+from lms.errors import PortInUseError, ServerAlreadyRunningError, ServerNotRunningError
+from lms.inference import catalog
+from lms.inference.manager import ModelManager
+from lms.protocol import DaemonStatus, ServerStatus
+
+log = logging.getLogger("lms.daemon")
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class _Server:
+    runner: web.AppRunner
+    listener: Listener
+
+
+class Daemon:
+    """One daemon per ``LMS_HOME``. Construct, then ``await serve()``; no I/O before that."""
+
+    def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
+        self.config = ConfigWatcher(overrides or {})
+        self.manager = ModelManager(self.config.current)
+        self.socket_path = paths.socket_path()
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._server: _Server | None = None
+        self._server_lock = asyncio.Lock()
+        self._control: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- Controller (used by the control app) -------------------------------------------------
+
+    def daemon_status(self) -> DaemonStatus:
+        return {
+            "version": lms.__version__,
+            "pid": os.getpid(),
+            "socket": str(self.socket_path),
+            "started_at": self.started_at,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "server": self.server_status(),
+        }
+
+    def server_status(self) -> ServerStatus:
+        try:
+            auth_required = self.config.current().auth_required
+        except Exception:
+            auth_required = True  # broken config: the daemon fails closed
+        server = self._server
+        if server is None:
+            return {
+                "running": False,
+                "host": None,
+                "port": None,
+                "url": None,
+                "cors": False,
+                "auth_required": auth_required,
+                "tls": False,
+            }
+        host = server.listener.host
+        url_host = f"[{host}]" if ":" in host else host
+        scheme = "https" if server.listener.tls else "http"
+        cors = False
+        with contextlib.suppress(Exception):
+            cors = self.config.current().server_cors
+        return {
+            "running": True,
+            "host": host,
+            "port": server.listener.port,
+            "url": f"{scheme}://{url_host}:{server.listener.port}",
+            "cors": cors,
+            "auth_required": auth_required,
+            "tls": server.listener.tls,
+        }
+
+    async def start_server(
+        self, port: int | None, bind: str | None, cors: bool | None
+    ) -> ServerStatus:
+        async with self._server_lock:
+            if cors is not None:
+                # CORS is a security setting: it lives in config.toml only, so the owner's
+                # `lms server start --cors` records it there, where the daemon reads it.
+                await asyncio.to_thread(config.set_value, "server.cors", "on" if cors else "off")
+            settings = self.config.current()
+            port = settings.server_port if port is None else port
+            bind = settings.server_bind if bind is None else bind
+            if self._server is not None:
+                current = self._server.listener
+                if bind == current.host and port in (current.port, 0):
+                    return self.server_status()
+                raise ServerAlreadyRunningError(
+                    f"the server already runs on {current.host}:{current.port}",
+                    hint="stop it first: lms server stop",
+                )
+            sock = _listen(bind, port)
+            listener = Listener(bind, sock.getsockname()[1])
+            app = build_api_app(self.manager, self.config, listener)
+            runner = web.AppRunner(
+                app,
+                handler_cancellation=True,
+                shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+                access_log_format='%a "%r" %s %b %Tfs',
+            )
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+            self._server = _Server(runner, listener)
+            actual_port = listener.port
+            log.info("API server listening on %s:%d", bind, actual_port)
+            if not listener.is_loopback:
+                log.warning(
+                    "the API server accepts connections from the network on %s; tokens and"
+                    " prompts travel in clear text without TLS",
+                    bind,
+                )
+            return self.server_status()
+
+    async def stop_server(self) -> ServerStatus:
+        async with self._server_lock:
+            server = self._server
+            if server is None:
+                raise ServerNotRunningError("the server is not running")
+            self._server = None
+            await server.runner.cleanup()
+            log.info("API server stopped")
+            return self.server_status()
+
+    def request_shutdown(self) -> None:
+        """Ask the daemon to stop (safe from any thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        *,
+        serve_api: bool = False,
+        ready: Callable[[], None] | None = None,
+        install_signals: bool = True,
+    ) -> None:
+        """Run until asked to stop. The caller holds the pid lock."""
+        self._loop = asyncio.get_running_loop()
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._stop.set)
+        paths.check_socket_path(self.socket_path)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # stale, from a daemon killed with -9: we hold the lock
+        control = web.AppRunner(build_control_app(self, self.manager), access_log=None)
+        await control.setup()
+        await web.UnixSite(control, str(self.socket_path)).start()
+        os.chmod(self.socket_path, 0o600)
+        self._control = control
+        reaper = asyncio.create_task(self.manager.run_reaper())
+        try:
+            await asyncio.to_thread(catalog.ensure_default_model, paths.models_dir())
+            if serve_api:
+                await self.start_server(None, None, None)
+            if ready:
+                ready()
+            await self._stop.wait()
+        finally:
+            log.info("shutting down")
+            reaper.cancel()
+            if self._server is not None:
+                with contextlib.suppress(Exception):
+                    await self.stop_server()
+            await self.manager.close()
+            await control.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            log.info("stopped")
+
+
+def _listen(bind: str, port: int) -> socket.socket:
+    """Bind the API socket ourselves: a busy port is reported before anything starts."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    try:
+        return socket.create_server((bind, port), family=family, backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"port {port} on {bind} is already in use",
+                hint="pick another with: lms server start --port N",
+            ) from None
+        raise PortInUseError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
+
+
+def socket_dir() -> Path:
+    return paths.ensure_private_dir(paths.runtime_dir())

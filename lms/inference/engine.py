@@ -1,0 +1,474 @@
+"""The llama.cpp engine: one loaded model, one worker thread, a step loop over sequences.
+
+This is the only module that imports ``llama_cpp``. The worker thread owns the llama context;
+the event loop talks to it through a job queue (in) and :class:`Generation` handles (out).
+
+The loop is written for several sequences per context: each request is a :class:`_Sequence`
+with its own ``seq_id`` (a slot), positions, sampler and stop handling; every step builds one
+``llama_batch`` holding the next token of each generating sequence plus a chunk of prompt for
+sequences still in prefill, makes one ``llama_decode`` call and samples each sequence from its
+own logits row. With ``parallel=1`` that is plain sequential serving; raising ``parallel`` (and
+``n_seq_max``) gives continuous batching without a rewrite: sequences join and leave between
+steps, a finished one frees its slot and its KV cells (``llama_memory_seq_rm``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
+
+from lms.errors import (
+    ContextOverflowError,
+    InternalError,
+    InvalidParameterError,
+    LmsError,
+    ModelLoadError,
+    ShuttingDownError,
+)
+from lms.inference.sampling import SamplingParams, StopMatcher
+
+log = logging.getLogger("lms.engine")
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model is loaded (the llama.cpp context it gets)."""
+
+    context_length: int = 4096
+    parallel: int = 1
+    batch_size: int = 512
+    flash_attention: bool = True
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+@dataclass
+class GenerationResult:
+    """Counts and timings of a finished generation."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token: float
+    generation_seconds: float
+    error: LmsError | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.generation_seconds if self.generation_seconds else 0.0
+
+
+class Generation:
+    """The caller's handle on one request: stream its text, cancel it, read its result.
+
+    Text pieces are pushed from the worker thread with ``call_soon_threadsafe``; iterating
+    yields whatever has arrived since the last step (one piece per token when the consumer
+    keeps up, joined pieces when it falls behind).
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, prompt_tokens: list[int], params: SamplingParams
+    ) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.params = params
+        self.submitted_at = time.perf_counter()
+        self.result: GenerationResult | None = None
+        self._loop = loop
+        self._queue: asyncio.Queue[str | GenerationResult] = asyncio.Queue()
+        self._cancelled = False
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Stop generating; the worker notices before its next token."""
+        self._cancelled = True
+
+    # Called from the worker thread.
+    def _push(self, item: str | GenerationResult) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Yield text as it is generated; raises the generation's error, if any, at the end."""
+        while True:
+            item = await self._queue.get()
+            pieces: list[str] = []
+            while isinstance(item, str):
+                pieces.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if pieces:
+                yield "".join(pieces)
+            if isinstance(item, GenerationResult):
+                self.result = item
+                if item.error is not None:
+                    raise item.error
+                return
+
+    async def text(self) -> str:
+        """The whole generated text (non-streaming use)."""
+        return "".join([piece async for piece in self.stream()])
+
+
+@dataclass
+class _Sequence:
+    generation: Generation
+    slot: int
+    max_tokens: int
+    stops: StopMatcher
+    sampler: internals.LlamaSampler | None
+    decoder: codecs.IncrementalDecoder
+    prefilled: int = 0
+    n_past: int = 0
+    last_token: int = -1
+    generated: int = 0
+    first_token_at: float | None = None
+    started_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.prefilled < len(self.generation.prompt_tokens)
+
+
+_STOP = object()
+
+
+def _silence_llama_logs() -> None:
+    # llama.cpp prints to stderr by default; route it to our logger at debug level.
+    @llama_cpp.llama_log_callback
+    def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+    _silence_llama_logs.callback = _callback  # type: ignore[attr-defined]  # keep it alive
+
+
+_silence_llama_logs()
+
+
+class Engine:
+    """A loaded GGUF model with its context and worker thread. Build it with :meth:`load`."""
+
+    def __init__(
+        self,
+        path: Path,
+        options: LoadOptions,
+        model: internals.LlamaModel,
+        ctx: internals.LlamaContext,
+    ) -> None:
+        self.path = path
+        self.options = options
+        self._model = model
+        self._ctx = ctx
+        self._vocab = model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx = ctx.n_ctx()
+        self.n_ctx_per_seq = self.n_ctx // options.parallel
+        self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, options.parallel)
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._slots: list[_Sequence | None] = [None] * options.parallel
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._closed = False
+        self.status: Literal["idle", "processing_prompt", "generating"] = "idle"
+        self._thread = threading.Thread(target=self._run, name=f"engine:{path.name}", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def load(cls, path: Path, options: LoadOptions) -> Engine:
+        """Load the model file (blocking: call it off the event loop)."""
+        model_params = llama_cpp.llama_model_default_params()
+        try:
+            model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+        except (ValueError, OSError) as exc:
+            raise ModelLoadError(
+                f"cannot load {path.name}: llama.cpp could not read it as a model"
+                " (corrupt or unsupported GGUF)"
+            ) from exc
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = options.context_length * options.parallel
+        ctx_params.n_batch = options.batch_size
+        ctx_params.n_ubatch = options.batch_size
+        ctx_params.n_seq_max = options.parallel
+        ctx_params.n_threads = options.threads
+        ctx_params.n_threads_batch = options.threads
+        ctx_params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if options.flash_attention
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        ctx_params.no_perf = True
+        try:
+            ctx = internals.LlamaContext(model=model, params=ctx_params, verbose=False)
+        except ValueError as exc:
+            model.close()
+            raise ModelLoadError(
+                f"cannot create a context of {options.context_length} tokens for {path.name}"
+                " (out of memory?)"
+            ) from exc
+        return cls(path, options, model, ctx)
+
+    # --- called from the event loop ---------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return self._jobs.qsize()
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self._slots if s is not None)
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Tokens of a prompt, with BOS when the model wants one (never twice, even when a chat
+        template already wrote it); ``special`` parses control tokens like ``<start_of_turn>``.
+        """
+        add_bos = bool(self._model.add_bos_token())
+        tokens = list(self._model.tokenize(text.encode("utf-8"), add_bos, special))
+        bos = self._model.token_bos()
+        if add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
+            del tokens[0]
+        return tokens
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Generation:
+        """Queue a generation; its text arrives through the returned handle."""
+        if not prompt_tokens:
+            raise InvalidParameterError("the prompt is empty", param="prompt")
+        room = self.n_ctx_per_seq - len(prompt_tokens)
+        if room < 1:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt_tokens)} tokens but the context holds"
+                f" {self.n_ctx_per_seq}; load the model with a larger context length",
+                param="context_length",
+            )
+        generation = Generation(asyncio.get_running_loop(), prompt_tokens, params)
+        if self._closed:
+            raise InternalError("the model is being unloaded")
+        self._jobs.put(generation)
+        return generation
+
+    def close(self) -> None:
+        """Cancel everything, stop the worker and free the model (blocking)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(_STOP)
+        self._thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+        self._ctx.close()
+        self._model.close()
+
+    # --- worker thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._admit():
+                self._step()
+        except Exception as exc:  # never leave callers waiting on a dead worker
+            log.exception("engine worker crashed")
+            err = InternalError("the inference engine failed")
+            err.__cause__ = exc
+            for seq in self._active():
+                self._finish(seq, "error", err)
+            self._drain_queue("error", err)
+
+    def _active(self) -> list[_Sequence]:
+        return [s for s in self._slots if s is not None]
+
+    def _admit(self) -> bool:
+        """Fill free slots from the queue; block when there is nothing to do. False = stop."""
+        while None in self._slots:
+            try:
+                job = self._jobs.get(block=not self._active())
+            except queue.Empty:
+                return True
+            if job is _STOP:
+                gone = ShuttingDownError(f"the model {self.path.name} was unloaded")
+                for seq in self._active():
+                    self._finish(seq, "error", gone)
+                self._drain_queue("error", gone)
+                return False
+            if job.is_cancelled:
+                job._push(GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
+                continue
+            slot = self._slots.index(None)
+            self._slots[slot] = self._start_sequence(job, slot)
+        return True
+
+    def _drain_queue(self, reason: FinishReason, err: LmsError | None) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(job, Generation):
+                job._push(GenerationResult(reason, len(job.prompt_tokens), 0, 0.0, 0.0, err))
+
+    def _start_sequence(self, generation: Generation, slot: int) -> _Sequence:
+        params = generation.params
+        room = self.n_ctx_per_seq - len(generation.prompt_tokens)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        return _Sequence(
+            generation=generation,
+            slot=slot,
+            max_tokens=max_tokens,
+            stops=StopMatcher(params.stop),
+            sampler=None if params.is_greedy else self._make_sampler(params),
+            decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+        )
+
+    def _make_sampler(self, params: SamplingParams) -> internals.LlamaSampler:
+        sampler = internals.LlamaSampler()
+        if (params.repeat_penalty, params.frequency_penalty, params.presence_penalty) != (
+            1.0,
+            0.0,
+            0.0,
+        ):
+            sampler.add_penalties(
+                self.n_vocab,
+                64,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            )
+        if params.temperature <= 0:
+            sampler.add_greedy()
+            return sampler
+        if params.top_k > 0:
+            sampler.add_top_k(params.top_k)
+        if params.top_p < 1.0:
+            sampler.add_top_p(params.top_p, 1)
+        if params.min_p > 0.0:
+            sampler.add_min_p(params.min_p, 1)
+        sampler.add_temp(params.temperature)
+        seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+        sampler.add_dist(seed & 0xFFFFFFFF)
+        return sampler
+
+    def _step(self) -> None:
+        batch = self._batch
+        batch.n_tokens = 0
+        rows: list[tuple[_Sequence, int]] = []
+        for seq in self._active():
+            if seq.generation.is_cancelled:
+                self._finish(seq, "cancelled", None)
+        # Generating sequences first (one token each), then prompt chunks in what is left.
+        for seq in self._active():
+            if not seq.in_prefill:
+                rows.append((seq, self._add(seq.last_token, seq, logits=True)))
+        for seq in self._active():
+            if not seq.in_prefill:
+                continue
+            prompt = seq.generation.prompt_tokens
+            room = self.options.batch_size - batch.n_tokens
+            end = min(len(prompt), seq.prefilled + room)
+            for i in range(seq.prefilled, end):
+                index = self._add(prompt[i], seq, logits=i == len(prompt) - 1)
+            if end == len(prompt):
+                rows.append((seq, index))
+            seq.prefilled = end
+            if batch.n_tokens >= self.options.batch_size:
+                break
+        if batch.n_tokens == 0:
+            return
+        self.status = (
+            "generating" if not any(s.in_prefill for s in self._active()) else ("processing_prompt")
+        )
+        rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if rc != 0:
+            err = InternalError(f"llama_decode failed (code {rc})")
+            for seq in self._active():
+                self._finish(seq, "error", err)
+            return
+        for seq, index in rows:
+            self._advance(seq, self._sample(seq, index))
+        if not self._active():
+            self.status = "idle"
+
+    def _add(self, token: int, seq: _Sequence, *, logits: bool) -> int:
+        batch = self._batch
+        i = batch.n_tokens
+        batch.token[i] = token
+        batch.pos[i] = seq.n_past
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq.slot
+        batch.logits[i] = logits
+        batch.n_tokens = i + 1
+        seq.n_past += 1
+        return i
+
+    def _sample(self, seq: _Sequence, index: int) -> int:
+        if seq.sampler is None:
+            row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
+            return int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
+        return int(seq.sampler.sample(self._ctx, index))
+
+    def _advance(self, seq: _Sequence, token: int) -> None:
+        now = time.perf_counter()
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(seq, "stop", None)
+            return
+        seq.generated += 1
+        seq.last_token = token
+        text = seq.stops.feed(seq.decoder.decode(self._piece(token)))
+        if text:
+            seq.generation._push(text)
+        if seq.stops.stopped:
+            self._finish(seq, "stop", None)
+        elif seq.generated >= seq.max_tokens:
+            self._finish(seq, "length", None)
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            n = llama_cpp.llama_token_to_piece(
+                self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False
+            )
+            piece = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[token] = piece
+        return piece
+
+    def _finish(self, seq: _Sequence, reason: FinishReason, err: LmsError | None) -> None:
+        if reason in ("stop", "length"):
+            tail = seq.stops.feed(seq.decoder.decode(b"", final=True)) + seq.stops.flush()
+            if tail:
+                seq.generation._push(tail)
+        now = time.perf_counter()
+        first = seq.first_token_at or now
+        seq.generation._push(
+            GenerationResult(
+                finish_reason=reason,
+                prompt_tokens=len(seq.generation.prompt_tokens),
+                completion_tokens=seq.generated,
+                time_to_first_token=first - seq.generation.submitted_at,
+                generation_seconds=now - first,
+                error=err,
+            )
+        )
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, -1, -1)
+        if seq.sampler is not None:
+            seq.sampler.close()
+        self._slots[seq.slot] = None
