@@ -71,7 +71,8 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> LmsError | None
 def _host_name(host_header: str) -> str:
     if host_header.startswith("["):
         return host_header[: host_header.find("]") + 1].lower()
-    return host_header.rsplit(":", 1)[0].lower() if host_header.count(":") == 1 else host_header
+    name = host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+    return name.lower()
 
 
 @web.middleware
@@ -81,7 +82,8 @@ async def defences(request: web.Request, handler: Handler) -> web.StreamResponse
     listener = request.app[LISTENER]
     if listener.is_loopback:
         host = _host_name(request.headers.get("Host", ""))
-        if host not in _LOOPBACK_HOSTS and host not in settings.server_allowed_hosts:
+        allowed = {h.lower() for h in settings.server_allowed_hosts}
+        if host not in _LOOPBACK_HOSTS and host not in allowed:
             raise ForbiddenRequestError(
                 f"Host {host or '(none)'!r} is not accepted on a loopback server"
                 " (add it with: lms config set server.allowed_hosts ...)"
@@ -119,7 +121,7 @@ async def defences(request: web.Request, handler: Handler) -> web.StreamResponse
     return await handler(request)
 
 
-CORS_ORIGIN = "lms.cors_origin"
+CORS_ORIGIN = web.RequestKey("cors_origin", str)
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -283,8 +283,9 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            while self._admit():
+            while not self._closed and self._admit():
                 self._step()
+            self._shut_down()
         except Exception as exc:  # never leave callers waiting on a dead worker
             log.exception("engine worker crashed")
             err = InternalError("the inference engine failed")
@@ -292,6 +293,12 @@ class Engine:
             for seq in self._active():
                 self._finish(seq, "error", err)
             self._drain_queue("error", err)
+
+    def _shut_down(self) -> None:
+        gone = ShuttingDownError(f"the model {self.path.name} was unloaded")
+        for seq in self._active():
+            self._finish(seq, "error", gone)
+        self._drain_queue("error", gone)
 
     def _active(self) -> list[_Sequence]:
         return [s for s in self._slots if s is not None]
@@ -304,10 +311,6 @@ class Engine:
             except queue.Empty:
                 return True
             if job is _STOP:
-                gone = ShuttingDownError(f"the model {self.path.name} was unloaded")
-                for seq in self._active():
-                    self._finish(seq, "error", gone)
-                self._drain_queue("error", gone)
                 return False
             if job.is_cancelled:
                 job._push(GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))

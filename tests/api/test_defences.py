@@ -1,0 +1,86 @@
+"""Browser and network defences (SPEC §6): they hold with auth on or off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient
+
+
+def write_config(home: Path, text: str) -> None:
+    path = home / "config" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+async def test_foreign_origin_refused(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.get("/v1/models", headers={"Origin": "http://evil.example"})
+    assert response.status == 403
+    assert (await response.json())["error"]["code"] == "forbidden"
+
+
+async def test_text_plain_post_refused(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.post(
+        "/v1/completions",
+        data=b'{"model": "google/gemma-3-270m", "prompt": "x"}',
+        headers={"Content-Type": "text/plain"},
+    )
+    assert response.status == 415
+    assert (await response.json())["error"]["code"] == "unsupported_media_type"
+
+
+async def test_form_post_refused(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.post("/v1/completions", data={"prompt": "x"})
+    assert response.status == 415
+
+
+async def test_wrong_host_refused(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.get("/v1/models", headers={"Host": "attacker.example:1234"})
+    assert response.status == 403
+    assert "attacker.example" in (await response.json())["error"]["message"]
+
+
+async def test_loopback_hosts_accepted(client: TestClient) -> None:  # type: ignore[type-arg]
+    for host in ("localhost:1234", "127.0.0.1", "[::1]:1234", "LOCALHOST"):
+        response = await client.get("/health", headers={"Host": host})
+        assert response.status == 200, host
+
+
+async def test_allowed_hosts_setting(
+    client: TestClient,  # type: ignore[type-arg]
+    lms_home: Path,
+) -> None:
+    assert (await client.get("/health", headers={"Host": "proxy.internal"})).status == 403
+    write_config(lms_home, '[server]\nallowed_hosts = ["proxy.internal"]\n')
+    assert (await client.get("/health", headers={"Host": "proxy.internal"})).status == 200
+
+
+async def test_cors_only_for_listed_origins(
+    client: TestClient,  # type: ignore[type-arg]
+    lms_home: Path,
+) -> None:
+    origin = "http://localhost:3000"
+    write_config(lms_home, f'[server]\ncors = true\ncors_origins = ["{origin}"]\n')
+    preflight = await client.options(
+        "/v1/chat/completions",
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin
+    response = await client.get("/v1/models", headers={"Origin": origin})
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] == origin
+    other = await client.get("/v1/models", headers={"Origin": "http://localhost:4000"})
+    assert other.status == 403
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_listed_origin_without_cors_gets_no_cors_headers(
+    client: TestClient,  # type: ignore[type-arg]
+    lms_home: Path,
+) -> None:
+    origin = "http://localhost:3000"
+    write_config(lms_home, f'[server]\ncors = false\ncors_origins = ["{origin}"]\n')
+    response = await client.get("/v1/models", headers={"Origin": origin})
+    assert response.status == 200
+    assert "Access-Control-Allow-Origin" not in response.headers
