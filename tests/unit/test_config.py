@@ -1,0 +1,118 @@
+"""Settings: validation, precedence, security keys from the file only, the daemon's watcher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lms import config
+from lms.errors import ConfigBrokenError, ExitCode, SettingError
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LMS_HOME", str(tmp_path))
+    for spec in config.SETTINGS.values():
+        if spec.env_var:
+            monkeypatch.delenv(spec.env_var, raising=False)
+    return tmp_path
+
+
+def test_defaults() -> None:
+    settings = config.load()
+    assert settings.server_port == 1234
+    assert settings.server_bind == "127.0.0.1"
+    assert settings.auth_required is False
+    assert settings.models_context_length == 4096
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "value"),
+    [
+        ("server.port", "8080", 8080),
+        ("auth.required", "on", True),
+        ("auth.required", "OFF", False),
+        ("server.cors_origins", "http://a:1, http://b", ("http://a:1", "http://b")),
+        ("server.cors_origins", '["http://a"]', ("http://a",)),
+        ("server.bind", "0.0.0.0", "0.0.0.0"),
+        ("models.ttl", "0", 0),
+    ],
+)
+def test_parse_text(key: str, text: str, value: object) -> None:
+    assert config.parse_text(key, text) == value
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("server.port", "http"),
+        ("server.port", "70000"),
+        ("auth.required", "maybe"),
+        ("server.bind", "my laptop"),
+        ("server.cors_origins", "*"),
+        ("server.cors_origins", "evil"),
+        ("models.context_length", "8"),
+        ("no.such_key", "1"),
+    ],
+)
+def test_bad_values_are_usage_errors(key: str, text: str) -> None:
+    with pytest.raises(SettingError) as info:
+        config.parse_text(key, text)
+    assert info.value.exit_code == ExitCode.USAGE
+    assert key in info.value.message or "unknown" in info.value.message
+
+
+def test_set_writes_file_and_precedence(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config.set_value("server.port", "2000")
+    assert (home / "config" / "config.toml").stat().st_mode & 0o777 == 0o600
+    assert config.load().server_port == 2000
+    monkeypatch.setenv("LMS_SERVER_PORT", "3000")
+    assert config.load().server_port == 3000
+    assert config.load({"server.port": 4000}).server_port == 4000
+
+
+def test_security_settings_ignore_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMS_AUTH_REQUIRED", "off")
+    config.set_value("auth.required", "on")
+    assert config.load().auth_required is True
+    assert config.SETTINGS["auth.required"].env_var is None
+    with pytest.raises(SettingError):
+        config.load({"auth.required": False})
+
+
+def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMS_SERVER_PORT", "lots")
+    with pytest.raises(SettingError, match="LMS_SERVER_PORT"):
+        config.load()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[server\n", "[server]\nport = 'x'\n", "[server]\nnope = 1\n", "server = 1\n"],
+)
+def test_broken_file_is_reported(home: Path, text: str) -> None:
+    path = home / "config" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with pytest.raises(ConfigBrokenError, match=r"config\.toml"):
+        config.read_file()
+
+
+def test_watcher_rereads_and_fails_closed(home: Path) -> None:
+    watcher = config.ConfigWatcher({"server.port": 9})
+    assert watcher.current().auth_required is False
+    config.set_value("auth.required", "on")
+    assert watcher.current().auth_required is True
+    assert watcher.current().server_port == 9  # overrides survive a re-read
+    (home / "config" / "config.toml").write_text("garbage = [")
+    with pytest.raises(ConfigBrokenError):
+        watcher.current()
+    (home / "config" / "config.toml").write_text("[auth]\nrequired = false\n")
+    assert watcher.current().auth_required is False
+
+
+def test_unset_returns_to_default() -> None:
+    config.set_value("models.ttl", "60")
+    config.unset_value("models.ttl")
+    assert config.load().models_ttl == 3600
