@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from lms import protocol
-from lms.api import middlewares, native, openai
-from lms.api.state import CONFIG, LISTENER, MANAGER, Listener
+from lms.api import middlewares, native, openai, security
+from lms.api.state import AUTH, CONFIG, LISTENER, MANAGER, AuthGuard, Listener
 from lms.config import ConfigWatcher
 from lms.inference.manager import ModelManager
 
@@ -24,16 +24,20 @@ async def greeting(request: web.Request) -> web.Response:
 
 
 def build_api_app(
-    manager: ModelManager, config: ConfigWatcher, listener: Listener
+    manager: ModelManager,
+    config: ConfigWatcher,
+    listener: Listener,
+    guard: AuthGuard | None = None,
 ) -> web.Application:
     """The aiohttp application served on TCP."""
     app = web.Application(
-        middlewares=[middlewares.errors, middlewares.defences],
+        middlewares=[middlewares.errors, middlewares.defences, security.enforce],
         client_max_size=protocol.MAX_BODY_BYTES,
     )
     app[MANAGER] = manager
     app[CONFIG] = config
     app[LISTENER] = listener
+    app[AUTH] = guard or AuthGuard()
     app.add_routes(routes)
     app.add_routes(openai.routes)
     app.add_routes(native.routes)

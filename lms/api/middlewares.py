@@ -116,7 +116,7 @@ async def defences(request: web.Request, handler: Handler) -> web.StreamResponse
             raise UnsupportedMediaTypeError(
                 f"Content-Type must be application/json, not {request.content_type!r}"
             )
-    if cors:
+    if cors and origin is not None:
         request[CORS_ORIGIN] = origin
     return await handler(request)
 

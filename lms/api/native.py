@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from lms import protocol
+from lms.api.security import model_filter
 from lms.api.state import MANAGER
 from lms.inference.catalog import ModelFile
 from lms.inference.manager import Instance
@@ -55,6 +56,7 @@ def model_json(model: ModelFile, instances: list[Instance]) -> dict[str, Any]:
 @routes.get(protocol.API_NATIVE_MODELS)
 async def list_models(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
+    allowed = model_filter(request)
     instances = manager.instances()
-    models = [model_json(m, instances) for m in await manager.models()]
+    models = [model_json(m, instances) for m in await manager.models() if allowed(m.key)]
     return web.json_response({"models": models})

@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from lms import protocol
-from lms.api import bodies
+from lms.api import bodies, instances
+from lms.api.security import model_filter
 from lms.api.state import CONFIG, MANAGER
 from lms.errors import InvalidParameterError
 from lms.inference.engine import Generation, GenerationResult
@@ -56,17 +57,21 @@ async def open_sse(request: web.Request) -> web.StreamResponse:
 @routes.get(protocol.API_OPENAI_MODELS)
 async def list_models(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
+    allowed = model_filter(request)
     jit = request.app[CONFIG].current().models_jit
-    ids: list[str] = [m.key for m in await manager.models()] if jit else []
-    ids += [i.identifier for i in manager.instances() if i.identifier not in ids]
+    ids: list[str] = [m.key for m in await manager.models() if allowed(m.key)] if jit else []
+    ids += [
+        i.identifier
+        for i in manager.instances()
+        if i.identifier not in ids and allowed(i.model.key)
+    ]
     data = [{"id": i, "object": "model", "owned_by": "organization_owner"} for i in ids]
     return web.json_response({"object": "list", "data": data})
 
 
 async def _instance(request: web.Request, body: Mapping[str, Any]) -> Instance:
     model = bodies.require(body, "model", str)
-    ttl = bodies.get(body, "ttl", int)
-    return await request.app[MANAGER].acquire(model, ttl=ttl)
+    return await instances.acquire(request, model, ttl=bodies.get(body, "ttl", int))
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:

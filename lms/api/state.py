@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from lms.auth.ratelimit import RateLimiter
+from lms.auth.usage import UsageBuffer, UsageStore
+from lms.auth.verifier import TokenVerifier
 from lms.config import ConfigWatcher
 from lms.inference.manager import ModelManager
 
@@ -23,6 +26,16 @@ class Listener:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
 
+@dataclass
+class AuthGuard:
+    """The daemon's token machinery: registry view, per-token limits, usage counts."""
+
+    verifier: TokenVerifier = field(default_factory=TokenVerifier)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    usage: UsageBuffer = field(default_factory=lambda: UsageBuffer(UsageStore()))
+
+
 MANAGER = web.AppKey("manager", ModelManager)
 CONFIG = web.AppKey("config", ConfigWatcher)
 LISTENER = web.AppKey("listener", Listener)
+AUTH = web.AppKey("auth", AuthGuard)

@@ -158,6 +158,10 @@ class UsageBuffer:
         self._store = store
         self._pending: dict[str, UsageDelta] = {}
 
+    @property
+    def store(self) -> UsageStore:
+        return self._store
+
     def record_request(self, token_id: str, now: datetime | None = None) -> None:
         """Count one accepted request of ``token_id`` and mark it used at ``now``."""
         delta = self._pending.get(token_id)

@@ -22,7 +22,7 @@ import lms
 from lms import config, paths
 from lms.api.app import build_api_app
 from lms.api.control import build_control_app
-from lms.api.state import Listener
+from lms.api.state import AuthGuard, Listener
 from lms.config import ConfigWatcher
 from lms.errors import PortInUseError, ServerAlreadyRunningError, ServerNotRunningError
 from lms.inference import catalog
@@ -46,6 +46,7 @@ class Daemon:
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         self.config = ConfigWatcher(overrides or {})
         self.manager = ModelManager(self.config.current)
+        self.guard = AuthGuard()
         self.socket_path = paths.socket_path()
         self.started_at = time.time()
         self._stop = asyncio.Event()
@@ -119,7 +120,7 @@ class Daemon:
                 )
             sock = _listen(bind, port)
             listener = Listener(bind, sock.getsockname()[1])
-            app = build_api_app(self.manager, self.config, listener)
+            app = build_api_app(self.manager, self.config, listener, self.guard)
             runner = web.AppRunner(
                 app,
                 handler_cancellation=True,
@@ -149,6 +150,23 @@ class Daemon:
             log.info("API server stopped")
             return self.server_status()
 
+    async def flush_usage(self) -> None:
+        """Write the batched per-token usage counts to usage.sqlite3 (off the event loop)."""
+        usage = self.guard.usage
+        batch = usage.take()
+        if not batch:
+            return
+        try:
+            await asyncio.to_thread(usage.store.apply, batch)
+        except Exception:
+            usage.restore(batch)
+            log.exception("cannot write token usage; will retry")
+
+    async def _flush_usage_forever(self, interval: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush_usage()
+
     def request_shutdown(self) -> None:
         """Ask the daemon to stop (safe from any thread)."""
         if self._loop is not None:
@@ -177,6 +195,7 @@ class Daemon:
         os.chmod(self.socket_path, 0o600)
         self._control = control
         reaper = asyncio.create_task(self.manager.run_reaper())
+        flusher = asyncio.create_task(self._flush_usage_forever())
         try:
             await asyncio.to_thread(catalog.ensure_default_model, paths.models_dir())
             if serve_api:
@@ -187,10 +206,12 @@ class Daemon:
         finally:
             log.info("shutting down")
             reaper.cancel()
+            flusher.cancel()
             if self._server is not None:
                 with contextlib.suppress(Exception):
                     await self.stop_server()
             await self.manager.close()
+            await self.flush_usage()
             await control.cleanup()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()

@@ -99,6 +99,9 @@ class ModelManager:
     def instances(self) -> list[Instance]:
         return sorted(self._instances.values(), key=lambda i: i.identifier)
 
+    def find_instance(self, identifier: str) -> Instance | None:
+        return self._instances.get(identifier)
+
     def loaded_identifiers(self, model_key: str) -> list[str]:
         return [i.identifier for i in self.instances() if i.model.key == model_key]
 

@@ -1,0 +1,113 @@
+"""Token enforcement on every TCP route (SPEC §4), from the one route → permission table.
+
+Deny by default: with ``auth.required`` on, a route passes without a token only when the table
+says PUBLIC (or it is a CORS preflight, answered earlier by the defences when CORS is on). A
+matched route missing from the table is refused. The token is checked from the headers before
+any handler reads the body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from lms import protocol
+from lms.api.middlewares import Handler
+from lms.api.state import AUTH, CONFIG
+from lms.auth import audit
+from lms.auth.permissions import PUBLIC, Access, access_for
+from lms.auth.record import TokenRecord
+from lms.auth.tokens import token_from_header
+from lms.errors import AuthError, InternalError, LmsError
+
+log = logging.getLogger("lms.auth")
+
+#: The token that authorised the request (None with auth off or on a public route).
+TOKEN = web.RequestKey("token", TokenRecord)
+#: What the matched route requires.
+ACCESS = web.RequestKey("access", str)
+
+
+def _route_access(request: web.Request) -> Access | None:
+    """The Access of the matched route, or None when no route matched (404/405 follow)."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None or request.match_info.http_exception is not None:
+        return None
+    try:
+        return access_for(request.method, resource.canonical)
+    except KeyError:
+        log.error(
+            "route %s %s is missing from the permission table", request.method, resource.canonical
+        )
+        raise InternalError("this route is not configured for authentication") from None
+
+
+def presented_token(request: web.Request) -> str | None:
+    """The token a client sent: ``Authorization: Bearer``, or ``x-api-key`` on /v1/messages."""
+    header = request.headers.get("Authorization")
+    if request.path == protocol.API_ANTHROPIC_MESSAGES and not header:
+        return request.headers.get("x-api-key") or None
+    return token_from_header(header)
+
+
+@web.middleware
+async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.app[CONFIG].current().auth_required:
+        return await handler(request)  # auth off: any Authorization header is ignored
+    access = _route_access(request)
+    if access is None or access == PUBLIC:
+        return await handler(request)
+    guard = request.app[AUTH]
+    token_id: str | None = None
+    try:
+        record = guard.verifier.authenticate(presented_token(request))
+        token_id = record.id
+        guard.verifier.authorize(record, access)
+        guard.limiter.hit(record)
+    except AuthError as err:
+        refuse(request, err, token_id)
+        raise
+    guard.usage.record_request(record.id)
+    request[TOKEN] = record
+    return await handler(request)
+
+
+def refuse(request: web.Request, err: LmsError, token_id: str | None = None) -> None:
+    """Audit a refused request (never the token itself)."""
+    token_id = token_id or err.data.get("token_id")
+    try:
+        audit.request_refused(token_id, request.method, request.path, err.code)
+    except OSError:
+        log.exception("cannot write the audit log")
+    log.info(
+        "refused %s %s: %s (token %s)", request.method, request.path, err.code, token_id or "none"
+    )
+
+
+def check_model(request: web.Request, model_key: str) -> None:
+    """Refuse a model outside the token's allowlist (matched against the resolved key)."""
+    record = request.get(TOKEN)
+    if record is None:
+        return
+    try:
+        request.app[AUTH].verifier.authorize(record, _access(request), model_key=model_key)
+    except AuthError as err:
+        refuse(request, err, record.id)
+        raise
+
+
+def model_filter(request: web.Request) -> Callable[[str], bool]:
+    """Which model keys the request's token may see and use."""
+    record: TokenRecord | None = request.get(TOKEN)
+    if record is None:
+        return lambda key: True
+    return record.allows_model
+
+
+def _access(request: web.Request) -> Access:
+    access = _route_access(request)
+    assert access is not None
+    return access

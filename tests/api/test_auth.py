@@ -1,0 +1,240 @@
+"""Token enforcement on every route of the application (SPEC §4)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from lms.auth import audit
+from lms.auth.permissions import PUBLIC, Permission, access_for
+from lms.auth.registry import Registry
+
+MODEL = "google/gemma-3-270m"
+
+
+def require_auth(home: Path, on: bool = True) -> None:
+    path = home / "config" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"[auth]\nrequired = {'true' if on else 'false'}\n")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def app_routes(client: TestClient) -> list[tuple[str, str]]:  # type: ignore[type-arg]
+    found = set()
+    for route in client.server.app.router.routes():  # type: ignore[union-attr]
+        if route.method in ("HEAD", "*") or route.resource is None:
+            continue
+        found.add((route.method, route.resource.canonical))
+    return sorted(found)
+
+
+def url_of(pattern: str) -> str:
+    return pattern.replace("{job_id}", "job-1")
+
+
+@pytest.fixture
+def tokens(lms_home: Path) -> dict[str, str]:
+    """Tokens in every state a request can present."""
+    registry = Registry()
+    past = Registry(clock=lambda: datetime.now(UTC) - timedelta(days=10))
+    made = {
+        "all": registry.create("everything", permissions=set(Permission))[1],
+        "inference": registry.create("inference-only")[1],
+        "models": registry.create("models-only", permissions={Permission.MODELS})[1],
+        "expired": past.create("expired", expires_at=datetime.now(UTC) - timedelta(days=1))[1],
+        "revoked": registry.create("revoked")[1],
+    }
+    registry.remove("revoked")
+    made["unknown"] = "sk-lm-Zz9Zz9Zz:" + "A1" * 10
+    made["malformed"] = "lm-studio"
+    require_auth(lms_home)
+    return made
+
+
+async def test_every_route_is_in_the_permission_table(client: TestClient) -> None:  # type: ignore[type-arg]
+    routes = app_routes(client)
+    assert ("POST", "/v1/completions") in routes
+    for method, pattern in routes:
+        access_for(method, pattern)  # KeyError = a route that could skip the check
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        (None, 401, "missing_api_key"),
+        ("malformed", 401, "invalid_api_key"),
+        ("unknown", 401, "invalid_api_key"),
+        ("revoked", 401, "invalid_api_key"),
+        ("expired", 401, "expired_api_key"),
+    ],
+)
+async def test_every_protected_route_refuses_bad_tokens(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+    kind: str | None,
+    status: int,
+    code: str,
+) -> None:
+    checked = 0
+    for method, pattern in app_routes(client):
+        if access_for(method, pattern) == PUBLIC:
+            continue
+        headers = bearer(tokens[kind]) if kind else {}
+        response = await client.request(method, url_of(pattern), json={}, headers=headers)
+        body = await response.json()
+        assert response.status == status, (method, pattern, body)
+        assert body["error"]["code"] == code
+        if kind:
+            assert tokens[kind].split(":")[-1] not in body["error"]["message"]
+        if status == 401:
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        checked += 1
+    assert checked >= 4
+
+
+async def test_every_route_refuses_a_token_without_its_permission(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    checked = 0
+    for method, pattern in app_routes(client):
+        access = access_for(method, pattern)
+        if not isinstance(access, Permission):
+            continue
+        lacking = tokens["models"] if access == Permission.INFERENCE else tokens["inference"]
+        response = await client.request(method, url_of(pattern), json={}, headers=bearer(lacking))
+        body = await response.json()
+        assert response.status == 403, (method, pattern, body)
+        assert body["error"]["code"] == "insufficient_permissions"
+        assert access.value in body["error"]["message"]
+        checked += 1
+    assert checked >= 2
+
+
+async def test_public_routes_need_no_token(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    assert (await client.get("/health")).status == 200
+    greeting = await client.get("/lmstudio-greeting")
+    assert (await greeting.json()) == {"lmstudio": True}
+
+
+async def test_listing_with_any_valid_token(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    response = await client.get("/v1/models", headers=bearer(tokens["models"]))
+    assert response.status == 200
+    assert [m["id"] for m in (await response.json())["data"]] == [MODEL]
+
+
+async def test_allowlist_filters_and_refuses(
+    client: TestClient,  # type: ignore[type-arg]
+    lms_home: Path,
+    tokens: dict[str, str],
+) -> None:
+    _, other = Registry().create("other-models", models=["someone/*"])
+    listed = await (await client.get("/v1/models", headers=bearer(other))).json()
+    assert listed["data"] == []
+    native = await (await client.get("/api/v1/models", headers=bearer(other))).json()
+    assert native["models"] == []
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "x"}, headers=bearer(other)
+    )
+    assert response.status == 403
+    assert (await response.json())["error"]["code"] == "model_not_allowed"
+    missing = await client.post(
+        "/v1/completions", json={"model": "nobody/nothing", "prompt": "x"}, headers=bearer(other)
+    )
+    assert missing.status == 404
+    assert MODEL not in (await missing.json())["error"]["message"]  # only what it may use
+
+
+@pytest.mark.model
+async def test_valid_token_is_served(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    response = await client.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "Hello", "max_tokens": 2},
+        headers=bearer(tokens["inference"]),
+    )
+    assert response.status == 200, await response.text()
+
+
+async def test_changes_take_effect_on_the_next_request(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    registry = Registry()
+    _, token = registry.create("short-lived", permissions={Permission.MODELS})
+    assert (await client.get("/v1/models", headers=bearer(token))).status == 200
+    # Two edits in a row with no request between them, then a removal.
+    registry.edit("short-lived", name="renamed")
+    registry.edit("renamed", rpm=100)
+    assert (await client.get("/v1/models", headers=bearer(token))).status == 200
+    registry.remove("renamed")
+    assert (await client.get("/v1/models", headers=bearer(token))).status == 401
+    # Rotation without grace: the old secret stops at once, the new one works.
+    _, old = registry.create("rotating")
+    _, new = registry.rotate("rotating")
+    assert (await client.get("/v1/models", headers=bearer(old))).status == 401
+    assert (await client.get("/v1/models", headers=bearer(new))).status == 200
+
+
+async def test_rate_limit(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    _, token = Registry().create("slow", rpm=2)
+    for _ in range(2):
+        assert (await client.get("/v1/models", headers=bearer(token))).status == 200
+    response = await client.get("/v1/models", headers=bearer(token))
+    assert response.status == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    assert (await response.json())["error"]["code"] == "rate_limited"
+
+
+async def test_refusals_are_audited_without_secrets(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    await client.get("/v1/models", headers=bearer(tokens["unknown"]))
+    await client.get("/v1/models")
+    entries = [e for e in audit.read() if e.get("event") == "request_refused"]
+    assert {e["reason"] for e in entries} >= {"invalid_api_key", "missing_api_key"}
+    assert all(e["route"] == "/v1/models" for e in entries)
+    text = (Path(audit.paths.audit_log())).read_text()
+    for token in tokens.values():
+        assert token not in text
+
+
+async def test_auth_off_ignores_dummy_keys(
+    client: TestClient,  # type: ignore[type-arg]
+    lms_home: Path,
+) -> None:
+    require_auth(lms_home, on=False)
+    for headers in ({}, bearer("lm-studio"), {"Authorization": "Basic Zm9vOmJhcg=="}):
+        assert (await client.get("/v1/models", headers=headers)).status == 200
+
+
+async def test_broken_registry_fails_closed(
+    client: TestClient,  # type: ignore[type-arg]
+    lms_home: Path,
+    tokens: dict[str, str],
+) -> None:
+    (lms_home / "config" / "tokens.toml").write_text("this is [ not toml")
+    response = await client.get("/v1/models", headers=bearer(tokens["all"]))
+    assert response.status == 503
+    body: dict[str, Any] = await response.json()
+    assert body["error"]["code"] == "configuration_broken"
+    assert (await client.get("/health")).status == 200
