@@ -26,6 +26,7 @@ CONTROL_MODELS = "/models"
 CONTROL_INSTANCES = "/instances"
 CONTROL_LOAD = "/instances/load"
 CONTROL_UNLOAD = "/instances/unload"
+CONTROL_AUTH = "/auth"
 
 # --- API (TCP) ---------------------------------------------------------------------------------
 

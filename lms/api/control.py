@@ -39,8 +39,14 @@ class Controller(Protocol):
     def server_status(self) -> ServerStatus: ...
 
     async def start_server(
-        self, port: int | None, bind: str | None, cors: bool | None
+        self,
+        port: int | None,
+        bind: str | None,
+        cors: bool | None,
+        tls: tuple[str, str] | None = None,
     ) -> ServerStatus: ...
+
+    def auth_status(self) -> dict[str, Any]: ...
 
     async def stop_server(self) -> ServerStatus: ...
 
@@ -105,8 +111,14 @@ async def server_status(request: web.Request) -> web.Response:
 @routes.post(protocol.CONTROL_SERVER_START)
 async def server_start(request: web.Request) -> web.Response:
     body = await _optional_json(request)
+    cert, key = bodies.get(body, "tls_cert", str), bodies.get(body, "tls_key", str)
+    if bool(cert) != bool(key):
+        raise InvalidParameterError("TLS needs both a certificate and a key", param="tls_cert")
     result = await request.app[CONTROLLER].start_server(
-        bodies.get(body, "port", int), bodies.get(body, "bind", str), bodies.get(body, "cors", bool)
+        bodies.get(body, "port", int),
+        bodies.get(body, "bind", str),
+        bodies.get(body, "cors", bool),
+        (cert, key) if cert and key else None,
     )
     return web.json_response(result)
 
@@ -114,6 +126,11 @@ async def server_start(request: web.Request) -> web.Response:
 @routes.post(protocol.CONTROL_SERVER_STOP)
 async def server_stop(request: web.Request) -> web.Response:
     return web.json_response(await request.app[CONTROLLER].stop_server())
+
+
+@routes.get(protocol.CONTROL_AUTH)
+async def auth_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CONTROLLER].auth_status())
 
 
 @routes.get(protocol.CONTROL_MODELS)

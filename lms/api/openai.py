@@ -12,7 +12,7 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, instances
-from lms.api.security import model_filter
+from lms.api.security import model_filter, record_generation
 from lms.api.state import CONFIG, MANAGER
 from lms.errors import InvalidParameterError
 from lms.inference.engine import Generation, GenerationResult
@@ -121,7 +121,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "system_fingerprint": instance.identifier,
     }
     if not stream:
-        async with _cancel_on_exit(generation):
+        async with _cancel_on_exit(request, generation):
             text = await generation.text()
         result = generation.result
         return web.json_response(
@@ -146,7 +146,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return {**meta, "object": "chat.completion.chunk", "choices": [choice], **extra}
 
     response = await open_sse(request)
-    async with _cancel_on_exit(generation):
+    async with _cancel_on_exit(request, generation):
         await response.write(_sse(chunk({"role": "assistant", "content": ""}, None)))
         async for piece in _stream_or_error(generation, response):
             await response.write(_sse(chunk({"content": piece}, None)))
@@ -177,7 +177,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     generation = instance.engine.submit(instance.engine.tokenize(prompt), params)
     meta = {"id": _id("cmpl-"), "created": int(time.time()), "model": instance.model.key}
     if not stream:
-        async with _cancel_on_exit(generation):
+        async with _cancel_on_exit(request, generation):
             text = await generation.text()
         result = generation.result
         return web.json_response(
@@ -202,7 +202,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return {**meta, "object": "text_completion", "choices": [choice], **extra}
 
     response = await open_sse(request)
-    async with _cancel_on_exit(generation):
+    async with _cancel_on_exit(request, generation):
         async for piece in _stream_or_error(generation, response):
             await response.write(_sse(chunk(piece, None)))
         result = generation.result
@@ -226,9 +226,11 @@ def _with_stops(params: Any, extra: tuple[str, ...]) -> Any:
 
 
 class _cancel_on_exit:
-    """Cancel the generation when the handler leaves early (client gone, error, cancel)."""
+    """Cancel the generation when the handler leaves early (client gone, error, cancel), and
+    count what it used against the request's token."""
 
-    def __init__(self, generation: Generation) -> None:
+    def __init__(self, request: web.Request, generation: Generation) -> None:
+        self.request = request
         self.generation = generation
 
     async def __aenter__(self) -> Generation:
@@ -236,6 +238,9 @@ class _cancel_on_exit:
 
     async def __aexit__(self, *exc: object) -> None:
         self.generation.cancel()
+        result = self.generation.result
+        completion = result.completion_tokens if result else 0
+        record_generation(self.request, len(self.generation.prompt_tokens), completion)
 
 
 async def _stream_or_error(generation: Generation, response: web.StreamResponse) -> Any:

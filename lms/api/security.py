@@ -111,3 +111,10 @@ def _access(request: web.Request) -> Access:
     access = _route_access(request)
     assert access is not None
     return access
+
+
+def record_generation(request: web.Request, prompt_tokens: int, completion_tokens: int) -> None:
+    """Count a finished generation's tokens against the token that asked for it."""
+    record: TokenRecord | None = request.get(TOKEN)
+    if record is not None:
+        request.app[AUTH].usage.record_tokens(record.id, prompt_tokens, completion_tokens)

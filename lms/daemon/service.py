@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,13 @@ from lms.api.app import build_api_app
 from lms.api.control import build_control_app
 from lms.api.state import AuthGuard, Listener
 from lms.config import ConfigWatcher
-from lms.errors import PortInUseError, ServerAlreadyRunningError, ServerNotRunningError
+from lms.errors import (
+    ConfigBrokenError,
+    InvalidParameterError,
+    PortInUseError,
+    ServerAlreadyRunningError,
+    ServerNotRunningError,
+)
 from lms.inference import catalog
 from lms.inference.manager import ModelManager
 from lms.protocol import DaemonStatus, ServerStatus
@@ -99,8 +106,33 @@ class Daemon:
             "tls": server.listener.tls,
         }
 
+    def auth_status(self) -> dict[str, Any]:
+        """What the daemon enforces right now (for ``lms auth status``)."""
+        config_error: str | None = None
+        settings = None
+        try:
+            settings = self.config.current()
+        except ConfigBrokenError as err:
+            config_error = err.message
+        return {
+            # A broken config.toml fails closed: every API request is refused.
+            "auth_required": settings.auth_required if settings else True,
+            "config_healthy": config_error is None,
+            "config_error": config_error,
+            "registry": self.guard.verifier.status(),
+            "mcp": {
+                "allow_mcp_json": settings.mcp_allow_mcp_json if settings else False,
+                "allow_remote": settings.mcp_allow_remote if settings else False,
+            },
+            "server": self.server_status(),
+        }
+
     async def start_server(
-        self, port: int | None, bind: str | None, cors: bool | None
+        self,
+        port: int | None,
+        bind: str | None,
+        cors: bool | None,
+        tls: tuple[str, str] | None = None,
     ) -> ServerStatus:
         async with self._server_lock:
             if cors is not None:
@@ -118,8 +150,9 @@ class Daemon:
                     f"the server already runs on {current.host}:{current.port}",
                     hint="stop it first: lms server stop",
                 )
+            ssl_context = _ssl_context(tls) if tls else None
             sock = _listen(bind, port)
-            listener = Listener(bind, sock.getsockname()[1])
+            listener = Listener(bind, sock.getsockname()[1], tls=ssl_context is not None)
             app = build_api_app(self.manager, self.config, listener, self.guard)
             runner = web.AppRunner(
                 app,
@@ -128,14 +161,20 @@ class Daemon:
                 access_log_format='%a "%r" %s %b %Tfs',
             )
             await runner.setup()
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
             self._server = _Server(runner, listener)
             actual_port = listener.port
             log.info("API server listening on %s:%d", bind, actual_port)
-            if not listener.is_loopback:
+            if not listener.is_loopback and not listener.tls:
                 log.warning(
-                    "the API server accepts connections from the network on %s; tokens and"
-                    " prompts travel in clear text without TLS",
+                    "the API server accepts connections from the network on %s without TLS:"
+                    " tokens and prompts travel in clear text (use --tls-cert/--tls-key)",
+                    bind,
+                )
+            if not listener.is_loopback and not settings.auth_required:
+                log.warning(
+                    "the API server accepts connections from the network on %s with"
+                    " authentication OFF: anyone who can reach it can use it",
                     bind,
                 )
             return self.server_status()
@@ -230,6 +269,18 @@ def _listen(bind: str, port: int) -> socket.socket:
                 hint="pick another with: lms server start --port N",
             ) from None
         raise PortInUseError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
+
+
+def _ssl_context(tls: tuple[str, str]) -> ssl.SSLContext:
+    cert, key = tls
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidParameterError(
+            f"cannot use the TLS certificate {cert} with key {key}: {exc}", param="tls_cert"
+        ) from None
+    return context
 
 
 def socket_dir() -> Path:
