@@ -1,0 +1,112 @@
+"""The ``lms`` command: a Typer root group with one sub-app per command group.
+
+Errors are converted in exactly one place, :meth:`LmsGroup.invoke`: an :class:`LmsError`
+becomes ``lms: <message>`` (and ``hint: ...``) on stderr and its exit code; Ctrl-C exits 130;
+anything else is an internal error (exit 1), with a traceback only under ``--debug``.
+
+Importing this package must stay cheap and must never load aiohttp, llama_cpp or the daemon's
+modules: every TAB of shell completion pays for it.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated, Any
+
+import typer
+from typer._click import Context as ClickContext  # Typer 0.29 vendors click (pinned 0.29.*)
+from typer.core import TyperGroup
+
+import lms
+from lms.cli import config as config_cmd
+from lms.cli import daemon as daemon_cmd
+from lms.cli import models as models_cmd
+from lms.cli import render
+from lms.cli import server as server_cmd
+from lms.errors import ExitCode, LmsError
+
+__all__ = ["LmsGroup", "app", "main"]
+
+
+class LmsGroup(TyperGroup):
+    """The root group: the one place where errors become messages and exit codes."""
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError):
+            raise  # Typer's own usage errors and exits: it prints and exits itself
+        except LmsError as err:
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            render.error(err.message, err.hint)
+            raise typer.Exit(int(err.exit_code)) from None
+        except KeyboardInterrupt:
+            render.say("")
+            render.note("interrupted")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except Exception as exc:
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            render.error(
+                f"internal error: {type(exc).__name__}: {exc}",
+                None if debug else "run it again with --debug for the traceback",
+            )
+            raise typer.Exit(int(ExitCode.FAILED)) from None
+
+
+app = typer.Typer(
+    name="lms",
+    cls=LmsGroup,
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="lms: a local LLM server with API-token authentication, driven from the command line.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"lms {lms.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of errors (for bug reports).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print the version and exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
+) -> None:
+    """lms: a local LLM server with API-token authentication, driven from the command line.
+
+    With no command, prints this help and whether the daemon and the server run.
+    """
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        daemon_cmd.print_state_summary()
+
+
+app.add_typer(daemon_cmd.app, name="daemon", rich_help_panel="Serve")
+app.add_typer(server_cmd.app, name="server", rich_help_panel="Serve")
+app.add_typer(config_cmd.app, name="config", rich_help_panel="Settings")
+models_cmd.register(app, rich_help_panel="Local models")
+
+
+def main() -> None:
+    """Entry point of the ``lms`` console script."""
+    command = typer.main.get_command(app)
+    command.main(prog_name="lms")

@@ -1,0 +1,263 @@
+"""``lms ls | ps | load | unload``: downloaded models and loaded instances.
+
+``ls`` never starts the daemon. With a daemon running it shows the daemon's catalog (metadata
+read from the GGUF headers, loaded instances); without one, the CLI cannot read GGUF metadata
+(that lives in ``lms.inference``, which the CLI must not import), so it lists the ``*.gguf``
+files under the models folder with their sizes only, and says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lms import client as control
+from lms import paths
+from lms.cli import render
+from lms.errors import InvalidParameterError
+from lms.protocol import InstanceEntry, ModelEntry
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+_PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".download", ".crdownload")
+_LOCAL_PUBLISHER = "local"
+
+
+def register(app: typer.Typer, *, rich_help_panel: str) -> None:
+    """Add this module's commands to the root app."""
+    app.command("ls", rich_help_panel=rich_help_panel)(ls)
+    app.command("ps", rich_help_panel=rich_help_panel)(ps)
+    app.command("load", rich_help_panel=rich_help_panel)(load)
+    app.command("unload", rich_help_panel=rich_help_panel)(unload)
+
+
+def _announce(text: str) -> None:
+    render.note(text)
+
+
+# --- ls ---------------------------------------------------------------------------------------
+
+
+def scan_model_files(root: Path | None = None) -> list[dict[str, Any]]:
+    """The GGUF files under the models folder, described from the file system only.
+
+    Keys follow the daemon's layout rule (``<publisher>/<name>/<file>.gguf`` is
+    ``publisher/name``; a file one level deep is ``<publisher>/<stem>``; at the top,
+    ``local/<stem>``). When a folder holds several files they get ``@<stem>``; the daemon may
+    name such variants by quantization instead. Metadata fields are null: reading them needs
+    the daemon.
+    """
+    root = root or paths.models_dir()
+    groups: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            lowered = filename.lower()
+            if filename.startswith(".") or lowered.endswith(_PARTIAL_SUFFIXES):
+                continue
+            if not lowered.endswith(".gguf") or lowered.startswith("mmproj"):
+                continue
+            file = Path(dirpath) / filename
+            parts = file.relative_to(root).parts
+            if len(parts) == 1:
+                base = f"{_LOCAL_PUBLISHER}/{file.stem}"
+            elif len(parts) == 2:
+                base = f"{parts[0]}/{file.stem}"
+            else:
+                base = f"{parts[0]}/{parts[1]}"
+            groups.setdefault(base, []).append(file)
+    entries: list[dict[str, Any]] = []
+    for base, files in groups.items():
+        for file in files:
+            try:
+                size = file.stat().st_size
+            except OSError:
+                continue
+            key = base if len(files) == 1 else f"{base}@{file.stem.lower()}"
+            publisher, _, rest = base.partition("/")
+            entries.append(
+                {
+                    "key": key,
+                    "type": None,
+                    "publisher": publisher,
+                    "display_name": rest,
+                    "architecture": None,
+                    "params_string": None,
+                    "quantization": None,
+                    "bits_per_weight": None,
+                    "size_bytes": size,
+                    "path": str(file),
+                    "format": "gguf",
+                    "max_context_length": None,
+                    "trained_for_tool_use": None,
+                    "vision": None,
+                    "loaded_instances": [],
+                }
+            )
+    return sorted(entries, key=lambda e: e["key"])
+
+
+def ls(json_output: JsonOption = False) -> None:
+    """List downloaded models (never starts the daemon).
+
+    With the daemon running: type, parameters, architecture, quantization, size and loaded
+    instances. Without it: the GGUF files in the models folder with their sizes only (start the
+    daemon for the details: lms daemon up).
+    """
+    daemon = control.try_status()
+    models: list[dict[str, Any]]
+    if daemon is not None:
+        control.check_version_matches(daemon)
+        models = [dict(m) for m in control.ControlClient().models()]
+    else:
+        models = scan_model_files()
+    if json_output:
+        render.emit_json(models)
+        return
+    if not models:
+        render.note("you have not downloaded any models yet")
+        render.say(f"hint: models live in {paths.models_dir()}; bring one in with: lms import FILE")
+        return
+    total = sum(int(m["size_bytes"]) for m in models)
+    noun = "model" if len(models) == 1 else "models"
+    render.result(f"You have {len(models)} {noun}, taking up {render.format_size(total)}.")
+    render.result()
+    if daemon is None:
+        rows = [[m["key"], render.format_size(m["size_bytes"]), m["path"]] for m in models]
+        render.result(render.table(["MODEL", "SIZE", "PATH"], rows))
+        render.note("the daemon is not running: sizes only (start it for details: lms daemon up)")
+        return
+    rows = [_model_row(m) for m in models]
+    render.result(render.table(["MODEL", "TYPE", "PARAMS", "ARCH", "QUANT", "SIZE", ""], rows))
+
+
+def _model_row(model: dict[str, Any] | ModelEntry) -> list[str]:
+    loaded = len(model.get("loaded_instances") or [])
+    marker = "" if not loaded else ("✓ LOADED" if loaded == 1 else f"✓ LOADED ({loaded})")
+    return [
+        str(model["key"]),
+        str(model.get("type") or "-"),
+        str(model.get("params_string") or "-"),
+        str(model.get("architecture") or "-"),
+        str(model.get("quantization") or "-"),
+        render.format_size(model.get("size_bytes")),
+        marker,
+    ]
+
+
+# --- ps ---------------------------------------------------------------------------------------
+
+
+def ps(json_output: JsonOption = False) -> None:
+    """List loaded instances: status, queued requests, context, TTL left (starts the daemon)."""
+    control.ensure_daemon(announce=_announce)
+    instances = sorted(control.ControlClient().instances(), key=lambda i: i["identifier"])
+    if json_output:
+        render.emit_json(instances)
+        return
+    if not instances:
+        render.note("no model is loaded; to load one, run: lms load MODEL")
+        return
+    rows = [_instance_row(i) for i in instances]
+    headers = ["IDENTIFIER", "MODEL", "MODE", "STATUS", "QUEUED", "SIZE", "CONTEXT", "TTL"]
+    render.result(render.table(headers, rows))
+
+
+def _instance_row(instance: InstanceEntry) -> list[str]:
+    return [
+        instance["identifier"],
+        instance["model_key"],
+        "embedding" if instance["type"] == "embedding" else "chat",
+        str(instance["status"]).upper(),
+        str(instance["queued"]),
+        render.format_size(instance.get("size_bytes")),
+        str(instance["context_length"]),
+        render.format_ttl(instance.get("ttl_left_seconds"), instance.get("ttl_seconds")),
+    ]
+
+
+# --- load / unload ----------------------------------------------------------------------------
+
+
+def load(
+    model: Annotated[str, typer.Argument(help="Model key, as shown by lms ls.")],
+    context_length: Annotated[
+        int | None,
+        typer.Option(
+            "--context-length",
+            "-c",
+            min=1,
+            help="Context length in tokens (default: models.context_length).",
+        ),
+    ] = None,
+    ttl: Annotated[
+        int | None,
+        typer.Option("--ttl", min=1, help="Unload after this many idle seconds."),
+    ] = None,
+    identifier: Annotated[
+        str | None,
+        typer.Option("--identifier", help="Name of the instance in the API (default: the key)."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Load a model into memory (starts the daemon); prints the instance identifier."""
+    control.ensure_daemon(announce=_announce)
+    client = control.ControlClient()
+    with render.spinner(f"Loading {model}..."):
+        instance = client.load(model, context_length=context_length, ttl=ttl, identifier=identifier)
+    if json_output:
+        render.emit_json(instance)
+        return
+    seconds = instance.get("load_time_seconds")
+    size = render.format_size(instance.get("size_bytes"))
+    render.note(
+        f"loaded {instance['model_key']} in {seconds:.2f} s ({size}, "
+        f"context {instance['context_length']})"
+    )
+    render.result(instance["identifier"])
+
+
+def unload(
+    identifier: Annotated[
+        str | None,
+        typer.Argument(help="Identifier of the instance (see lms ps)."),
+    ] = None,
+    all_instances: Annotated[
+        bool, typer.Option("--all", "-a", help="Unload every loaded instance.")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Unload an instance, or all of them (starts the daemon).
+
+    Without an identifier, unloads the only loaded instance; with several loaded, says which.
+    """
+    if identifier is not None and all_instances:
+        raise InvalidParameterError("give an identifier or --all, not both")
+    control.ensure_daemon(announce=_announce)
+    client = control.ControlClient()
+    if identifier is None and not all_instances:
+        loaded = [i["identifier"] for i in client.instances()]
+        if not loaded:
+            raise InvalidParameterError(
+                "no model is loaded, so there is nothing to unload",
+                hint="see what is loaded with: lms ps",
+            )
+        if len(loaded) > 1:
+            raise InvalidParameterError(
+                f"several models are loaded ({', '.join(sorted(loaded))}): say which one",
+                hint="lms unload IDENTIFIER, or lms unload --all",
+            )
+        identifier = loaded[0]
+    unloaded = client.unload(identifier, all=all_instances)
+    if json_output:
+        render.emit_json({"unloaded": unloaded})
+        return
+    if len(unloaded) == 1:
+        render.note(f'unloaded "{unloaded[0]}"')
+    elif not unloaded:
+        render.note("no model was loaded")
+    else:
+        render.note(f"unloaded {len(unloaded)} models: {', '.join(unloaded)}")

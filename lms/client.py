@@ -1,0 +1,537 @@
+"""The CLI's side of the control socket: HTTP/1.1 with JSON bodies over a Unix socket.
+
+:class:`ControlClient` speaks to a running daemon (``protocol.CONTROL_*`` routes) and rebuilds
+the daemon's errors from their ``code`` (``errors.from_code``); :func:`ensure_daemon` starts a
+daemon in the background when none runs. Standard library only: the CLI must start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import http.client
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import lms
+from lms import paths
+from lms.errors import (
+    DaemonNotRunningError,
+    DaemonRunningError,
+    DaemonVersionError,
+    ExitCode,
+    LmsError,
+    UnsafePathError,
+    from_code,
+)
+from lms.protocol import (
+    CONTROL_INSTANCES,
+    CONTROL_LOAD,
+    CONTROL_MODELS,
+    CONTROL_SERVER,
+    CONTROL_SERVER_START,
+    CONTROL_SERVER_STOP,
+    CONTROL_SHUTDOWN,
+    CONTROL_STATUS,
+    CONTROL_UNLOAD,
+    DaemonStatus,
+    InstanceEntry,
+    ModelEntry,
+    ServerStatus,
+)
+
+# Quick routes answer in milliseconds; a daemon silent for this long is stuck.
+DEFAULT_TIMEOUT = 10.0
+# A model load reads gigabytes from disk: allow it a long time (Ctrl-C still interrupts).
+LOAD_TIMEOUT = 1800.0
+# Listing models may first assemble the default model (a 253 MB copy and its sha256).
+MODELS_TIMEOUT = 300.0
+# How long a freshly spawned daemon may take to be ready (its first start assembles the
+# default model: a 253 MB copy and its sha256).
+START_TIMEOUT = 60.0
+# How long `shutdown(wait=True)` waits for the daemon to release its pid lock.
+STOP_TIMEOUT = 30.0
+
+START_HINT = "start it with: lms daemon up"
+_POLL_INTERVAL = 0.05
+# How long a daemon that lost the race for the pid lock waits for the winner's socket.
+_RACE_POLL_SECONDS = 5.0
+_NOT_RUNNING_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK})
+
+
+def _not_running(path: Path) -> DaemonNotRunningError:
+    return DaemonNotRunningError(
+        f"the daemon is not running (no daemon on {path})", hint=START_HINT
+    )
+
+
+# --- peer credentials ---------------------------------------------------------------------------
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a connected Unix socket (None if unknown).
+
+    Linux reports ``struct ucred {pid, uid, gid}`` through ``SO_PEERCRED``.
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
+def check_peer_uid(uid: int | None, path: Path, *, expected: int | None = None) -> None:
+    """Refuse a daemon that runs as another user: it could read what we send it.
+
+    When the platform cannot report the peer's uid, the owner of the socket file decides.
+    """
+    expected = os.geteuid() if expected is None else expected
+    if uid is None:
+        try:
+            uid = path.stat().st_uid
+        except OSError:
+            return
+    if uid != expected:
+        raise UnsafePathError(
+            f"the daemon on {path} runs as uid {uid}, not as you (uid {expected}); "
+            "refusing to talk to it",
+            hint="remove that socket or set LMS_HOME to a directory of your own",
+        )
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An ``HTTPConnection`` whose ``connect()`` opens the daemon's Unix socket.
+
+    The ``Host`` header says ``localhost``; the daemon's uid is checked on every connection.
+    """
+
+    def __init__(self, socket_path: Path, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(os.fspath(self.socket_path))
+            check_peer_uid(peer_uid(sock), self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+class ControlClient:
+    """Typed calls to the daemon's control routes.
+
+    Each call opens one connection (the daemon is local; a connection costs microseconds).
+    Errors the daemon reports come back as the same :class:`LmsError` subclass; a missing socket
+    or a refused connection is :class:`DaemonNotRunningError` (exit 3).
+    """
+
+    def __init__(
+        self, socket_path: Path | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.socket_path = socket_path or paths.socket_path()
+        self.timeout = timeout
+
+    # -- plumbing --
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send one request and return the decoded JSON answer, or raise the daemon's error."""
+        paths.check_socket_path(self.socket_path)
+        conn = UnixHTTPConnection(self.socket_path, timeout=timeout or self.timeout)
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        response: http.client.HTTPResponse | None = None
+        try:
+            try:
+                conn.connect()
+            except OSError as exc:
+                raise self._connect_error(exc) from exc
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                response = conn.getresponse()
+                raw = response.read()
+                status = response.status
+            except TimeoutError as exc:
+                raise LmsError(
+                    f"the daemon did not answer {method} {path} within "
+                    f"{timeout or self.timeout:g} s",
+                    hint=f"see its log: {paths.daemon_log()}",
+                ) from exc
+            except (ConnectionError, http.client.HTTPException) as exc:
+                raise LmsError(
+                    f"the daemon closed the connection during {method} {path}",
+                    hint=f"it may have crashed; see its log: {paths.daemon_log()}",
+                ) from exc
+        finally:
+            if response is not None:
+                response.close()
+            conn.close()
+        return self._decode(status, raw, f"{method} {path}")
+
+    def _connect_error(self, exc: OSError) -> LmsError:
+        if exc.errno in _NOT_RUNNING_ERRNOS:
+            return _not_running(self.socket_path)
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return UnsafePathError(
+                f"permission denied on the control socket {self.socket_path}",
+                hint="it belongs to another user: set LMS_HOME to a directory of your own",
+            )
+        if isinstance(exc, TimeoutError):
+            return LmsError(
+                f"the daemon did not accept a connection on {self.socket_path} in time",
+                hint=f"see its log: {paths.daemon_log()}",
+            )
+        return LmsError(f"cannot connect to the daemon on {self.socket_path}: {exc.strerror}")
+
+    @staticmethod
+    def _decode(status: int, raw: bytes, what: str) -> Any:
+        try:
+            doc = json.loads(raw) if raw else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = None
+        if status >= 400:
+            error = doc.get("error") if isinstance(doc, dict) else None
+            if isinstance(error, dict) and isinstance(error.get("code"), str):
+                data = error.get("data")
+                return_error = from_code(
+                    error["code"],
+                    str(error.get("message") or error["code"]),
+                    hint=error.get("hint") if isinstance(error.get("hint"), str) else None,
+                    data=data if isinstance(data, dict) else None,
+                )
+                raise return_error
+            raise LmsError(f"the daemon answered {what} with HTTP {status} and no error details")
+        if raw and doc is None:
+            raise LmsError(f"the daemon answered {what} with a body that is not JSON")
+        return doc
+
+    # -- routes --
+
+    def status(self, *, check_version: bool = True) -> DaemonStatus:
+        """The daemon's status; with ``check_version``, refuse a daemon of another version."""
+        status = cast(DaemonStatus, self.request("GET", CONTROL_STATUS))
+        if check_version:
+            check_version_matches(status)
+        return status
+
+    def shutdown(self, *, wait: bool = True, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask the daemon to exit; with ``wait``, return once it has released its pid lock."""
+        try:
+            self.request("POST", CONTROL_SHUTDOWN, {})
+        except LmsError as exc:
+            # A daemon that exits before its answer is fully read did what was asked;
+            # waiting for its pid lock below tells whether it is really gone.
+            if not (
+                wait and isinstance(exc.__cause__, (ConnectionError, http.client.HTTPException))
+            ):
+                raise
+        if wait:
+            wait_for_exit(timeout=timeout)
+
+    def server_status(self) -> ServerStatus:
+        return cast(ServerStatus, self.request("GET", CONTROL_SERVER))
+
+    def server_start(
+        self, *, port: int | None = None, bind: str | None = None, cors: bool | None = None
+    ) -> ServerStatus:
+        body: dict[str, Any] = {}
+        if port is not None:
+            body["port"] = port
+        if bind is not None:
+            body["bind"] = bind
+        if cors is not None:
+            body["cors"] = cors
+        return cast(ServerStatus, self.request("POST", CONTROL_SERVER_START, body))
+
+    def server_stop(self) -> ServerStatus:
+        return cast(ServerStatus, self.request("POST", CONTROL_SERVER_STOP, {}))
+
+    def models(self) -> list[ModelEntry]:
+        doc = self.request("GET", CONTROL_MODELS, timeout=MODELS_TIMEOUT)
+        return cast(list[ModelEntry], doc["models"])
+
+    def instances(self) -> list[InstanceEntry]:
+        doc = self.request("GET", CONTROL_INSTANCES)
+        return cast(list[InstanceEntry], doc["instances"])
+
+    def load(
+        self,
+        model: str,
+        *,
+        context_length: int | None = None,
+        ttl: int | None = None,
+        identifier: str | None = None,
+        timeout: float = LOAD_TIMEOUT,
+    ) -> InstanceEntry:
+        body: dict[str, Any] = {"model": model}
+        if context_length is not None:
+            body["context_length"] = context_length
+        if ttl is not None:
+            body["ttl"] = ttl
+        if identifier is not None:
+            body["identifier"] = identifier
+        return cast(InstanceEntry, self.request("POST", CONTROL_LOAD, body, timeout=timeout))
+
+    def unload(self, identifier: str | None = None, *, all: bool = False) -> list[str]:
+        """Unload one instance, or every instance with ``all``; returns the identifiers."""
+        if all == (identifier is not None):
+            raise ValueError("give exactly one of identifier and all")
+        body: dict[str, Any] = {"all": True} if all else {"identifier": identifier}
+        doc = self.request("POST", CONTROL_UNLOAD, body, timeout=LOAD_TIMEOUT)
+        return cast(list[str], doc["unloaded"])
+
+
+def check_version_matches(status: DaemonStatus, cli_version: str | None = None) -> None:
+    """Raise DaemonVersionError when the daemon runs another version than this CLI."""
+    cli_version = cli_version or lms.__version__
+    if status.get("version") != cli_version:
+        raise DaemonVersionError(
+            f"the running daemon is version {status.get('version')} but this lms is version "
+            f"{cli_version} (pid {status.get('pid')})",
+            hint="restart it: lms daemon down && lms daemon up",
+        )
+
+
+def try_status(client: ControlClient | None = None) -> DaemonStatus | None:
+    """The daemon's status without a version check, or None when no daemon runs."""
+    try:
+        return (client or ControlClient()).status(check_version=False)
+    except DaemonNotRunningError:
+        return None
+
+
+# --- pid lock probing -----------------------------------------------------------------------------
+
+
+def is_pid_lock_held(pid_file: Path | None = None) -> bool:
+    """Whether some process (a daemon, alive or starting) holds the pid-file lock.
+
+    Probing takes a shared lock for an instant; the file is never created here.
+    """
+    pid_file = pid_file or paths.pid_file()
+    try:
+        fd = os.open(pid_file, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def wait_for_exit(*, timeout: float = STOP_TIMEOUT, pid_file: Path | None = None) -> None:
+    """Poll, with a deadline, until the daemon has released its pid lock."""
+    deadline = time.monotonic() + timeout
+    while is_pid_lock_held(pid_file):
+        if time.monotonic() >= deadline:
+            raise LmsError(
+                f"the daemon did not exit within {timeout:g} s",
+                hint=f"see its log: {paths.daemon_log()}",
+            )
+        time.sleep(_POLL_INTERVAL)
+
+
+# --- starting the daemon -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonStart:
+    """The outcome of :func:`ensure_daemon`."""
+
+    status: DaemonStatus
+    started: bool
+
+
+def daemon_command(extra: Sequence[str] = ()) -> list[str]:
+    """The command line of the daemon process (no secret ever goes there)."""
+    return [sys.executable, "-m", "lms.daemon", *extra]
+
+
+@contextlib.contextmanager
+def _start_lock(deadline: float) -> Iterator[None]:
+    lock = paths.start_lock()
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LmsError(
+                        f"another lms has been starting the daemon for too long ({lock} is locked)",
+                        hint=f"see the daemon log: {paths.daemon_log()}",
+                    ) from None
+                time.sleep(_POLL_INTERVAL)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_daemon(
+    *,
+    client: ControlClient | None = None,
+    announce: Callable[[str], None] | None = None,
+    timeout: float = START_TIMEOUT,
+) -> DaemonStart:
+    """Return the running daemon's status, starting a daemon in the background if none runs.
+
+    CLIs racing to start it serialise on ``paths.start_lock()``: the loser waits, then finds the
+    winner's daemon running. ``announce`` receives a one-line message when a start begins.
+    Raises DaemonVersionError for a running daemon of another version.
+    """
+    client = client or ControlClient()
+    try:
+        return DaemonStart(client.status(), started=False)
+    except DaemonNotRunningError:
+        pass
+    paths.ensure_private_dir(paths.runtime_dir())
+    paths.check_socket_path(client.socket_path)
+    deadline = time.monotonic() + timeout
+    with _start_lock(deadline):
+        try:
+            return DaemonStart(client.status(), started=False)
+        except DaemonNotRunningError:
+            pass
+        if announce is not None:
+            announce("starting the daemon...")
+        _spawn_and_wait(client, deadline, timeout)
+        return DaemonStart(client.status(), started=True)
+
+
+def _spawn_and_wait(client: ControlClient, deadline: float, timeout: float) -> None:
+    log = paths.daemon_log()
+    paths.ensure_dir(log.parent)
+    read_end, write_end = os.pipe()
+    log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.set_inheritable(write_end, True)
+        argv = daemon_command(["--ready-fd", str(write_end)])
+        # posix_spawn rather than Popen: the daemon outlives this process, and a Popen object
+        # that is never waited for warns when it is collected.
+        pid = os.posix_spawn(
+            sys.executable,
+            argv,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
+        )
+    finally:
+        os.close(write_end)
+        os.close(log_fd)
+    try:
+        line = _read_ready_line(read_end, deadline)
+    finally:
+        os.close(read_end)
+    if line is None:
+        raise LmsError(
+            f"the daemon (pid {pid}) did not become ready within {timeout:g} s",
+            hint=f"see its log: {log}",
+        )
+    ready = _parse_ready(line)
+    if ready is not None and ready.get("ok") is True:
+        return
+    exit_code = _reap(pid, deadline)
+    code = ready.get("code") if ready is not None else None
+    if line and ready is None:
+        raise LmsError(f"the daemon sent a malformed ready line: {line[:200]!r}")
+    # Lost the race for the pid lock (the daemon says so, or died silently with the conflict exit
+    # code or not at all yet): the winner is coming up. Poll for it with a short deadline.
+    lost_race = code == DaemonRunningError.code or (
+        ready is None and exit_code in (None, int(ExitCode.CONFLICT))
+    )
+    if lost_race and _poll_running(client, min(deadline, time.monotonic() + _RACE_POLL_SECONDS)):
+        return
+    if isinstance(code, str):
+        assert ready is not None
+        raise from_code(code, str(ready.get("message") or code), hint=f"see the daemon log: {log}")
+    raise LmsError(
+        f"the daemon failed to start (exit code {exit_code})",
+        hint=f"see its log: {log}",
+    )
+
+
+def _parse_ready(line: str) -> dict[str, Any] | None:
+    try:
+        ready = json.loads(line) if line else None
+    except json.JSONDecodeError:
+        return None
+    return ready if isinstance(ready, dict) else None
+
+
+def _poll_running(client: ControlClient, deadline: float) -> bool:
+    """Poll, with a deadline, until some daemon answers on the socket."""
+    while True:
+        try:
+            client.status(check_version=False)
+            return True
+        except DaemonNotRunningError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_INTERVAL)
+
+
+def _read_ready_line(fd: int, deadline: float) -> str | None:
+    """The first line written to ``fd``: '' on EOF without a line, None on timeout."""
+    chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks).decode("utf-8", "replace").strip()
+        chunks.append(chunk)
+        if b"\n" in chunk:
+            return b"".join(chunks).split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+
+
+def _reap(pid: int, deadline: float) -> int | None:
+    """Collect a child daemon that is exiting: its exit code, or None if it lingers."""
+    limit = min(deadline, time.monotonic() + 5.0)
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= limit:
+            return None
+        time.sleep(_POLL_INTERVAL)

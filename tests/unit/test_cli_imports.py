@@ -1,0 +1,69 @@
+"""The CLI stays light: importing it loads neither the server side nor heavy libraries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+FORBIDDEN = ("aiohttp", "llama_cpp", "lms.daemon", "lms.api", "lms.inference", "lms.mcp", "gguf")
+
+
+def _loaded_after(code: str, *args: str) -> list[str]:
+    probe = f"import sys\n{code}\nimport json\nprint(json.dumps(sorted(sys.modules)))\n"
+    env = dict(os.environ, LMS_HOME=tempfile.mkdtemp(prefix="lms"))
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    modules: list[str] = json.loads(done.stdout.splitlines()[-1])
+    return modules
+
+
+def _forbidden(modules: list[str]) -> list[str]:
+    return [m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+
+
+def test_importing_the_cli_loads_no_server_side_module() -> None:
+    modules = _loaded_after("import lms.cli")
+    assert "lms.cli" in modules
+    assert _forbidden(modules) == []
+
+
+def test_running_a_command_loads_no_server_side_module() -> None:
+    # `lms config list` runs a whole command (Typer parsing, settings, rendering).
+    code = (
+        "import lms.cli, io, contextlib\n"
+        "sys.argv = ['lms', 'config', 'list']\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        lms.cli.main()\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), exc.code\n"
+    )
+    modules = _loaded_after(code)
+    assert "lms.cli.config" in modules
+    assert _forbidden(modules) == []
+
+
+def test_python_dash_m_lms_is_the_cli() -> None:
+    env = dict(os.environ, LMS_HOME=tempfile.mkdtemp(prefix="lms"))
+    done = subprocess.run(
+        [sys.executable, "-m", "lms", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    import lms
+
+    assert done.stdout.strip() == f"lms {lms.__version__}"
