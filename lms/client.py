@@ -258,15 +258,23 @@ class ControlClient:
         return cast(ServerStatus, self.request("GET", CONTROL_SERVER))
 
     def server_start(
-        self, *, port: int | None = None, bind: str | None = None, cors: bool | None = None
+        self,
+        *,
+        port: int | None = None,
+        bind: str | None = None,
+        cors: bool | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> ServerStatus:
-        body: dict[str, Any] = {}
-        if port is not None:
-            body["port"] = port
-        if bind is not None:
-            body["bind"] = bind
-        if cors is not None:
-            body["cors"] = cors
+        """Start the HTTP API server; only the given fields are sent (the daemon has defaults)."""
+        fields = {
+            "port": port,
+            "bind": bind,
+            "cors": cors,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+        }
+        body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
         return cast(ServerStatus, self.request("POST", CONTROL_SERVER_START, body))
 
     def server_stop(self) -> ServerStatus:

@@ -62,7 +62,6 @@ app = typer.Typer(
     cls=LmsGroup,
     invoke_without_command=True,
     no_args_is_help=False,
-    help="lms: a local LLM server with API-token authentication, driven from the command line.",
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )

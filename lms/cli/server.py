@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,12 @@ from lms import client as control
 from lms import config
 from lms.cli import render
 from lms.cli.daemon import server_line
-from lms.errors import DaemonNotRunningError, DaemonRunningError, ServerNotRunningError
+from lms.errors import (
+    DaemonNotRunningError,
+    DaemonRunningError,
+    InvalidParameterError,
+    ServerNotRunningError,
+)
 
 app = typer.Typer(
     help="Start, stop and inspect the HTTP API server.",
@@ -47,6 +53,19 @@ def warn_exposure(bind: str, port: int, *, auth_required: bool, tls: bool) -> No
         render.warn("no TLS: API tokens and prompts travel in clear text on the network")
 
 
+def _tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
+    """Absolute paths of the certificate and key (the daemon does not share our cwd)."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise InvalidParameterError("--tls-cert and --tls-key go together")
+    files = (Path(cert).expanduser().absolute(), Path(key).expanduser().absolute())
+    for file in files:
+        if not file.is_file():
+            raise InvalidParameterError(f"no such file: {file}")
+    return str(files[0]), str(files[1])
+
+
 @app.command()
 def start(
     port: Annotated[
@@ -61,7 +80,18 @@ def start(
     ] = None,
     cors: Annotated[
         bool | None,
-        typer.Option("--cors/--no-cors", help="Answer CORS requests (default: server.cors)."),
+        typer.Option(
+            "--cors/--no-cors",
+            help="Turn CORS on or off (the daemon records it as the server.cors setting).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)."),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option("--tls-key", help="PEM private key of --tls-cert."),
     ] = None,
     foreground: Annotated[
         bool,
@@ -71,7 +101,10 @@ def start(
         ),
     ] = False,
 ) -> None:
-    """Start the HTTP API server, starting the daemon if needed; prints the server's URL."""
+    """Start the HTTP API server, starting the daemon if needed; prints the server's URL.
+
+    A bind beyond loopback warns loudly on stderr, more so with authentication off or no TLS.
+    """
     overrides: dict[str, Any] = {}
     if port is not None:
         overrides["server.port"] = config.parse_text("server.port", str(port))
@@ -79,6 +112,7 @@ def start(
         overrides["server.bind"] = config.parse_text("server.bind", bind)
     settings = config.load(overrides)
     port, bind = settings.server_port, settings.server_bind
+    tls = _tls_files(tls_cert, tls_key)
 
     if foreground:
         running = control.try_status()
@@ -87,10 +121,12 @@ def start(
                 f"a background daemon is already running (pid {running['pid']})",
                 hint="stop it first: lms daemon down",
             )
-        warn_exposure(bind, port, auth_required=settings.auth_required, tls=False)
+        warn_exposure(bind, port, auth_required=settings.auth_required, tls=tls is not None)
         flags = ["--serve", "--port", str(port), "--bind", bind]
         if cors:
             flags.append("--cors")
+        if tls is not None:
+            flags += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         argv = control.daemon_command(flags)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -99,7 +135,13 @@ def start(
     control.ensure_daemon(announce=render.note)
     client = control.ControlClient()
     before = client.server_status()
-    status = client.server_start(port=port, bind=bind, cors=cors)
+    status = client.server_start(
+        port=port,
+        bind=bind,
+        cors=cors,
+        tls_cert=tls[0] if tls else None,
+        tls_key=tls[1] if tls else None,
+    )
     host = status.get("host") or bind
     warn_exposure(
         host,

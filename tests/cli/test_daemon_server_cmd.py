@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,3 +241,47 @@ def test_server_stop_when_stopped_exits_3(
     result = runner.invoke(app, ["server", "stop"])
     assert result.exit_code == 3
     assert "lms: the server is not running" in result.stderr
+
+
+def test_server_start_tls_files_are_sent_as_absolute_paths(
+    runner: CliRunner,
+    fake_daemon: FakeControlServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _serve_start(fake_daemon)
+    (tmp_path / "cert.pem").write_text("cert")
+    (tmp_path / "key.pem").write_text("key")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(
+        app, ["server", "start", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]
+    )
+    assert result.exit_code == 0, result.stderr
+    body = {
+        "port": 1234,
+        "bind": "127.0.0.1",
+        "tls_cert": str(tmp_path / "cert.pem"),
+        "tls_key": str(tmp_path / "key.pem"),
+    }
+    assert ("POST", "/server/start", body) in fake_daemon.requests
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tls-cert", "cert.pem"], "go together"),
+        (["--tls-cert", "cert.pem", "--tls-key", "missing.pem"], "no such file"),
+    ],
+)
+def test_server_start_bad_tls_flags_exit_2(
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
+    (tmp_path / "cert.pem").write_text("cert")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["server", "start", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
