@@ -123,8 +123,8 @@ def start(
             )
         warn_exposure(bind, port, auth_required=settings.auth_required, tls=tls is not None)
         flags = ["--serve", "--port", str(port), "--bind", bind]
-        if cors:
-            flags.append("--cors")
+        if cors is not None:
+            flags.append("--cors" if cors else "--no-cors")
         if tls is not None:
             flags += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         argv = control.daemon_command(flags)

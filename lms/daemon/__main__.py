@@ -31,6 +31,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--serve", action="store_true", help="start the API server (foreground)")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--bind", default=None)
+    parser.add_argument("--cors", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--tls-cert", default=None)
+    parser.add_argument("--tls-key", default=None)
     parser.add_argument("--debug", action="store_true")
     return parser.parse_args(argv)
 
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_banner(daemon)
 
     try:
-        asyncio.run(daemon.serve(serve_api=args.serve, ready=ready))
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None
+        asyncio.run(daemon.serve(serve_api=args.serve, ready=ready, cors=args.cors, tls=tls))
     except LmsError as err:
         log.error("daemon failed: %s", err.message)
         _report(args.ready_fd, {"ok": False, "code": err.code, "message": err.message})

@@ -189,6 +189,22 @@ class Daemon:
             log.info("API server stopped")
             return self.server_status()
 
+    async def _drain_api(self, grace: float) -> None:
+        """Graceful stop: refuse new connections, let in-flight generations finish for ``grace``
+        seconds, then cut the rest with a clear error (their streams still end properly)."""
+        async with self._server_lock:
+            server, self._server = self._server, None
+        if server is None:
+            return
+        for site in list(server.runner.sites):
+            await site.stop()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(i.is_busy for i in self.manager.instances()):
+            await asyncio.sleep(0.05)
+        await self.manager.close()  # remaining generations end with "the model was unloaded"
+        await server.runner.cleanup()
+        log.info("API server stopped")
+
     async def flush_usage(self) -> None:
         """Write the batched per-token usage counts to usage.sqlite3 (off the event loop)."""
         usage = self.guard.usage
@@ -219,6 +235,8 @@ class Daemon:
         serve_api: bool = False,
         ready: Callable[[], None] | None = None,
         install_signals: bool = True,
+        cors: bool | None = None,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         """Run until asked to stop. The caller holds the pid lock."""
         self._loop = asyncio.get_running_loop()
@@ -228,7 +246,10 @@ class Daemon:
         paths.check_socket_path(self.socket_path)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale, from a daemon killed with -9: we hold the lock
-        control = web.AppRunner(build_control_app(self, self.manager), access_log=None)
+        # Control requests are short; a CLI's idle keep-alive must not hold up shutdown.
+        control = web.AppRunner(
+            build_control_app(self, self.manager), access_log=None, shutdown_timeout=2.0
+        )
         await control.setup()
         await web.UnixSite(control, str(self.socket_path)).start()
         os.chmod(self.socket_path, 0o600)
@@ -238,7 +259,7 @@ class Daemon:
         try:
             await asyncio.to_thread(catalog.ensure_default_model, paths.models_dir())
             if serve_api:
-                await self.start_server(None, None, None)
+                await self.start_server(None, None, cors, tls)
             if ready:
                 ready()
             await self._stop.wait()
@@ -246,9 +267,7 @@ class Daemon:
             log.info("shutting down")
             reaper.cancel()
             flusher.cancel()
-            if self._server is not None:
-                with contextlib.suppress(Exception):
-                    await self.stop_server()
+            await self._drain_api(SHUTDOWN_GRACE_SECONDS)
             await self.manager.close()
             await self.flush_usage()
             await control.cleanup()
