@@ -199,6 +199,19 @@ class InstanceNotFoundError(NotFoundError):
     type = "model_not_found"
 
 
+class PreviousResponseNotFoundError(NotFoundError):
+    """A ``previous_response_id`` that does not exist (or belongs to another token)."""
+
+    code = "previous_response_not_found"
+
+
+class JobNotFoundError(NotFoundError):
+    """No download job has this id (jobs live in the daemon's memory)."""
+
+    code = "job_not_found"
+    type = "job_not_found"
+
+
 class MethodNotAllowedError(InvalidRequestError):
     code = "method_not_allowed"
     status = 405
@@ -290,8 +303,62 @@ class GenerationCancelledError(LmsError):
     type = "cancelled"
 
 
+class NotImplementedYetError(LmsError):
+    """A documented feature this version of lms does not offer yet."""
+
+    code = "not_implemented"
+    status = 501
+    type = "not_implemented"
+    anthropic_type = "invalid_request_error"
+
+
 class InterruptedByUserError(LmsError):
     code = "interrupted"
+    exit_code = ExitCode.INTERRUPTED
+
+
+# --- outbound connections and downloads ---------------------------------------------------------
+
+
+class UrlNotAllowedError(ForbiddenRequestError):
+    """An outbound URL refused by the rule of SPEC §6 (scheme, private address, redirect)."""
+
+    code = "url_not_allowed"
+
+
+class UpstreamError(LmsError):
+    """A server the daemon contacted for a client failed: DNS, connection, HTTP status."""
+
+    code = "upstream_error"
+    status = 502
+    type = "upstream_error"
+
+
+class DownloadError(UpstreamError):
+    """A download job failed (the server's answer, the disk)."""
+
+    code = "download_failed"
+    type = "download_failed"
+
+
+class DownloadVerificationError(DownloadError):
+    """The downloaded bytes are not what was promised: size, sha256, or not a GGUF model."""
+
+    code = "download_verification_failed"
+
+
+class DownloadStalledError(DownloadError):
+    """The server sent nothing for longer than the stall timeout."""
+
+    code = "download_stalled"
+    status = 504
+
+
+class DownloadCancelledError(DownloadError):
+    """The job was cancelled (Ctrl-C in ``lms get``, daemon shutdown); its partial file stays."""
+
+    code = "download_cancelled"
+    status = 499
     exit_code = ExitCode.INTERRUPTED
 
 

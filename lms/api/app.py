@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from lms import protocol
-from lms.api import middlewares, native, openai, security
-from lms.api.state import AUTH, CONFIG, LISTENER, MANAGER, AuthGuard, Listener
+from lms.api import middlewares, native, native_chat, openai, security
+from lms.api.state import AUTH, CHATS, CONFIG, LISTENER, MANAGER, AuthGuard, Listener
+from lms.chats import ChatStore
 from lms.config import ConfigWatcher
 from lms.inference.manager import ModelManager
 
@@ -28,6 +29,7 @@ def build_api_app(
     config: ConfigWatcher,
     listener: Listener,
     guard: AuthGuard | None = None,
+    chats: ChatStore | None = None,
 ) -> web.Application:
     """The aiohttp application served on TCP."""
     app = web.Application(
@@ -38,8 +40,10 @@ def build_api_app(
     app[CONFIG] = config
     app[LISTENER] = listener
     app[AUTH] = guard or AuthGuard()
+    app[CHATS] = chats or ChatStore()
     app.add_routes(routes)
     app.add_routes(openai.routes)
     app.add_routes(native.routes)
+    app.add_routes(native_chat.routes)
     app.on_response_prepare.append(middlewares.add_cors_headers)
     return app

@@ -9,6 +9,7 @@ from aiohttp import web
 from lms.auth.ratelimit import RateLimiter
 from lms.auth.usage import UsageBuffer, UsageStore
 from lms.auth.verifier import TokenVerifier
+from lms.chats import ChatStore
 from lms.config import ConfigWatcher
 from lms.inference.manager import ModelManager
 
@@ -39,3 +40,4 @@ MANAGER = web.AppKey("manager", ModelManager)
 CONFIG = web.AppKey("config", ConfigWatcher)
 LISTENER = web.AppKey("listener", Listener)
 AUTH = web.AppKey("auth", AuthGuard)
+CHATS = web.AppKey("chats", ChatStore)

@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,7 @@ from lms.errors import (
     ContextOverflowError,
     InternalError,
     InvalidParameterError,
+    InvalidRequestError,
     LmsError,
     ModelLoadError,
     ShuttingDownError,
@@ -74,6 +75,13 @@ class GenerationResult:
         return self.completion_tokens / self.generation_seconds if self.generation_seconds else 0.0
 
 
+@dataclass(frozen=True)
+class PromptProgress:
+    """How much of the prompt has been processed (0..1), pushed after each prefill chunk."""
+
+    fraction: float
+
+
 class Generation:
     """The caller's handle on one request: stream its text, cancel it, read its result.
 
@@ -90,7 +98,7 @@ class Generation:
         self.submitted_at = time.perf_counter()
         self.result: GenerationResult | None = None
         self._loop = loop
-        self._queue: asyncio.Queue[str | GenerationResult] = asyncio.Queue()
+        self._queue: asyncio.Queue[str | PromptProgress | GenerationResult] = asyncio.Queue()
         self._cancelled = False
 
     @property
@@ -102,14 +110,18 @@ class Generation:
         self._cancelled = True
 
     # Called from the worker thread.
-    def _push(self, item: str | GenerationResult) -> None:
+    def _push(self, item: str | PromptProgress | GenerationResult) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
-    async def stream(self) -> AsyncIterator[str]:
-        """Yield text as it is generated; raises the generation's error, if any, at the end."""
+    async def events(self) -> AsyncIterator[str | PromptProgress]:
+        """Yield prompt progress and text as they come; raises the generation's error, if any,
+        at the end. Text that piled up while the consumer was busy comes joined."""
         while True:
             item = await self._queue.get()
+            if isinstance(item, PromptProgress):
+                yield item
+                continue
             pieces: list[str] = []
             while isinstance(item, str):
                 pieces.append(item)
@@ -118,11 +130,19 @@ class Generation:
                 item = self._queue.get_nowait()
             if pieces:
                 yield "".join(pieces)
-            if isinstance(item, GenerationResult):
+            if isinstance(item, PromptProgress):
+                yield item
+            elif isinstance(item, GenerationResult):
                 self.result = item
                 if item.error is not None:
                     raise item.error
                 return
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Yield text as it is generated; raises the generation's error, if any, at the end."""
+        async for item in self.events():
+            if isinstance(item, str):
+                yield item
 
     async def text(self) -> str:
         """The whole generated text (non-streaming use)."""
@@ -194,9 +214,22 @@ class Engine:
         self._thread.start()
 
     @classmethod
-    def load(cls, path: Path, options: LoadOptions) -> Engine:
-        """Load the model file (blocking: call it off the event loop)."""
+    def load(
+        cls, path: Path, options: LoadOptions, progress: Callable[[float], None] | None = None
+    ) -> Engine:
+        """Load the model file (blocking: call it off the event loop).
+
+        ``progress`` is called from the loading thread with 0..1 as llama.cpp reads weights.
+        """
         model_params = llama_cpp.llama_model_default_params()
+        if progress is not None:
+
+            @llama_cpp.llama_progress_callback
+            def report(fraction: float, user_data: ctypes.c_void_p) -> bool:
+                progress(float(fraction))
+                return True  # keep loading
+
+            model_params.progress_callback = report
         try:
             model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
         except (ValueError, OSError) as exc:
@@ -262,6 +295,8 @@ class Engine:
                 f" {self.n_ctx_per_seq}; load the model with a larger context length",
                 param="context_length",
             )
+        if params.grammar is not None:  # refuse a bad grammar now, as a 400, not mid-stream
+            llama_cpp.llama_sampler_free(self._grammar_sampler(params.grammar))
         generation = Generation(asyncio.get_running_loop(), prompt_tokens, params)
         if self._closed:
             raise InternalError("the model is being unloaded")
@@ -316,7 +351,10 @@ class Engine:
                 job._push(GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
                 continue
             slot = self._slots.index(None)
-            self._slots[slot] = self._start_sequence(job, slot)
+            try:
+                self._slots[slot] = self._start_sequence(job, slot)
+            except LmsError as err:
+                job._push(GenerationResult("error", len(job.prompt_tokens), 0, 0.0, 0.0, err))
         return True
 
     def _drain_queue(self, reason: FinishReason, err: LmsError | None) -> None:
@@ -341,8 +379,27 @@ class Engine:
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
         )
 
+    def _grammar_sampler(self, grammar: str) -> llama_cpp.llama_sampler_p:
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            self._vocab, grammar.encode("utf-8"), b"root"
+        )
+        if not sampler:  # llama.cpp printed why to stderr; it returns NULL on any parse error
+            raise InvalidRequestError(
+                "the output grammar is not valid GBNF with a 'root' rule", param="grammar"
+            )
+        return sampler
+
     def _make_sampler(self, params: SamplingParams) -> internals.LlamaSampler:
         sampler = internals.LlamaSampler()
+        if params.grammar is not None:
+            # First in the chain: every later stage (top-k, greedy...) only sees tokens the
+            # grammar allows, so it can never pick a token the grammar would reject.
+            try:
+                grammar = self._grammar_sampler(params.grammar)
+            except InvalidRequestError:
+                sampler.close()
+                raise
+            llama_cpp.llama_sampler_chain_add(sampler.sampler, grammar)
         if (params.repeat_penalty, params.frequency_penalty, params.presence_penalty) != (
             1.0,
             0.0,
@@ -380,9 +437,9 @@ class Engine:
         for seq in self._active():
             if not seq.in_prefill:
                 rows.append((seq, self._add(seq.last_token, seq, logits=True)))
-        for seq in self._active():
-            if not seq.in_prefill:
-                continue
+        prefilling: list[_Sequence] = []
+        for seq in [s for s in self._active() if s.in_prefill]:
+            prefilling.append(seq)
             prompt = seq.generation.prompt_tokens
             room = self.options.batch_size - batch.n_tokens
             end = min(len(prompt), seq.prefilled + room)
@@ -395,15 +452,15 @@ class Engine:
                 break
         if batch.n_tokens == 0:
             return
-        self.status = (
-            "generating" if not any(s.in_prefill for s in self._active()) else ("processing_prompt")
-        )
+        self.status = "processing_prompt" if prefilling else "generating"
         rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
         if rc != 0:
             err = InternalError(f"llama_decode failed (code {rc})")
             for seq in self._active():
                 self._finish(seq, "error", err)
             return
+        for seq in prefilling:
+            seq.generation._push(PromptProgress(seq.prefilled / len(seq.generation.prompt_tokens)))
         for seq, index in rows:
             self._advance(seq, self._sample(seq, index))
         if not self._active():

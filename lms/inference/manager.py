@@ -105,11 +105,19 @@ class ModelManager:
     def loaded_identifiers(self, model_key: str) -> list[str]:
         return [i.identifier for i in self.instances() if i.model.key == model_key]
 
-    async def acquire(self, query: str, *, ttl: int | None = None) -> Instance:
+    async def acquire(
+        self,
+        query: str,
+        *,
+        ttl: int | None = None,
+        context_length: int | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> Instance:
         """The instance that serves an inference request for ``query``, JIT-loading it.
 
-        ``query`` is an instance identifier or a model key. ``ttl`` applies only when this
-        request is the one that loads the model.
+        ``query`` is an instance identifier or a model key. ``ttl`` and ``context_length`` apply
+        only when this request is the one that loads the model; ``progress`` then hears about
+        the load (0..1, from the loading thread).
         """
         instance = self._instances.get(query)
         if instance is None:
@@ -122,11 +130,17 @@ class ModelManager:
                         hint=f"load it first: lms load {model.key}",
                         param="model",
                     )
-                instance = await self._load_jit(model, ttl)
+                instance = await self._load_jit(model, ttl, context_length, progress)
         instance.touch()
         return instance
 
-    async def _load_jit(self, model: ModelFile, ttl: int | None) -> Instance:
+    async def _load_jit(
+        self,
+        model: ModelFile,
+        ttl: int | None,
+        context_length: int | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> Instance:
         async with self._lock:
             existing = next((i for i in self.instances() if i.model.key == model.key), None)
             if existing is not None:
@@ -137,10 +151,11 @@ class ModelManager:
                     await self._unload_locked(other.identifier)
             return await self._load_locked(
                 model,
-                context_length=settings.models_context_length,
+                context_length=context_length or settings.models_context_length,
                 ttl=ttl if ttl is not None else (settings.models_ttl or None),
                 identifier=None,
                 jit=True,
+                progress=progress,
             )
 
     async def load(
@@ -176,6 +191,7 @@ class ModelManager:
         ttl: int | None,
         identifier: str | None,
         jit: bool,
+        progress: Callable[[float], None] | None = None,
     ) -> Instance:
         if identifier is None:
             identifier, n = model.key, 2
@@ -185,7 +201,7 @@ class ModelManager:
             context_length = min(context_length, model.max_context_length)
         options = LoadOptions(context_length=context_length)
         started = time.perf_counter()
-        engine = await asyncio.to_thread(Engine.load, model.path, options)
+        engine = await asyncio.to_thread(Engine.load, model.path, options, progress)
         instance = Instance(
             identifier=identifier,
             model=model,

@@ -1,0 +1,314 @@
+"""``POST /api/v1/chat``: LM Studio's native chat, stateful and streamed (reference §2.1-2.5).
+
+The conversation is rebuilt from the stored response named by ``previous_response_id``; a stored
+response belongs to the token that made it. Streaming sends ``chat.start`` first and ``chat.end``
+(carrying the full response body) last, always — an error in between is an ``error`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from lms import protocol
+from lms.api import bodies, instances
+from lms.api.security import TOKEN, record_generation
+from lms.api.state import CHATS
+from lms.errors import InvalidParameterError, LmsError, NotImplementedYetError
+from lms.inference.engine import Generation, PromptProgress
+from lms.inference.manager import Instance
+from lms.inference.sampling import SamplingParams
+
+routes = web.RouteTableDef()
+
+_REASONING = ("off", "low", "medium", "high", "on")
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    new_messages: list[dict[str, Any]]
+    params: SamplingParams
+    stream: bool
+    store: bool
+    context_length: int | None
+    ttl: int | None
+
+
+@dataclass
+class ChatResult:
+    """What the response body is built from."""
+
+    instance_id: str
+    content: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens_per_second: float = 0.0
+    time_to_first_token: float = 0.0
+    load_time: float | None = None
+    response_id: str | None = None
+    error: LmsError | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "input_tokens": self.input_tokens,
+            "total_output_tokens": self.output_tokens,
+            "reasoning_output_tokens": 0,
+            "tokens_per_second": round(self.tokens_per_second, 3),
+            "time_to_first_token_seconds": round(self.time_to_first_token, 3),
+        }
+        if self.load_time is not None:
+            stats["model_load_time_seconds"] = round(self.load_time, 3)
+        body: dict[str, Any] = {
+            "model_instance_id": self.instance_id,
+            "output": [{"type": "message", "content": self.content}] if self.content else [],
+            "stats": stats,
+        }
+        if self.response_id:
+            body["response_id"] = self.response_id
+        return body
+
+
+def _input_messages(value: Any) -> list[dict[str, Any]]:
+    """``input``: a string, or items ``{"type": "text", "content"}`` (``message`` accepted)."""
+    if isinstance(value, str):
+        if not value:
+            raise InvalidParameterError("'input' must not be empty", param="input")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise InvalidParameterError(
+            "'input' must be a string or a non-empty array of input items", param="input"
+        )
+    parts: list[str] = []
+    for i, item in enumerate(value):
+        where = f"input.{i}"
+        if not isinstance(item, dict):
+            raise InvalidParameterError(f"'{where}' must be an object", param=where)
+        kind = item.get("type")
+        if kind == "image":
+            raise InvalidParameterError(
+                f"'{where}' is an image, but this model has no vision support", param=where
+            )
+        if kind not in ("text", "message"):
+            raise InvalidParameterError(
+                f"'{where}.type' must be 'text' or 'image'", param=f"{where}.type"
+            )
+        content = item.get("content")
+        if not isinstance(content, str):
+            raise InvalidParameterError(
+                f"'{where}.content' is required and must be a string", param=f"{where}.content"
+            )
+        parts.append(content)
+    return [{"role": "user", "content": "\n\n".join(parts)}]
+
+
+async def _parse(request: web.Request, body: Mapping[str, Any]) -> ChatRequest:
+    model = bodies.require(body, "model", str)
+    if "input" not in body:
+        raise InvalidParameterError("'input' is required", param="input")
+    new_messages = _input_messages(body["input"])
+    system = bodies.get(body, "system_prompt", str)
+    reasoning = bodies.get(body, "reasoning", str)
+    if reasoning is not None and reasoning not in _REASONING:
+        raise InvalidParameterError(
+            f"'reasoning' must be one of {', '.join(_REASONING)}", param="reasoning"
+        )
+    if reasoning not in (None, "off"):
+        raise InvalidParameterError(
+            f"'reasoning' {reasoning!r} is not supported: the models lms serves have no"
+            " reasoning mode (use 'off' or leave it out)",
+            param="reasoning",
+        )
+    if body.get("integrations"):
+        raise NotImplementedYetError(
+            "'integrations' (MCP servers) are not available in this version of lms",
+            param="integrations",
+        )
+    context_length = bodies.get(body, "context_length", int)
+    if context_length is not None and context_length < 16:
+        raise InvalidParameterError("'context_length' must be at least 16", param="context_length")
+    history: list[dict[str, Any]] = []
+    previous = bodies.get(body, "previous_response_id", str)
+    if previous is not None:
+        owner = _owner(request)
+        stored = await asyncio.to_thread(request.app[CHATS].load, previous, owner)
+        history = stored.messages
+    if system is not None:
+        history = [m for m in history if m.get("role") != "system"]
+        history.insert(0, {"role": "system", "content": system})
+    return ChatRequest(
+        model=model,
+        messages=history + new_messages,
+        new_messages=new_messages,
+        params=bodies.sampling(body, max_token_fields=("max_output_tokens",)),
+        stream=bool(bodies.get(body, "stream", bool, False)),
+        store=bool(bodies.get(body, "store", bool, True)),
+        context_length=context_length,
+        ttl=bodies.get(body, "ttl", int),
+    )
+
+
+def _owner(request: web.Request) -> str | None:
+    record = request.get(TOKEN)
+    return record.id if record is not None else None
+
+
+def _event(kind: str, **payload: Any) -> bytes:
+    data = json.dumps({"type": kind, **payload}, separators=(",", ":"))
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
+class _Sink:
+    """Where streaming events go: the SSE response, or nowhere (non-streaming requests)."""
+
+    def __init__(self, response: web.StreamResponse | None) -> None:
+        self.response = response
+
+    async def send(self, kind: str, **payload: Any) -> None:
+        if self.response is not None:
+            await self.response.write(_event(kind, **payload))
+
+
+@routes.post(protocol.API_NATIVE_CHAT)
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await bodies.read_json(request)
+    chat_request = await _parse(request, body)
+    found = await instances.target(request, chat_request.model)
+    instance_id = found.instance.identifier if found.instance else found.key
+    result = ChatResult(instance_id=instance_id)
+    response: web.StreamResponse | None = None
+    if chat_request.stream:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+    sink = _Sink(response)
+    await sink.send("chat.start", model_instance_id=instance_id)
+    try:
+        await _run(request, chat_request, found, result, sink)
+    except LmsError as err:
+        if response is None:
+            raise
+        result.error = err
+        await sink.send("error", error=protocol.api_error_body(err)["error"])
+    if response is None:
+        return web.json_response(result.body())
+    await sink.send("chat.end", result=result.body())
+    await response.write_eof()
+    return response
+
+
+async def _run(
+    request: web.Request,
+    chat_request: ChatRequest,
+    found: instances.Target,
+    result: ChatResult,
+    sink: _Sink,
+) -> None:
+    instance = found.instance
+    if instance is None:
+        instance = await _load(request, chat_request, found, result, sink)
+    tokens, stops = instance.chat_prompt(chat_request.messages)
+    params = dataclasses.replace(
+        chat_request.params, stop=tuple(dict.fromkeys((*chat_request.params.stop, *stops)))
+    )
+    generation = instance.engine.submit(tokens, params)
+    result.input_tokens = len(tokens)
+    try:
+        await _stream(generation, result, sink)
+    finally:
+        generation.cancel()
+        record_generation(request, len(tokens), result.output_tokens)
+    if chat_request.store:
+        messages = [*chat_request.messages, {"role": "assistant", "content": result.content}]
+        result.response_id = await asyncio.to_thread(
+            request.app[CHATS].save,
+            owner=_owner(request),
+            model=instance.model.key,
+            messages=messages,
+            output=result.body()["output"],
+        )
+
+
+async def _load(
+    request: web.Request,
+    chat_request: ChatRequest,
+    found: instances.Target,
+    result: ChatResult,
+    sink: _Sink,
+) -> Instance:
+    """JIT-load for this request, streaming ``model_load.*`` events with llama.cpp's progress."""
+    loop = asyncio.get_running_loop()
+    progress: asyncio.Queue[float | None] = asyncio.Queue()
+    await sink.send("model_load.start", model_instance_id=found.key)
+
+    def report(fraction: float) -> None:  # called from the loading thread
+        loop.call_soon_threadsafe(progress.put_nowait, fraction)
+
+    async def forward() -> None:
+        last = -1.0
+        while (fraction := await progress.get()) is not None:
+            if fraction - last >= 0.05 or fraction >= 1.0:
+                last = fraction
+                await sink.send(
+                    "model_load.progress", model_instance_id=found.key, progress=round(fraction, 3)
+                )
+
+    forwarder = asyncio.create_task(forward())
+    try:
+        instance = await instances.acquire(
+            request,
+            chat_request.model,
+            ttl=chat_request.ttl,
+            context_length=chat_request.context_length,
+            progress=report if sink.response is not None else None,
+            resolved=found,
+        )
+    finally:
+        progress.put_nowait(None)
+        await forwarder
+    result.instance_id = instance.identifier
+    result.load_time = instance.load_time
+    await sink.send(
+        "model_load.end",
+        model_instance_id=instance.identifier,
+        load_time_seconds=round(instance.load_time, 3),
+    )
+    return instance
+
+
+async def _stream(generation: Generation, result: ChatResult, sink: _Sink) -> None:
+    started_prompt = started_message = False
+    pieces: list[str] = []
+    try:
+        async for item in generation.events():
+            if isinstance(item, PromptProgress):
+                if not started_prompt:
+                    started_prompt = True
+                    await sink.send("prompt_processing.start")
+                await sink.send("prompt_processing.progress", progress=round(item.fraction, 3))
+                if item.fraction >= 1.0:
+                    await sink.send("prompt_processing.end")
+                continue
+            if not started_message:
+                started_message = True
+                await sink.send("message.start")
+            pieces.append(item)
+            await sink.send("message.delta", content=item)
+    finally:
+        result.content = "".join(pieces)
+        outcome = generation.result
+        if outcome is not None:
+            result.output_tokens = outcome.completion_tokens
+            result.tokens_per_second = outcome.tokens_per_second
+            result.time_to_first_token = outcome.time_to_first_token
+    if started_message:
+        await sink.send("message.end")
