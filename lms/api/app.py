@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from lms import protocol
-from lms.api import middlewares, native, native_chat, openai, security
+from lms.api import middlewares, native, native_chat, openai, responses, security
 from lms.api.state import AUTH, CHATS, CONFIG, LISTENER, MANAGER, AuthGuard, Listener
 from lms.chats import ChatStore
 from lms.config import ConfigWatcher
@@ -45,5 +45,6 @@ def build_api_app(
     app.add_routes(openai.routes)
     app.add_routes(native.routes)
     app.add_routes(native_chat.routes)
+    app.add_routes(responses.routes)
     app.on_response_prepare.append(middlewares.add_cors_headers)
     return app

@@ -1,0 +1,285 @@
+"""``POST /v1/responses``: OpenAI's Responses API (reference §3.5), stateful like the native chat.
+
+Responses share the stored-chat table with ``/api/v1/chat``: a ``resp_…`` id from either
+continues on the other. Streaming uses OpenAI's event names (``response.created`` …
+``response.completed``), each carrying a ``sequence_number``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from lms import protocol
+from lms.api import bodies, instances
+from lms.api.security import TOKEN, record_generation
+from lms.api.state import CHATS
+from lms.chats import new_response_id
+from lms.errors import InvalidParameterError, LmsError, NotImplementedYetError
+from lms.inference.engine import Generation
+
+routes = web.RouteTableDef()
+
+
+def _text_of(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidParameterError(
+            f"'{where}' must be a string or a list of content parts", param=where
+        )
+    texts = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("input_text", "output_text", "text"):
+            raise InvalidParameterError(
+                f"'{where}[{i}].type' must be 'input_text' (images are not supported)",
+                param=f"{where}[{i}].type",
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidParameterError(f"'{where}[{i}].text' must be a string", param=where)
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _input_messages(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise InvalidParameterError(
+            "'input' must be a string or a non-empty list of items", param="input"
+        )
+    messages = []
+    for i, item in enumerate(value):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidParameterError(f"'{where}' must be an object", param=where)
+        if item.get("type", "message") != "message":
+            raise InvalidParameterError(
+                f"'{where}.type' {item.get('type')!r} is not supported (only messages)",
+                param=f"{where}.type",
+            )
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise InvalidParameterError(
+                f"'{where}.role' must be user, assistant, system or developer",
+                param=f"{where}.role",
+            )
+        role = "system" if role == "developer" else role
+        messages.append(
+            {"role": role, "content": _text_of(item.get("content"), f"{where}.content")}
+        )
+    return messages
+
+
+def _response_body(
+    *,
+    response_id: str,
+    model: str,
+    created_at: int,
+    status: str,
+    text: str,
+    body: Mapping[str, Any],
+    usage: dict[str, Any] | None,
+    message_id: str,
+    incomplete: bool = False,
+) -> dict[str, Any]:
+    output = []
+    if status != "in_progress":
+        output.append(
+            {
+                "id": message_id,
+                "type": "message",
+                "status": "incomplete" if incomplete else "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        )
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "model": model,
+        "output": output,
+        "previous_response_id": body.get("previous_response_id"),
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "parallel_tool_calls": False,
+        "tool_choice": "auto",
+        "tools": [],
+        "text": {"format": {"type": "text"}},
+        "store": body.get("store", True),
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "usage": usage,
+        "metadata": {},
+    }
+
+
+@routes.post(protocol.API_OPENAI_RESPONSES)
+async def create_response(request: web.Request) -> web.StreamResponse:
+    body = await bodies.read_json(request)
+    model_query = bodies.require(body, "model", str)
+    if "input" not in body:
+        raise InvalidParameterError("'input' is required", param="input")
+    new_messages = _input_messages(body["input"])
+    if body.get("tools"):
+        raise NotImplementedYetError(
+            "'tools' are not available on /v1/responses yet", param="tools"
+        )
+    text_option = body.get("text")
+    if text_option is not None and (
+        not isinstance(text_option, dict) or "format" not in text_option
+    ):
+        raise InvalidParameterError("'text.format' is required", param="text.format")
+    instructions = bodies.get(body, "instructions", str)
+    store = bool(bodies.get(body, "store", bool, True))
+    stream = bool(bodies.get(body, "stream", bool, False))
+    params = bodies.sampling(body, max_token_fields=("max_output_tokens",))
+    record = request.get(TOKEN)
+    owner = record.id if record is not None else None
+    history: list[dict[str, Any]] = []
+    previous = bodies.get(body, "previous_response_id", str)
+    if previous is not None:
+        history = (await asyncio.to_thread(request.app[CHATS].load, previous, owner)).messages
+    if instructions is not None:  # instructions apply to this response only (OpenAI semantics)
+        history = [m for m in history if m.get("role") != "system"]
+        history.insert(0, {"role": "system", "content": instructions})
+    messages = history + new_messages
+
+    instance = await instances.acquire(request, model_query, ttl=bodies.get(body, "ttl", int))
+    tokens, stops = instance.chat_prompt(messages)
+    params = dataclasses.replace(params, stop=tuple(dict.fromkeys((*params.stop, *stops))))
+    generation = instance.engine.submit(tokens, params)
+    response_id = new_response_id()
+    message_id = "msg_" + secrets.token_hex(24)
+    created_at = int(time.time())
+
+    def snapshot(status: str, text: str, usage: dict[str, Any] | None) -> dict[str, Any]:
+        return _response_body(
+            response_id=response_id,
+            model=instance.model.key,
+            created_at=created_at,
+            status=status,
+            text=text,
+            body=body,
+            usage=usage,
+            message_id=message_id,
+            incomplete=status == "incomplete",
+        )
+
+    async def finish(text: str) -> dict[str, Any]:
+        result = generation.result
+        usage: dict[str, Any] = {
+            "input_tokens": len(tokens),
+            "output_tokens": result.completion_tokens if result else 0,
+            "total_tokens": len(tokens) + (result.completion_tokens if result else 0),
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+        status = "incomplete" if result and result.finish_reason == "length" else "completed"
+        final = snapshot(status, text, usage)
+        if store:
+            await asyncio.to_thread(
+                request.app[CHATS].save,
+                owner=owner,
+                model=instance.model.key,
+                messages=[*messages, {"role": "assistant", "content": text}],
+                output=final["output"],
+                response_id=response_id,
+            )
+        return final
+
+    try:
+        if not stream:
+            text = await generation.text()
+            return web.json_response(await finish(text))
+        return await _stream(request, generation, snapshot, finish, message_id)
+    finally:
+        generation.cancel()
+        result = generation.result
+        record_generation(request, len(tokens), result.completion_tokens if result else 0)
+
+
+async def _stream(
+    request: web.Request,
+    generation: Generation,
+    snapshot: Any,
+    finish: Any,
+    message_id: str,
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    sequence = 0
+
+    async def send(kind: str, **payload: Any) -> None:
+        nonlocal sequence
+        data = json.dumps({"type": kind, "sequence_number": sequence, **payload})
+        sequence += 1
+        await response.write(f"event: {kind}\ndata: {data}\n\n".encode())
+
+    await send("response.created", response=snapshot("in_progress", "", None))
+    await send("response.in_progress", response=snapshot("in_progress", "", None))
+    item = {"id": message_id, "type": "message", "status": "in_progress", "role": "assistant"}
+    await send("response.output_item.added", output_index=0, item={**item, "content": []})
+    part = {"type": "output_text", "text": "", "annotations": []}
+    await send(
+        "response.content_part.added",
+        item_id=message_id,
+        output_index=0,
+        content_index=0,
+        part=part,
+    )
+    pieces: list[str] = []
+    try:
+        async for piece in generation.stream():
+            pieces.append(piece)
+            await send(
+                "response.output_text.delta",
+                item_id=message_id,
+                output_index=0,
+                content_index=0,
+                delta=piece,
+                logprobs=[],
+            )
+    except LmsError as err:
+        await send("error", code=err.code, message=err.message, param=err.param)
+        await response.write_eof()
+        return response
+    text = "".join(pieces)
+    await send(
+        "response.output_text.done",
+        item_id=message_id,
+        output_index=0,
+        content_index=0,
+        text=text,
+        logprobs=[],
+    )
+    await send(
+        "response.content_part.done",
+        item_id=message_id,
+        output_index=0,
+        content_index=0,
+        part={**part, "text": text},
+    )
+    final = await finish(text)
+    await send("response.output_item.done", output_index=0, item=final["output"][0])
+    await send(
+        "response.incomplete" if final["status"] == "incomplete" else "response.completed",
+        response=final,
+    )
+    await response.write_eof()
+    return response
