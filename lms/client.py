@@ -35,6 +35,7 @@ from lms.errors import (
     from_code,
 )
 from lms.protocol import (
+    CONTROL_AUTH,
     CONTROL_INSTANCES,
     CONTROL_LOAD,
     CONTROL_MODELS,
@@ -279,6 +280,12 @@ class ControlClient:
 
     def server_stop(self) -> ServerStatus:
         return cast(ServerStatus, self.request("POST", CONTROL_SERVER_STOP, {}))
+
+    def auth_status(self) -> dict[str, Any]:
+        """What the daemon enforces now (``GET /auth``): ``auth_required``, ``config_healthy``,
+        ``config_error``, ``registry`` (path, healthy, error, generation, tokens), ``mcp`` and
+        ``server``. Never starts a daemon: DaemonNotRunningError when none runs."""
+        return cast(dict[str, Any], self.request("GET", CONTROL_AUTH))
 
     def models(self) -> list[ModelEntry]:
         doc = self.request("GET", CONTROL_MODELS, timeout=MODELS_TIMEOUT)

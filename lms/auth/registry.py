@@ -40,7 +40,7 @@ from typing import Any
 import tomli_w
 
 from lms import paths, storage
-from lms.auth import audit, tokens
+from lms.auth import audit, tokens, tomlsubset
 from lms.auth.permissions import DEFAULT_PERMISSIONS, Permission, sorted_permissions
 from lms.auth.record import (
     TokenRecord,
@@ -74,7 +74,11 @@ EMPTY = RegistryState(generation=0, records=())
 def parse(data: bytes, path: Path) -> RegistryState:
     """Parse and validate the bytes of tokens.toml; ConfigBrokenError names ``path`` and why."""
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        # The fast reader returns None for anything but dump()'s own layout: tomllib decides.
+        doc = tomlsubset.loads(text)
+        if doc is None:
+            doc = tomllib.loads(text)
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise broken(path, f"not valid TOML: {exc}") from None
     if unknown := set(doc) - _TOP_LEVEL:

@@ -19,11 +19,13 @@ from typer._click import Context as ClickContext  # Typer 0.29 vendors click (pi
 from typer.core import TyperGroup
 
 import lms
+from lms.cli import auth as auth_cmd
 from lms.cli import config as config_cmd
 from lms.cli import daemon as daemon_cmd
 from lms.cli import models as models_cmd
 from lms.cli import render
 from lms.cli import server as server_cmd
+from lms.cli import token as token_cmd
 from lms.errors import ExitCode, LmsError
 
 __all__ = ["LmsGroup", "app", "main"]
@@ -101,6 +103,8 @@ def root(
 
 app.add_typer(daemon_cmd.app, name="daemon", rich_help_panel="Serve")
 app.add_typer(server_cmd.app, name="server", rich_help_panel="Serve")
+app.add_typer(token_cmd.app, name="token", rich_help_panel="Authentication")
+app.add_typer(auth_cmd.app, name="auth", rich_help_panel="Authentication")
 app.add_typer(config_cmd.app, name="config", rich_help_panel="Settings")
 models_cmd.register(app, rich_help_panel="Local models")
 
