@@ -182,10 +182,20 @@ def list_cmd(json_output: JsonOption = False) -> None:
     """
     from lms.auth.registry import Registry
     from lms.auth.timespec import utc_now
-    from lms.auth.usage import UsageStore
 
     records = Registry().list()
-    usage = UsageStore().read() if records else {}
+    usage: dict[str, TokenUsage] = {}
+    if records:
+        import sqlite3
+
+        from lms.auth.usage import UsageStore  # sqlite3: only when there is usage to show
+
+        store = UsageStore()
+        try:
+            usage = store.read()  # one query for every token
+        except sqlite3.Error as exc:
+            # Usage is a convenience; the tokens themselves must stay listable.
+            render.warn(f"cannot read token usage from {store.path} ({exc}); shown without it")
     now = utc_now()
     if json_output:
         render.emit_json([_list_doc(r, usage.get(r.id), now) for r in records])

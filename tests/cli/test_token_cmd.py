@@ -207,6 +207,16 @@ def test_list_json_has_usage_and_never_a_secret_or_a_hash(runner: CliRunner) -> 
     assert row[-2:] == ["2026-01-02T03:04:05Z", "7"]
 
 
+def test_list_survives_a_damaged_usage_database(runner: CliRunner) -> None:
+    create(runner, "ci")
+    paths.ensure_dir(paths.usage_db().parent)
+    paths.usage_db().write_bytes(b"this is not a database" * 100)
+    result = runner.invoke(app, ["token", "list", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)[0]["request_count"] == 0
+    assert "cannot read token usage" in result.stderr
+
+
 def test_list_marks_expired_tokens(runner: CliRunner) -> None:
     now = datetime.now(UTC)
     write_records(
