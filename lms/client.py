@@ -36,6 +36,8 @@ from lms.errors import (
 )
 from lms.protocol import (
     CONTROL_AUTH,
+    CONTROL_DOWNLOADS,
+    CONTROL_IMPORT,
     CONTROL_INSTANCES,
     CONTROL_LOAD,
     CONTROL_MODELS,
@@ -46,9 +48,12 @@ from lms.protocol import (
     CONTROL_STATUS,
     CONTROL_UNLOAD,
     DaemonStatus,
+    DownloadJob,
+    ImportResult,
     InstanceEntry,
     ModelEntry,
     ServerStatus,
+    control_download_path,
 )
 
 # Quick routes answer in milliseconds; a daemon silent for this long is stuck.
@@ -60,6 +65,10 @@ MODELS_TIMEOUT = 300.0
 # How long a freshly spawned daemon may take to be ready (its first start assembles the
 # default model: a 253 MB copy and its sha256).
 START_TIMEOUT = 60.0
+# Starting a download waits up to 10 s in the daemon for the server's first answer.
+DOWNLOAD_START_TIMEOUT = 60.0
+# An import copies a model file (gigabytes) and fsyncs it.
+IMPORT_TIMEOUT = 1800.0
 # How long `shutdown(wait=True)` waits for the daemon to release its pid lock.
 STOP_TIMEOUT = 30.0
 
@@ -320,6 +329,47 @@ class ControlClient:
         body: dict[str, Any] = {"all": True} if all else {"identifier": identifier}
         doc = self.request("POST", CONTROL_UNLOAD, body, timeout=LOAD_TIMEOUT)
         return cast(list[str], doc["unloaded"])
+
+    def download(
+        self,
+        url: str,
+        *,
+        sha256: str | None = None,
+        size: int | None = None,
+        publisher: str | None = None,
+        name: str | None = None,
+    ) -> DownloadJob:
+        """Start a download job in the daemon (``url``: an http(s) URL of a .gguf file, or the
+        bundled model's key). The answer is the job, or ``status: already_downloaded``."""
+        fields = {"sha256": sha256, "size": size, "publisher": publisher, "name": name}
+        body: dict[str, Any] = {"url": url, **{k: v for k, v in fields.items() if v is not None}}
+        doc = self.request("POST", CONTROL_DOWNLOADS, body, timeout=DOWNLOAD_START_TIMEOUT)
+        return cast(DownloadJob, doc)
+
+    def download_status(self, job_id: str) -> DownloadJob:
+        """A download job's progress; JobNotFoundError for an unknown id."""
+        return cast(DownloadJob, self.request("GET", control_download_path(job_id)))
+
+    def download_cancel(self, job_id: str) -> DownloadJob:
+        """Stop a download job; its partial file stays, so the same download resumes later."""
+        path = control_download_path(job_id, cancel=True)
+        return cast(DownloadJob, self.request("POST", path, {}))
+
+    def import_model(
+        self,
+        path: str,
+        *,
+        mode: str = "copy",
+        publisher: str | None = None,
+        name: str | None = None,
+    ) -> ImportResult:
+        """Have the daemon check the GGUF at ``path`` (absolute) and bring it into the models
+        folder by ``mode`` (copy, move or symlink)."""
+        fields = {"publisher": publisher, "name": name}
+        body: dict[str, Any] = {"path": path, "mode": mode}
+        body.update({k: v for k, v in fields.items() if v is not None})
+        doc = self.request("POST", CONTROL_IMPORT, body, timeout=IMPORT_TIMEOUT)
+        return cast(ImportResult, doc)
 
 
 def check_version_matches(status: DaemonStatus, cli_version: str | None = None) -> None:

@@ -12,6 +12,7 @@ Two planes:
 from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
+from urllib.parse import quote
 
 from lms.errors import LmsError
 
@@ -27,6 +28,10 @@ CONTROL_INSTANCES = "/instances"
 CONTROL_LOAD = "/instances/load"
 CONTROL_UNLOAD = "/instances/unload"
 CONTROL_AUTH = "/auth"
+CONTROL_IMPORT = "/models/import"
+CONTROL_DOWNLOADS = "/downloads"
+CONTROL_DOWNLOAD = "/downloads/{job_id}"
+CONTROL_DOWNLOAD_CANCEL = "/downloads/{job_id}/cancel"
 
 # --- API (TCP) ---------------------------------------------------------------------------------
 
@@ -42,6 +47,8 @@ API_NATIVE_MODELS = "/api/v1/models"
 API_NATIVE_CHAT = "/api/v1/chat"
 API_NATIVE_LOAD = "/api/v1/models/load"
 API_NATIVE_UNLOAD = "/api/v1/models/unload"
+API_NATIVE_DOWNLOAD = "/api/v1/models/download"
+API_NATIVE_DOWNLOAD_STATUS = "/api/v1/models/download/status/{job_id}"
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -98,6 +105,49 @@ class InstanceEntry(TypedDict):
     last_used_at: float
     load_time_seconds: float
     size_bytes: int
+
+
+class DownloadJob(TypedDict, total=False):
+    """A download job as ``POST /api/v1/models/download`` and its status route show it
+    (reference/lmstudio-api.md §2.9-2.10), plus lms's own keys.
+
+    ``status`` is ``downloading``, ``completed``, ``failed`` or ``already_downloaded`` (lms never
+    pauses a job). ``job_id``, ``total_size_bytes`` and ``started_at`` are absent for
+    ``already_downloaded``; ``bytes_per_second`` and ``estimated_completion`` appear only while
+    downloading, ``completed_at`` only when completed. lms adds ``model_key`` (the catalog key of
+    the file once it is in place), ``file_name``, ``error`` (``{"type", "code", "message",
+    "hint"?}``, only when failed) and, on the control socket only, ``path``.
+    ``total_size_bytes`` is null while the server has not said how big the file is.
+    """
+
+    job_id: str
+    status: Literal["downloading", "completed", "failed", "already_downloaded"]
+    total_size_bytes: int | None
+    downloaded_bytes: int
+    started_at: str
+    completed_at: str
+    bytes_per_second: float
+    estimated_completion: str
+    model_key: str
+    file_name: str
+    error: dict[str, str]
+    path: str
+
+
+class ImportResult(TypedDict):
+    """What ``lms import`` did: where the file went and under which key."""
+
+    model_key: str
+    path: str
+    source: str
+    mode: Literal["copy", "move", "symlink"]
+    size_bytes: int
+
+
+def control_download_path(job_id: str, *, cancel: bool = False) -> str:
+    """The control route of one download job (``job_id`` is quoted for the URL)."""
+    pattern = CONTROL_DOWNLOAD_CANCEL if cancel else CONTROL_DOWNLOAD
+    return pattern.replace("{job_id}", quote(job_id, safe=""))
 
 
 def control_error_body(err: LmsError) -> dict[str, Any]:

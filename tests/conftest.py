@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,34 @@ def default_model_path(default_models_dir: Path) -> Path:
 
 
 # --- end of the default model block ------------------------------------------------------------
+
+
+# --- small real GGUF files ---------------------------------------------------------------------
+# `make_gguf(path, tensor_bytes=...)` writes a valid GGUF model file (architecture llama, one f32
+# tensor) with the gguf package's own writer and returns its bytes. For downloads and imports:
+# real files the catalog reads, far smaller than the default model.
+
+
+@pytest.fixture
+def make_gguf() -> Callable[..., bytes]:
+    def write(path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test") -> bytes:
+        import gguf
+        import numpy as np
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_name(name)
+        writer.add_context_length(256)
+        count = max(16, tensor_bytes // 4)
+        values = np.arange(count, dtype=np.float32).reshape(-1, 16)
+        writer.add_tensor("token_embd.weight", values)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
+
+    return write
+
+
+# --- end of the small GGUF block ---------------------------------------------------------------

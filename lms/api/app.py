@@ -5,10 +5,20 @@ from __future__ import annotations
 from aiohttp import web
 
 from lms import protocol
-from lms.api import middlewares, native, native_chat, openai, responses, security
-from lms.api.state import AUTH, CHATS, CONFIG, LISTENER, MANAGER, AuthGuard, Listener
+from lms.api import middlewares, model_admin, native, native_chat, openai, responses, security
+from lms.api.state import (
+    AUTH,
+    CHATS,
+    CONFIG,
+    DOWNLOADS,
+    LISTENER,
+    MANAGER,
+    AuthGuard,
+    Listener,
+)
 from lms.chats import ChatStore
 from lms.config import ConfigWatcher
+from lms.download.downloader import DownloadManager
 from lms.inference.manager import ModelManager
 
 routes = web.RouteTableDef()
@@ -30,8 +40,13 @@ def build_api_app(
     listener: Listener,
     guard: AuthGuard | None = None,
     chats: ChatStore | None = None,
+    downloads: DownloadManager | None = None,
 ) -> web.Application:
-    """The aiohttp application served on TCP."""
+    """The aiohttp application served on TCP.
+
+    ``downloads`` is the daemon's (shared with the control plane); without one the app makes
+    its own, over the models folder, and cancels its jobs on cleanup.
+    """
     app = web.Application(
         middlewares=[middlewares.errors, middlewares.defences, security.enforce],
         client_max_size=protocol.MAX_BODY_BYTES,
@@ -41,10 +56,15 @@ def build_api_app(
     app[LISTENER] = listener
     app[AUTH] = guard or AuthGuard()
     app[CHATS] = chats or ChatStore()
+    if downloads is None:
+        downloads = DownloadManager(config.current)
+        app.on_cleanup.append(lambda _app: downloads.close())
+    app[DOWNLOADS] = downloads
     app.add_routes(routes)
     app.add_routes(openai.routes)
     app.add_routes(native.routes)
     app.add_routes(native_chat.routes)
     app.add_routes(responses.routes)
+    app.add_routes(model_admin.routes)
     app.on_response_prepare.append(middlewares.add_cors_headers)
     return app

@@ -6,10 +6,12 @@ connection's peer uid is checked with ``SO_PEERCRED``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import struct
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -17,7 +19,10 @@ from aiohttp import web
 from lms import protocol
 from lms.api import bodies, middlewares
 from lms.api.native import model_json
-from lms.api.state import MANAGER
+from lms.api.state import DOWNLOADS, MANAGER
+from lms.download import importer
+from lms.download.downloader import DownloadManager
+from lms.download.jobs import Job
 from lms.errors import (
     ForbiddenRequestError,
     InternalError,
@@ -26,9 +31,12 @@ from lms.errors import (
     MethodNotAllowedError,
     RouteNotFoundError,
 )
-from lms.protocol import DaemonStatus, ModelEntry, ServerStatus
+from lms.protocol import DaemonStatus, ImportResult, ModelEntry, ServerStatus
 
 log = logging.getLogger("lms.control")
+
+#: How long a download request waits for the server's first answer (see ``model_admin``).
+DOWNLOAD_ANSWER_SECONDS = 10.0
 
 
 class Controller(Protocol):
@@ -193,9 +201,69 @@ async def unload(request: web.Request) -> web.Response:
     return web.json_response({"unloaded": [identifier]})
 
 
-def build_control_app(controller: Controller, manager: Any) -> web.Application:
+@routes.post(protocol.CONTROL_IMPORT)
+async def import_model(request: web.Request) -> web.Response:
+    body = await bodies.read_json(request)
+    source = Path(bodies.require(body, "path", str))
+    mode = bodies.get(body, "mode", str, "copy")
+    if mode not in importer.MODES:
+        raise InvalidParameterError(
+            f"'mode' must be one of {', '.join(importer.MODES)}", param="mode"
+        )
+    downloads = request.app[DOWNLOADS]
+    target = await asyncio.to_thread(
+        importer.import_file,
+        source,
+        downloads.models_dir(),
+        mode=mode,
+        publisher=bodies.get(body, "publisher", str),
+        name=bodies.get(body, "name", str),
+    )
+    key = await downloads.key_of(target)
+    result: ImportResult = {
+        "model_key": key or f"{target.parent.parent.name}/{target.parent.name}",
+        "path": str(target),
+        "source": str(source),
+        "mode": mode,
+        "size_bytes": target.stat().st_size,
+    }
+    return web.json_response(result)
+
+
+@routes.post(protocol.CONTROL_DOWNLOADS)
+async def download(request: web.Request) -> web.Response:
+    body = await bodies.read_json(request)
+    downloads = request.app[DOWNLOADS]
+    outcome = await downloads.start(
+        bodies.require(body, "url", str),
+        sha256=bodies.get(body, "sha256", str),
+        size=bodies.get(body, "size", int),
+        publisher=bodies.get(body, "publisher", str),
+        name=bodies.get(body, "name", str),
+    )
+    if isinstance(outcome, Job):
+        await downloads.wait_answered(outcome, DOWNLOAD_ANSWER_SECONDS)
+    return web.json_response(outcome.to_json(include_path=True))
+
+
+@routes.get(protocol.CONTROL_DOWNLOAD)
+async def download_status(request: web.Request) -> web.Response:
+    job = request.app[DOWNLOADS].get(request.match_info["job_id"])
+    return web.json_response(job.to_json(include_path=True))
+
+
+@routes.post(protocol.CONTROL_DOWNLOAD_CANCEL)
+async def download_cancel(request: web.Request) -> web.Response:
+    job = await request.app[DOWNLOADS].cancel(request.match_info["job_id"])
+    return web.json_response(job.to_json(include_path=True))
+
+
+def build_control_app(
+    controller: Controller, manager: Any, downloads: DownloadManager
+) -> web.Application:
     app = web.Application(middlewares=[control_errors], client_max_size=1024 * 1024)
     app[CONTROLLER] = controller
     app[MANAGER] = manager
+    app[DOWNLOADS] = downloads
     app.add_routes(routes)
     return app

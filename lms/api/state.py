@@ -11,6 +11,7 @@ from lms.auth.usage import UsageBuffer, UsageStore
 from lms.auth.verifier import TokenVerifier
 from lms.chats import ChatStore
 from lms.config import ConfigWatcher
+from lms.download.downloader import DownloadManager
 from lms.inference.manager import ModelManager
 
 
@@ -41,3 +42,4 @@ CONFIG = web.AppKey("config", ConfigWatcher)
 LISTENER = web.AppKey("listener", Listener)
 AUTH = web.AppKey("auth", AuthGuard)
 CHATS = web.AppKey("chats", ChatStore)
+DOWNLOADS = web.AppKey("downloads", DownloadManager)

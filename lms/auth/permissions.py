@@ -101,8 +101,8 @@ def sorted_permissions(permissions: Iterable[Permission]) -> list[str]:
 #: The SDK's WebSocket paths: public upgrades, authenticated in-band (see :data:`SDK_ACCESS`).
 SDK_NAMESPACES: Final = ("llm", "embedding", "system", "files", "repository")
 
-API_NATIVE_DOWNLOAD = "/api/v1/models/download"
-API_NATIVE_DOWNLOAD_STATUS = "/api/v1/models/download/status/{job_id}"
+API_NATIVE_DOWNLOAD = protocol.API_NATIVE_DOWNLOAD
+API_NATIVE_DOWNLOAD_STATUS = protocol.API_NATIVE_DOWNLOAD_STATUS
 
 _ROUTES: dict[tuple[str, str], Access] = {
     ("GET", protocol.API_HEALTH): PUBLIC,

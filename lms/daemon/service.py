@@ -25,6 +25,7 @@ from lms.api.app import build_api_app
 from lms.api.control import build_control_app
 from lms.api.state import AuthGuard, Listener
 from lms.config import ConfigWatcher
+from lms.download.downloader import DownloadManager
 from lms.errors import (
     ConfigBrokenError,
     InvalidParameterError,
@@ -53,6 +54,7 @@ class Daemon:
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         self.config = ConfigWatcher(overrides or {})
         self.manager = ModelManager(self.config.current)
+        self.downloads = DownloadManager(self.config.current)
         self.guard = AuthGuard()
         self.socket_path = paths.socket_path()
         self.started_at = time.time()
@@ -153,7 +155,9 @@ class Daemon:
             ssl_context = _ssl_context(tls) if tls else None
             sock = _listen(bind, port)
             listener = Listener(bind, sock.getsockname()[1], tls=ssl_context is not None)
-            app = build_api_app(self.manager, self.config, listener, self.guard)
+            app = build_api_app(
+                self.manager, self.config, listener, self.guard, downloads=self.downloads
+            )
             runner = web.AppRunner(
                 app,
                 handler_cancellation=True,
@@ -248,7 +252,9 @@ class Daemon:
             self.socket_path.unlink()  # stale, from a daemon killed with -9: we hold the lock
         # Control requests are short; a CLI's idle keep-alive must not hold up shutdown.
         control = web.AppRunner(
-            build_control_app(self, self.manager), access_log=None, shutdown_timeout=2.0
+            build_control_app(self, self.manager, self.downloads),
+            access_log=None,
+            shutdown_timeout=2.0,
         )
         await control.setup()
         await web.UnixSite(control, str(self.socket_path)).start()
@@ -267,6 +273,7 @@ class Daemon:
             log.info("shutting down")
             reaper.cancel()
             flusher.cancel()
+            await self.downloads.close()  # partial files stay, for a resume
             await self._drain_api(SHUTDOWN_GRACE_SECONDS)
             await self.manager.close()
             await self.flush_usage()

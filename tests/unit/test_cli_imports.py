@@ -8,7 +8,17 @@ import subprocess
 import sys
 import tempfile
 
-FORBIDDEN = ("aiohttp", "llama_cpp", "lms.daemon", "lms.api", "lms.inference", "lms.mcp", "gguf")
+FORBIDDEN = (
+    "aiohttp",
+    "llama_cpp",
+    "lms.daemon",
+    "lms.api",
+    "lms.inference",
+    "lms.mcp",
+    "lms.download",
+    "gguf",
+    "yarl",
+)
 
 
 def _loaded_after(code: str, *args: str) -> list[str]:

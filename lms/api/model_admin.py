@@ -1,0 +1,115 @@
+"""Model management on the native API: load, unload, download and its status (reference §2.7-2.10).
+
+All four routes need the ``models`` permission (the route table in ``lms.auth.permissions``);
+load and unload also check the token's model allowlist against the resolved model key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from lms import protocol
+from lms.api import bodies
+from lms.api.security import check_model
+from lms.api.state import DOWNLOADS, MANAGER
+from lms.download.jobs import Job
+from lms.errors import InstanceNotFoundError, InvalidParameterError, MissingParameterError
+from lms.inference.manager import Instance
+
+routes = web.RouteTableDef()
+
+#: How long ``POST /api/v1/models/download`` waits for the server's first answer, so that its
+#: job already shows the file's size (or the failure), as LM Studio's does.
+DOWNLOAD_ANSWER_SECONDS = 10.0
+
+# llama.cpp load knobs of the reference that lms accepts but decides itself (checked for type).
+_IGNORED_LOAD_FIELDS: tuple[tuple[str, type], ...] = (
+    ("eval_batch_size", int),
+    ("flash_attention", bool),
+    ("num_experts", int),
+    ("offload_kv_cache_to_gpu", bool),
+)
+
+
+def _load_config(instance: Instance) -> dict[str, Any]:
+    config: dict[str, Any] = {"context_length": instance.engine.n_ctx_per_seq}
+    if instance.model.type == "llm":
+        config["eval_batch_size"] = instance.engine.options.batch_size
+        config["flash_attention"] = instance.engine.options.flash_attention
+    return config
+
+
+@routes.post(protocol.API_NATIVE_LOAD)
+async def load(request: web.Request) -> web.Response:
+    body = await bodies.read_json(request)
+    query = bodies.require(body, "model", str)
+    context_length = bodies.get(body, "context_length", int)
+    ttl = bodies.get(body, "ttl", int)
+    identifier = bodies.get(body, "identifier", str)
+    echo = bodies.get(body, "echo_load_config", bool, False)
+    for name, kind in _IGNORED_LOAD_FIELDS:
+        bodies.get(body, name, kind)
+    if identifier is not None and not identifier.strip():
+        raise InvalidParameterError("'identifier' must not be empty", param="identifier")
+    manager = request.app[MANAGER]
+    model = await manager.resolve(query)
+    check_model(request, model.key)
+    instance = await manager.load(
+        model.key, context_length=context_length, ttl=ttl, identifier=identifier
+    )
+    answer: dict[str, Any] = {
+        "type": instance.model.type,
+        "instance_id": instance.identifier,
+        "load_time_seconds": round(instance.load_time, 3),
+        "status": "loaded",
+    }
+    if echo:
+        answer["load_config"] = _load_config(instance)
+    return web.json_response(answer)
+
+
+@routes.post(protocol.API_NATIVE_UNLOAD)
+async def unload(request: web.Request) -> web.Response:
+    body = await bodies.read_json(request)
+    instance_id = bodies.require(body, "instance_id", str)
+    manager = request.app[MANAGER]
+    instance = manager.find_instance(instance_id)
+    if instance is None:
+        loaded = ", ".join(i.identifier for i in manager.instances()) or "none"
+        raise InstanceNotFoundError(
+            f'no loaded instance "{instance_id}" (loaded: {loaded})', param="instance_id"
+        )
+    check_model(request, instance.model.key)
+    await manager.unload(instance_id)
+    return web.json_response({"instance_id": instance_id})
+
+
+@routes.post(protocol.API_NATIVE_DOWNLOAD)
+async def download(request: web.Request) -> web.Response:
+    body = await bodies.read_json(request)
+    url = bodies.get(body, "url", str)
+    model = bodies.get(body, "model", str)
+    if url and model and url != model:
+        raise InvalidParameterError("give the URL in 'model' or in 'url', not both", param="url")
+    source = url or model
+    if not source:
+        raise MissingParameterError("'model' (the URL of a .gguf file) is required", param="model")
+    downloads = request.app[DOWNLOADS]
+    outcome = await downloads.start(
+        source,
+        sha256=bodies.get(body, "sha256", str),
+        size=bodies.get(body, "size", int),
+        publisher=bodies.get(body, "publisher", str),
+        name=bodies.get(body, "name", str),
+    )
+    if isinstance(outcome, Job):
+        await downloads.wait_answered(outcome, DOWNLOAD_ANSWER_SECONDS)
+    return web.json_response(outcome.to_json())
+
+
+@routes.get(protocol.API_NATIVE_DOWNLOAD_STATUS)
+async def download_status(request: web.Request) -> web.Response:
+    job = request.app[DOWNLOADS].get(request.match_info["job_id"])
+    return web.json_response(job.to_json())
