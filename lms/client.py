@@ -311,8 +311,10 @@ class ControlClient:
         context_length: int | None = None,
         ttl: int | None = None,
         identifier: str | None = None,
+        embedding: bool = False,
         timeout: float = LOAD_TIMEOUT,
     ) -> InstanceEntry:
+        """Load a model (``embedding``: in embedding mode, as a separate instance)."""
         body: dict[str, Any] = {"model": model}
         if context_length is not None:
             body["context_length"] = context_length
@@ -320,6 +322,8 @@ class ControlClient:
             body["ttl"] = ttl
         if identifier is not None:
             body["identifier"] = identifier
+        if embedding:
+            body["embedding"] = True
         return cast(InstanceEntry, self.request("POST", CONTROL_LOAD, body, timeout=timeout))
 
     def unload(self, identifier: str | None = None, *, all: bool = False) -> list[str]:

@@ -97,7 +97,7 @@ class InstanceEntry(TypedDict):
     status: str
     queued: int
     context_length: int
-    parallel: int
+    parallel: int | None  # None for an embedding instance
     ttl_seconds: int | None
     ttl_left_seconds: float | None
     jit: bool

@@ -5,7 +5,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from lms import protocol
-from lms.api import middlewares, model_admin, native, native_chat, openai, responses, security
+from lms.api import (
+    anthropic,
+    embeddings,
+    middlewares,
+    model_admin,
+    native,
+    native_chat,
+    openai,
+    responses,
+    security,
+)
 from lms.api.state import (
     AUTH,
     CHATS,
@@ -66,5 +76,7 @@ def build_api_app(
     app.add_routes(native_chat.routes)
     app.add_routes(responses.routes)
     app.add_routes(model_admin.routes)
+    app.add_routes(embeddings.routes)
+    app.add_routes(anthropic.routes)
     app.on_response_prepare.append(middlewares.add_cors_headers)
     return app

@@ -18,7 +18,6 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, middlewares
-from lms.api.native import model_json
 from lms.api.state import DOWNLOADS, MANAGER
 from lms.download import importer
 from lms.download.downloader import DownloadManager
@@ -146,7 +145,6 @@ async def models(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     entries: list[ModelEntry] = []
     for model in await manager.models():
-        native = model_json(model, manager.instances())
         entries.append(
             {
                 "key": model.key,
@@ -163,7 +161,7 @@ async def models(request: web.Request) -> web.Response:
                 "max_context_length": model.max_context_length,
                 "trained_for_tool_use": model.trained_for_tool_use,
                 "vision": model.vision,
-                "loaded_instances": [i["id"] for i in native["loaded_instances"]],
+                "loaded_instances": manager.loaded_identifiers(model.key),
             }
         )
     return web.json_response({"models": entries})
@@ -182,6 +180,7 @@ async def load(request: web.Request) -> web.Response:
         context_length=bodies.get(body, "context_length", int),
         ttl=bodies.get(body, "ttl", int),
         identifier=bodies.get(body, "identifier", str),
+        embedding=bodies.get(body, "embedding", bool),
     )
     return web.json_response(instance.entry())
 

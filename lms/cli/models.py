@@ -201,21 +201,40 @@ def load(
         str | None,
         typer.Option("--identifier", help="Name of the instance in the API (default: the key)."),
     ] = None,
+    embedding: Annotated[
+        bool,
+        typer.Option(
+            "--embedding",
+            help="Load it in embedding mode (for /v1/embeddings), as a separate instance"
+            " named <key>:embedding.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Load a model into memory (starts the daemon); prints the instance identifier."""
+    """Load a model into memory (starts the daemon); prints the instance identifier.
+
+    With --embedding any model loads in embedding mode (mean pooling); an embedding model
+    always does.
+    """
     control.ensure_daemon(announce=_announce)
     client = control.ControlClient()
     with render.spinner(f"Loading {model}..."):
-        instance = client.load(model, context_length=context_length, ttl=ttl, identifier=identifier)
+        instance = client.load(
+            model,
+            context_length=context_length,
+            ttl=ttl,
+            identifier=identifier,
+            embedding=embedding,
+        )
     if json_output:
         render.emit_json(instance)
         return
     seconds = instance.get("load_time_seconds")
     size = render.format_size(instance.get("size_bytes"))
     render.note(
-        f"loaded {instance['model_key']} in {seconds:.2f} s ({size}, "
-        f"context {instance['context_length']})"
+        f"loaded {instance['model_key']}"
+        f"{' in embedding mode' if instance['type'] == 'embedding' else ''}"
+        f" in {seconds:.2f} s ({size}, context {instance['context_length']})"
     )
     render.result(instance["identifier"])
 

@@ -1,4 +1,19 @@
-"""Loaded instances: explicit loads, just-in-time loads, idle TTL, keep-last-JIT (SPEC §5)."""
+"""Loaded instances: explicit loads, just-in-time loads, idle TTL, keep-last-JIT (SPEC §5).
+
+An instance is either an **llm** instance (an :class:`Engine`: chat, completions) or an
+**embedding** instance (an :class:`Embedder`), of any model: a chat model can be loaded in
+embedding mode too, as a separate instance.
+
+Identifiers: an llm instance, or an embedding instance of an embedding model, is named by its
+model key (``publisher/name``). An embedding instance of an llm model is always named
+``<key>:embedding``, even when ``<key>`` is free, so that ``<key>`` keeps meaning the chat
+instance and a name says its mode. Further instances of the same kind get ``:2``, ``:3``...
+(``<key>:2``, ``<key>:embedding:2``).
+
+Keep-last-JIT (``models.jit_keep_last``) applies per kind: a JIT load unloads the previous JIT
+instances of the same kind only, so an application that embeds and chats (RAG) keeps one chat
+and one embedding instance instead of reloading them in turn.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +23,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lms import paths
 from lms.config import Settings
 from lms.errors import ConflictError, InstanceNotFoundError, InvalidRequestError, ModelNotFoundError
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
+from lms.inference.embedder import Embedder
 from lms.inference.engine import Engine, LoadOptions
 from lms.inference.templates import ChatFormatter
 from lms.protocol import InstanceEntry
 
 log = logging.getLogger("lms.models")
 
+InstanceType = Literal["llm", "embedding"]
+#: The identifier suffix of an embedding instance of an llm model.
+EMBEDDING_SUFFIX = ":embedding"
+
 
 @dataclass
 class Instance:
-    """A model loaded under an identifier, with the engine that serves it."""
+    """A model loaded under an identifier, with the engine (llm) or embedder that serves it."""
 
     identifier: str
     model: ModelFile
-    engine: Engine
+    backend: Engine | Embedder
     formatter: ChatFormatter
     ttl: int | None
     jit: bool
@@ -40,15 +60,59 @@ class Instance:
         self.last_used_at = time.time()
 
     @property
+    def type(self) -> InstanceType:
+        return "embedding" if isinstance(self.backend, Embedder) else "llm"
+
+    @property
+    def engine(self) -> Engine:
+        """The generation engine; InvalidRequestError (400) on an embedding instance."""
+        if isinstance(self.backend, Embedder):
+            raise InvalidRequestError(
+                f'"{self.identifier}" is loaded in embedding mode: it serves /v1/embeddings only',
+                param="model",
+            )
+        return self.backend
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedding engine; InvalidRequestError (400) on an llm instance."""
+        if not isinstance(self.backend, Embedder):
+            raise InvalidRequestError(
+                f'"{self.identifier}" is not loaded in embedding mode', param="model"
+            )
+        return self.backend
+
+    @property
+    def context_length(self) -> int:
+        """Tokens one request may use: a sequence's share of an llm context, or the
+        embedding context."""
+        backend = self.backend
+        return backend.n_ctx if isinstance(backend, Embedder) else backend.n_ctx_per_seq
+
+    def load_config(self) -> dict[str, Any]:
+        """``config`` of this instance in ``GET /api/v1/models`` (reference §2.6): only
+        ``context_length`` for an embedding instance."""
+        backend = self.backend
+        if isinstance(backend, Embedder):
+            return {"context_length": backend.n_ctx}
+        return {
+            "context_length": backend.n_ctx_per_seq,
+            "eval_batch_size": backend.options.batch_size,
+            "parallel": backend.options.parallel,
+            "flash_attention": backend.options.flash_attention,
+        }
+
+    @property
     def is_busy(self) -> bool:
-        return self.engine.active > 0 or self.engine.queued > 0
+        return self.backend.active > 0 or self.backend.queued > 0
 
     def chat_prompt(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> tuple[list[int], tuple[str, ...]]:
         """Tokens of a chat rendered with the model's template, and the template's stops."""
+        engine = self.engine
         text = self.formatter.render(messages, add_generation_prompt=True, tools=tools)
-        return self.engine.tokenize(text), tuple(self.formatter.stop_strings)
+        return engine.tokenize(text), tuple(self.formatter.stop_strings)
 
     def ttl_left(self, now: float | None = None) -> float | None:
         if not self.ttl:
@@ -61,11 +125,13 @@ class Instance:
         return {
             "identifier": self.identifier,
             "model_key": self.model.key,
-            "type": "llm",
-            "status": self.engine.status,
-            "queued": self.engine.queued,
-            "context_length": self.engine.n_ctx_per_seq,
-            "parallel": self.engine.options.parallel,
+            "type": self.type,
+            "status": self.backend.status,
+            "queued": self.backend.queued,
+            "context_length": self.context_length,
+            "parallel": None
+            if isinstance(self.backend, Embedder)
+            else self.backend.options.parallel,
             "ttl_seconds": self.ttl,
             "ttl_left_seconds": self.ttl_left(),
             "jit": self.jit,
@@ -112,27 +178,53 @@ class ModelManager:
         ttl: int | None = None,
         context_length: int | None = None,
         progress: Callable[[float], None] | None = None,
+        kind: InstanceType = "llm",
     ) -> Instance:
         """The instance that serves an inference request for ``query``, JIT-loading it.
 
         ``query`` is an instance identifier or a model key. ``ttl`` and ``context_length`` apply
         only when this request is the one that loads the model; ``progress`` then hears about
-        the load (0..1, from the loading thread).
+        the load (0..1, from the loading thread). ``kind`` is the mode the request needs: a
+        model key finds (or loads) an instance of that kind; an identifier naming an instance
+        of the other kind is refused (400), unless it is also the model key.
         """
         instance = self._instances.get(query)
+        if instance is not None and instance.type != kind:
+            if query != instance.model.key:
+                raise InvalidRequestError(
+                    f'"{query}" is loaded in {instance.type} mode; this route needs a'
+                    f" {kind} instance (use the model key {instance.model.key!r})",
+                    param="model",
+                )
+            instance = None
         if instance is None:
-            model = await self.resolve(query)
-            instance = next((i for i in self.instances() if i.model.key == model.key), None)
+            model = await self.resolve(model_query(query, kind))
+            if kind == "llm" and model.type == "embedding":
+                raise InvalidRequestError(
+                    f'"{model.key}" is an embedding model: it serves /v1/embeddings only',
+                    param="model",
+                )
+            instance = self._find(model.key, kind)
             if instance is None:
                 if not self._settings().models_jit:
+                    flag = " --embedding" if kind == "embedding" else ""
                     raise ModelNotFoundError(
-                        f'model "{model.key}" is not loaded and just-in-time loading is off',
-                        hint=f"load it first: lms load {model.key}",
+                        f'model "{model.key}" is not loaded'
+                        f"{' in embedding mode' if kind == 'embedding' else ''}"
+                        " and just-in-time loading is off",
+                        hint=f"load it first: lms load {model.key}{flag}",
                         param="model",
                     )
-                instance = await self._load_jit(model, ttl, context_length, progress)
+                instance = await self._load_jit(
+                    model, ttl, context_length, progress, embedding=kind == "embedding"
+                )
         instance.touch()
         return instance
+
+    def _find(self, model_key: str, kind: InstanceType) -> Instance | None:
+        return next(
+            (i for i in self.instances() if i.model.key == model_key and i.type == kind), None
+        )
 
     async def _load_jit(
         self,
@@ -140,14 +232,17 @@ class ModelManager:
         ttl: int | None,
         context_length: int | None = None,
         progress: Callable[[float], None] | None = None,
+        *,
+        embedding: bool = False,
     ) -> Instance:
+        kind: InstanceType = "embedding" if embedding else "llm"
         async with self._lock:
-            existing = next((i for i in self.instances() if i.model.key == model.key), None)
+            existing = self._find(model.key, kind)
             if existing is not None:
                 return existing
             settings = self._settings()
             if settings.models_jit_keep_last:
-                for other in [i for i in self.instances() if i.jit]:
+                for other in [i for i in self.instances() if i.jit and i.type == kind]:
                     await self._unload_locked(other.identifier)
             return await self._load_locked(
                 model,
@@ -156,6 +251,7 @@ class ModelManager:
                 identifier=None,
                 jit=True,
                 progress=progress,
+                embedding=embedding,
             )
 
     async def load(
@@ -165,8 +261,15 @@ class ModelManager:
         context_length: int | None = None,
         ttl: int | None = None,
         identifier: str | None = None,
+        embedding: bool | None = None,
+        progress: Callable[[float], None] | None = None,
     ) -> Instance:
-        """An explicit load (``lms load``, ``POST /api/v1/models/load``): a new instance."""
+        """An explicit load (``lms load``, ``POST /api/v1/models/load``): a new instance.
+
+        ``embedding`` loads it in embedding mode; None means "as the model's type says" (an
+        embedding model loads in embedding mode, any other as an llm). ``progress`` hears about
+        the load (0..1, from the loading thread).
+        """
         if context_length is not None and context_length < 16:
             raise InvalidRequestError("context_length must be at least 16", param="context_length")
         if ttl is not None and ttl < 1:
@@ -181,6 +284,8 @@ class ModelManager:
                 ttl=ttl,
                 identifier=identifier,
                 jit=False,
+                progress=progress,
+                embedding=model.type == "embedding" if embedding is None else embedding,
             )
 
     async def _load_locked(
@@ -192,20 +297,29 @@ class ModelManager:
         identifier: str | None,
         jit: bool,
         progress: Callable[[float], None] | None = None,
+        embedding: bool = False,
     ) -> Instance:
         if identifier is None:
-            identifier, n = model.key, 2
-            while identifier in self._instances:
-                identifier, n = f"{model.key}:{n}", n + 1
+            identifier = self._free_identifier(model, embedding)
         if model.max_context_length:
             context_length = min(context_length, model.max_context_length)
         options = LoadOptions(context_length=context_length)
         started = time.perf_counter()
-        engine = await asyncio.to_thread(Engine.load, model.path, options, progress)
+        backend: Engine | Embedder
+        if embedding:
+            backend = await asyncio.to_thread(
+                Embedder.load,
+                model.path,
+                options,
+                encoder=model.type == "embedding",
+                progress=progress,
+            )
+        else:
+            backend = await asyncio.to_thread(Engine.load, model.path, options, progress)
         instance = Instance(
             identifier=identifier,
             model=model,
-            engine=engine,
+            backend=backend,
             formatter=ChatFormatter(model),
             ttl=ttl,
             jit=jit,
@@ -213,13 +327,21 @@ class ModelManager:
         )
         self._instances[identifier] = instance
         log.info(
-            "loaded %s as %s (context %d, %.2fs)",
+            "loaded %s as %s (%s, context %d, %.2fs)",
             model.key,
             identifier,
+            instance.type,
             context_length,
             instance.load_time,
         )
         return instance
+
+    def _free_identifier(self, model: ModelFile, embedding: bool) -> str:
+        base = model.key + (EMBEDDING_SUFFIX if embedding and model.type == "llm" else "")
+        identifier, n = base, 2
+        while identifier in self._instances:
+            identifier, n = f"{base}:{n}", n + 1
+        return identifier
 
     async def unload(self, identifier: str) -> None:
         async with self._lock:
@@ -239,7 +361,7 @@ class ModelManager:
             raise InstanceNotFoundError(
                 f'no loaded instance "{identifier}" (loaded: {loaded})', param="identifier"
             )
-        await asyncio.to_thread(instance.engine.close)
+        await asyncio.to_thread(instance.backend.close)
         log.info("unloaded %s", identifier)
 
     async def reap_idle(self, now: float | None = None) -> list[str]:
@@ -263,3 +385,12 @@ class ModelManager:
 
     async def close(self) -> None:
         await self.unload_all()
+
+
+def model_query(query: str, kind: InstanceType) -> str:
+    """The model a request names: ``<key>:embedding`` (the identifier of an embedding instance
+    of an llm model) means ``<key>`` to an embedding request, so it loads again after an idle
+    unload."""
+    if kind == "embedding" and query.endswith(EMBEDDING_SUFFIX):
+        return query[: -len(EMBEDDING_SUFFIX)]
+    return query
