@@ -18,13 +18,13 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import lms
-from lms import paths
+from lms import paths, protocol
 from lms.errors import (
     DaemonNotRunningError,
     DaemonRunningError,
@@ -203,6 +203,52 @@ class ControlClient:
                 response.close()
             conn.close()
         return self._decode(status, raw, f"{method} {path}")
+
+    def stream(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> Generator[dict[str, Any], None, None]:
+        """Send one request and yield the NDJSON objects of a streamed answer as they come.
+
+        No read timeout: a log stream idles for as long as nothing happens. Closing the
+        generator closes the connection, which the daemon sees as the end of the stream.
+        """
+        paths.check_socket_path(self.socket_path)
+        conn = UnixHTTPConnection(self.socket_path, timeout=self.timeout)
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Accept": "application/x-ndjson"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            try:
+                conn.connect()
+            except OSError as exc:
+                raise self._connect_error(exc) from exc
+            assert conn.sock is not None
+            conn.request(method, path, body=payload, headers=headers)
+            conn.sock.settimeout(None)
+            response = conn.getresponse()
+            if response.status >= 400:
+                self._decode(response.status, response.read(), f"{method} {path}")
+            try:
+                for line in response:
+                    if line.strip():
+                        yield json.loads(line)
+            except (ConnectionError, http.client.HTTPException) as exc:
+                raise LmsError(
+                    f"the daemon closed the stream of {method} {path}",
+                    hint=f"it may have stopped; see its log: {paths.daemon_log()}",
+                ) from exc
+        finally:
+            conn.close()
+
+    def stream_logs(self, sources: Sequence[str]) -> Generator[dict[str, Any], None, None]:
+        """Live daemon events (``lms log stream``), until the generator is closed."""
+        query = "&".join(f"source={s}" for s in sources)
+        return self.stream("GET", f"{protocol.CONTROL_LOGS}?{query}")
+
+    def chat(self, body: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
+        """A streamed chat turn on the control plane: start, delta..., end (or error)."""
+        return self.stream("POST", protocol.CONTROL_CHAT, body)
 
     def _connect_error(self, exc: OSError) -> LmsError:
         if exc.errno in _NOT_RUNNING_ERRNOS:

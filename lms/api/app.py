@@ -6,6 +6,7 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import (
+    access,
     anthropic,
     embeddings,
     middlewares,
@@ -22,6 +23,7 @@ from lms.api.state import (
     CONFIG,
     DOWNLOADS,
     LISTENER,
+    LOGS,
     MANAGER,
     AuthGuard,
     Listener,
@@ -30,6 +32,7 @@ from lms.chats import ChatStore
 from lms.config import ConfigWatcher
 from lms.download.downloader import DownloadManager
 from lms.inference.manager import ModelManager
+from lms.logstream import LogHub
 
 routes = web.RouteTableDef()
 
@@ -51,6 +54,7 @@ def build_api_app(
     guard: AuthGuard | None = None,
     chats: ChatStore | None = None,
     downloads: DownloadManager | None = None,
+    logs: LogHub | None = None,
 ) -> web.Application:
     """The aiohttp application served on TCP.
 
@@ -58,7 +62,12 @@ def build_api_app(
     its own, over the models folder, and cancels its jobs on cleanup.
     """
     app = web.Application(
-        middlewares=[middlewares.errors, middlewares.defences, security.enforce],
+        middlewares=[
+            access.publish_requests,
+            middlewares.errors,
+            middlewares.defences,
+            security.enforce,
+        ],
         client_max_size=protocol.MAX_BODY_BYTES,
     )
     app[MANAGER] = manager
@@ -66,6 +75,7 @@ def build_api_app(
     app[LISTENER] = listener
     app[AUTH] = guard or AuthGuard()
     app[CHATS] = chats or ChatStore()
+    app[LOGS] = logs or LogHub()
     if downloads is None:
         downloads = DownloadManager(config.current)
         app.on_cleanup.append(lambda _app: downloads.close())

@@ -13,6 +13,7 @@ from lms.chats import ChatStore
 from lms.config import ConfigWatcher
 from lms.download.downloader import DownloadManager
 from lms.inference.manager import ModelManager
+from lms.logstream import LogHub
 
 
 @dataclass(frozen=True)
@@ -42,4 +43,5 @@ CONFIG = web.AppKey("config", ConfigWatcher)
 LISTENER = web.AppKey("listener", Listener)
 AUTH = web.AppKey("auth", AuthGuard)
 CHATS = web.AppKey("chats", ChatStore)
+LOGS = web.AppKey("logs", LogHub)
 DOWNLOADS = web.AppKey("downloads", DownloadManager)

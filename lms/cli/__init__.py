@@ -20,9 +20,11 @@ from typer.core import TyperGroup
 
 import lms
 from lms.cli import auth as auth_cmd
+from lms.cli import chat as chat_cmd
 from lms.cli import config as config_cmd
 from lms.cli import daemon as daemon_cmd
 from lms.cli import download as download_cmd
+from lms.cli import log as log_cmd
 from lms.cli import models as models_cmd
 from lms.cli import render
 from lms.cli import server as server_cmd
@@ -109,6 +111,8 @@ app.add_typer(auth_cmd.app, name="auth", rich_help_panel="Authentication")
 app.add_typer(config_cmd.app, name="config", rich_help_panel="Settings")
 models_cmd.register(app, rich_help_panel="Local models")
 download_cmd.register(app, rich_help_panel="Local models")
+chat_cmd.register(app, rich_help_panel="Local models")
+app.add_typer(log_cmd.app, name="log", rich_help_panel="Serve")
 
 
 def main() -> None:

@@ -213,8 +213,7 @@ def load(
 ) -> None:
     """Load a model into memory (starts the daemon); prints the instance identifier.
 
-    With --embedding any model loads in embedding mode (mean pooling); an embedding model
-    always does.
+    With --embedding any model loads in embedding mode (mean pooling); embedding models always do.
     """
     control.ensure_daemon(announce=_announce)
     client = control.ControlClient()

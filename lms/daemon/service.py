@@ -21,8 +21,10 @@ from aiohttp import web
 
 import lms
 from lms import config, paths
+from lms.auth import audit
 from lms.api.app import build_api_app
 from lms.api.control import build_control_app
+from lms.api.control_stream import add_stream_routes
 from lms.api.state import AuthGuard, Listener
 from lms.config import ConfigWatcher
 from lms.download.downloader import DownloadManager
@@ -35,6 +37,7 @@ from lms.errors import (
 )
 from lms.inference import catalog
 from lms.inference.manager import ModelManager
+from lms.logstream import LogHub
 from lms.protocol import DaemonStatus, ServerStatus
 
 log = logging.getLogger("lms.daemon")
@@ -53,7 +56,8 @@ class Daemon:
 
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         self.config = ConfigWatcher(overrides or {})
-        self.manager = ModelManager(self.config.current)
+        self.logs = LogHub()
+        self.manager = ModelManager(self.config.current, hub=self.logs)
         self.downloads = DownloadManager(self.config.current)
         self.guard = AuthGuard()
         self.socket_path = paths.socket_path()
@@ -125,6 +129,7 @@ class Daemon:
             "mcp": {
                 "allow_mcp_json": settings.mcp_allow_mcp_json if settings else False,
                 "allow_remote": settings.mcp_allow_remote if settings else False,
+                "allow_private_urls": settings.mcp_allow_private_urls if settings else False,
             },
             "server": self.server_status(),
         }
@@ -140,7 +145,7 @@ class Daemon:
             if cors is not None:
                 # CORS is a security setting: it lives in config.toml only, so the owner's
                 # `lms server start --cors` records it there, where the daemon reads it.
-                await asyncio.to_thread(config.set_value, "server.cors", "on" if cors else "off")
+                await asyncio.to_thread(_record_cors, cors)
             settings = self.config.current()
             port = settings.server_port if port is None else port
             bind = settings.server_bind if bind is None else bind
@@ -156,7 +161,12 @@ class Daemon:
             sock = _listen(bind, port)
             listener = Listener(bind, sock.getsockname()[1], tls=ssl_context is not None)
             app = build_api_app(
-                self.manager, self.config, listener, self.guard, downloads=self.downloads
+                self.manager,
+                self.config,
+                listener,
+                self.guard,
+                downloads=self.downloads,
+                logs=self.logs,
             )
             runner = web.AppRunner(
                 app,
@@ -251,11 +261,9 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale, from a daemon killed with -9: we hold the lock
         # Control requests are short; a CLI's idle keep-alive must not hold up shutdown.
-        control = web.AppRunner(
-            build_control_app(self, self.manager, self.downloads),
-            access_log=None,
-            shutdown_timeout=2.0,
-        )
+        control_app = build_control_app(self, self.manager, self.downloads)
+        add_stream_routes(control_app, self.logs)
+        control = web.AppRunner(control_app, access_log=None, shutdown_timeout=2.0)
         await control.setup()
         await web.UnixSite(control, str(self.socket_path)).start()
         os.chmod(self.socket_path, 0o600)
@@ -281,6 +289,14 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             log.info("stopped")
+
+
+def _record_cors(on: bool) -> None:
+    """Write ``server.cors`` (a security setting: config.toml only) and audit a change."""
+    old = config.read_file().get("server.cors", config.SETTINGS["server.cors"].default)
+    config.set_value("server.cors", "on" if on else "off")
+    if old != on:
+        audit.setting_changed("server.cors", old, on)
 
 
 def _listen(bind: str, port: int) -> socket.socket:
