@@ -97,6 +97,9 @@ class Generation:
         self.params = params
         self.submitted_at = time.perf_counter()
         self.result: GenerationResult | None = None
+        #: Called on the event loop once the generation has ended (for logs and metrics).
+        self.on_done: Callable[[Generation, GenerationResult], None] | None = None
+        self._output: list[str] = []
         self._loop = loop
         self._queue: asyncio.Queue[str | PromptProgress | GenerationResult] = asyncio.Queue()
         self._cancelled = False
@@ -110,9 +113,18 @@ class Generation:
         self._cancelled = True
 
     # Called from the worker thread.
+    @property
+    def output_text(self) -> str:
+        """Everything generated so far (complete once the result is in)."""
+        return "".join(self._output)
+
     def _push(self, item: str | PromptProgress | GenerationResult) -> None:
+        if isinstance(item, str):
+            self._output.append(item)
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            if isinstance(item, GenerationResult) and self.on_done is not None:
+                self._loop.call_soon_threadsafe(self.on_done, self, item)
 
     async def events(self) -> AsyncIterator[str | PromptProgress]:
         """Yield prompt progress and text as they come; raises the generation's error, if any,
@@ -209,6 +221,8 @@ class Engine:
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self._closed = False
+        #: Called on the event loop with every submitted generation (logs, metrics).
+        self.observer: Callable[[Generation], None] | None = None
         self.status: Literal["idle", "processing_prompt", "generating"] = "idle"
         self._thread = threading.Thread(target=self._run, name=f"engine:{path.name}", daemon=True)
         self._thread.start()
@@ -281,8 +295,16 @@ class Engine:
             del tokens[0]
         return tokens
 
-    def detokenize(self, tokens: list[int]) -> str:
-        return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        """Text of ``tokens``; ``special`` also renders control tokens (for logs)."""
+        if not special:
+            return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
+        buf = ctypes.create_string_buffer(256)
+        pieces = []
+        for token in tokens:
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+            pieces.append(buf.raw[: max(n, 0)])
+        return b"".join(pieces).decode("utf-8", "replace")
 
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Generation:
         """Queue a generation; its text arrives through the returned handle."""
@@ -300,6 +322,8 @@ class Engine:
         generation = Generation(asyncio.get_running_loop(), prompt_tokens, params)
         if self._closed:
             raise InternalError("the model is being unloaded")
+        if self.observer is not None:
+            self.observer(generation)
         self._jobs.put(generation)
         return generation
 

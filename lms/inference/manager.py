@@ -27,11 +27,12 @@ from typing import Any, Literal
 
 from lms import paths
 from lms.config import Settings
+from lms.logstream import LogHub
 from lms.errors import ConflictError, InstanceNotFoundError, InvalidRequestError, ModelNotFoundError
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
-from lms.inference.engine import Engine, LoadOptions
+from lms.inference.engine import Engine, Generation, GenerationResult, LoadOptions
 from lms.inference.templates import ChatFormatter
 from lms.protocol import InstanceEntry
 
@@ -142,6 +143,45 @@ class Instance:
         }
 
 
+class _PredictionLog:
+    """Publishes each prediction's formatted input and its output (``lms log stream``)."""
+
+    def __init__(self, hub: LogHub, instance: Instance) -> None:
+        self.hub = hub
+        self.instance = instance
+
+    def __call__(self, generation: Generation) -> None:
+        if not self.hub.wants("model"):
+            return
+        self.hub.publish(
+            "model",
+            {
+                "type": "llm.prediction.input",
+                "modelIdentifier": self.instance.identifier,
+                "modelPath": str(self.instance.model.path),
+                "input": self.instance.engine.detokenize(generation.prompt_tokens, special=True),
+            },
+        )
+        generation.on_done = self.finished
+
+    def finished(self, generation: Generation, result: GenerationResult) -> None:
+        self.hub.publish(
+            "model",
+            {
+                "type": "llm.prediction.output",
+                "modelIdentifier": self.instance.identifier,
+                "output": generation.output_text,
+                "stats": {
+                    "stopReason": result.finish_reason,
+                    "promptTokensCount": result.prompt_tokens,
+                    "predictedTokensCount": result.completion_tokens,
+                    "tokensPerSecond": round(result.tokens_per_second, 2),
+                    "timeToFirstTokenSec": round(result.time_to_first_token, 3),
+                },
+            },
+        )
+
+
 class ModelManager:
     """Owns every loaded instance of the daemon."""
 
@@ -149,9 +189,11 @@ class ModelManager:
         self,
         settings: Callable[[], Settings],
         models_dir: Callable[[], Path] = paths.models_dir,
+        hub: LogHub | None = None,
     ) -> None:
         self._settings = settings
         self._models_dir = models_dir
+        self._hub = hub
         self._instances: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
 
@@ -325,6 +367,8 @@ class ModelManager:
             jit=jit,
             load_time=time.perf_counter() - started,
         )
+        if self._hub is not None and isinstance(backend, Engine):
+            backend.observer = _PredictionLog(self._hub, instance)
         self._instances[identifier] = instance
         log.info(
             "loaded %s as %s (%s, context %d, %.2fs)",
