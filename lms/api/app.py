@@ -15,6 +15,7 @@ from lms.api import (
     native_chat,
     openai,
     responses,
+    sdk,
     security,
 )
 from lms.api.state import (
@@ -88,5 +89,6 @@ def build_api_app(
     app.add_routes(model_admin.routes)
     app.add_routes(embeddings.routes)
     app.add_routes(anthropic.routes)
+    sdk.setup(app)
     app.on_response_prepare.append(middlewares.add_cors_headers)
     return app

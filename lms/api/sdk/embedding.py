@@ -1,0 +1,22 @@
+"""``/embedding``: ``embedString`` (the SDK's ``embed``; one call per string, pitfall 18). The
+endpoints it shares with ``/llm`` are in :mod:`models`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lms.api.sdk import models
+from lms.api.sdk.calls import Call, Endpoint, rpc
+
+
+async def embed_string(call: Call, parameter: Any) -> dict[str, Any]:
+    text = models.text_param(parameter, "inputString")
+    instance = await models.required_instance(call, parameter, "modelSpecifier")
+    result = await instance.embedder.embed([text])
+    call.record_tokens(result.total_tokens, 0)
+    return {"embedding": [float(x) for x in result.vectors[0]]}
+
+
+ENDPOINTS: dict[tuple[str, str], Endpoint] = {
+    ("embedding", "embedString"): rpc(embed_string),
+}

@@ -1,0 +1,328 @@
+"""Endpoints shared by the ``/llm`` and ``/embedding`` sockets: listing, getOrLoad, loadModel,
+unloadModel, getModelInfo, getLoadConfig, tokenize, countTokens — and model resolution.
+
+A socket's namespace is its mode: ``/llm`` sees and loads llm instances, ``/embedding``
+embedding instances (any model can be loaded in embedding mode, SPEC §5).
+
+Resolution of the SDK's model specifiers (reference §5.2): an instance reference names one
+instance; a query's ``identifier`` is matched against loaded instances of the namespace — exact
+identifier, then model key, then name, then a case-insensitive prefix of the model's path — and,
+when nothing loaded matches, against downloaded models (a just-in-time load, as on the HTTP
+routes). The token's allowlist applies to the resolved model key, and "not found" errors list
+only what the token may use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lms.api.sdk import kvconfig, records, wire
+from lms.api.sdk.calls import Call, Channel, Endpoint, channel, rpc
+from lms.api.sdk.records import Kind
+from lms.api.state import CONFIG
+from lms.errors import (
+    ConflictError,
+    InstanceNotFoundError,
+    InvalidParameterError,
+    MissingParameterError,
+    ModelNotFoundError,
+)
+from lms.inference import catalog
+from lms.inference.catalog import ModelFile
+from lms.inference.embedder import Embedder
+from lms.inference.manager import Instance, model_query
+
+#: Inputs longer than this are tokenized off the event loop.
+_LONG_TEXT = 16_384
+#: Smallest step of load progress worth a packet.
+_PROGRESS_STEP = 0.02
+
+
+def kind_of(call: Call) -> Kind:
+    return "embedding" if call.namespace == "embedding" else "llm"
+
+
+def loaded(call: Call, kind: Kind) -> list[Instance]:
+    """Instances of ``kind`` in load order: the SDK's ``model()`` without a key takes the first."""
+    found = [i for i in call.manager.instances() if i.type == kind]
+    return sorted(found, key=lambda i: i.loaded_at)
+
+
+def visible(call: Call, kind: Kind) -> list[str]:
+    return [i.identifier for i in loaded(call, kind) if call.allows(i.model.key)]
+
+
+def text_param(parameter: Any, name: str) -> str:
+    value = parameter.get(name) if isinstance(parameter, dict) else None
+    if value is None:
+        raise MissingParameterError(f"'{name}' is required", param=name)
+    if not isinstance(value, str):
+        raise InvalidParameterError(f"'{name}' must be a string", param=name)
+    return value
+
+
+def match_loaded(call: Call, kind: Kind, query: dict[str, Any]) -> Instance | None:
+    """The first loaded instance of ``kind`` that ``query`` names (None: no match)."""
+    instances = loaded(call, kind)
+    if query.get("vision") is True:
+        instances = [i for i in instances if i.model.vision]
+    identifier, path = query.get("identifier"), query.get("path")
+    rules: list[Callable[[Instance], bool]] = []
+    if isinstance(identifier, str):
+        lowered, base = identifier.lower(), model_query(identifier, kind)
+        rules += [
+            lambda i: i.identifier == identifier,
+            lambda i: i.model.key == base,
+            lambda i: i.model.key.lower() == lowered or i.identifier.lower() == lowered,
+            lambda i: i.model.key.partition("/")[2].lower() == lowered,
+            lambda i: i.model.name.lower() == lowered,
+            lambda i: records.model_path(i.model).lower().startswith(lowered),
+        ]
+    if isinstance(path, str):
+        rules.append(lambda i: records.model_path(i.model).lower().startswith(path.lower()))
+    if not rules:
+        return instances[0] if instances else None
+    for rule in rules:
+        hit = next((i for i in instances if rule(i)), None)
+        if hit is not None:
+            return hit
+    return None
+
+
+async def downloaded(call: Call, name: str, kind: Kind) -> ModelFile:
+    """The downloaded model ``name`` means (key, name, or a path prefix); the error lists only
+    the models the token may use."""
+    models = await call.manager.models()
+    try:
+        return catalog.resolve(model_query(name, kind), models)
+    except ModelNotFoundError as err:
+        lowered = name.lower()
+        by_path = [m for m in models if records.model_path(m).lower().startswith(lowered)]
+        if by_path and "/" in name:
+            return by_path[0]
+        allowed = [m.key for m in models if call.allows(m.key)]
+        message = None if "ambiguous" not in err.message else err.message
+        raise wire.path_not_found(name, allowed, message) from None
+
+
+def _specifier(parameter: Any, name: str) -> dict[str, Any]:
+    spec = parameter.get(name) if isinstance(parameter, dict) else None
+    if spec is None:
+        raise MissingParameterError(f"'{name}' (a model specifier) is required", param=name)
+    if isinstance(spec, dict):
+        kind, checked = spec.get("type"), dict(spec)
+        if kind == "instanceReference" and isinstance(spec.get("instanceReference"), str):
+            return checked
+        if kind == "query" and isinstance(spec.get("query", {}), dict):
+            return checked
+    raise InvalidParameterError(
+        f"'{name}' must be {{type: query, query: {{identifier...}}}} or {{type:"
+        " instanceReference, instanceReference}",
+        param=name,
+    )
+
+
+async def instance_for(
+    call: Call, parameter: Any, name: str = "specifier", *, jit: bool = True
+) -> Instance | None:
+    """The instance a request's model specifier names, loading it just in time when ``jit``.
+    Without ``jit``, None when nothing loaded matches."""
+    kind = kind_of(call)
+    spec = _specifier(parameter, name)
+    if spec["type"] == "instanceReference":
+        reference = spec["instanceReference"]
+        instance = next(
+            (i for i in loaded(call, kind) if records.instance_reference(i) == reference), None
+        )
+        if instance is None:
+            raise InstanceNotFoundError(
+                "that model instance is no longer loaded", param=name, hint="get a new handle"
+            )
+    else:
+        query: dict[str, Any] = spec.get("query") or {}
+        instance = match_loaded(call, kind, query)
+        wanted = query.get("identifier") or query.get("path")
+        if instance is None:
+            if not jit:
+                return None
+            if not isinstance(wanted, str):
+                raise wire.no_model_matching(query, visible(call, kind))
+            model = await downloaded(call, wanted, kind)
+            call.check_model(model.key)
+            instance = await call.manager.acquire(model.key, kind=kind)
+    call.check_model(instance.model.key)
+    instance.touch()
+    return instance
+
+
+async def required_instance(call: Call, parameter: Any, name: str = "specifier") -> Instance:
+    instance = await instance_for(call, parameter, name)
+    assert instance is not None
+    return instance
+
+
+async def loading(
+    channel: Channel,
+    packet: str,
+    load: Callable[[Callable[[float], None]], Awaitable[Instance]],
+) -> Instance:
+    """Run ``load(report)``, forwarding llama.cpp's progress (reported from the loading thread)
+    as ``packet`` messages; the SDK's sync API times out after 60 s of silence."""
+    loop = asyncio.get_running_loop()
+    progress: asyncio.Queue[float | None] = asyncio.Queue()
+
+    def report(fraction: float) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(progress.put_nowait, fraction)
+
+    async def forward() -> None:
+        last = 0.0
+        while (fraction := await progress.get()) is not None:
+            if fraction - last >= _PROGRESS_STEP and fraction < 1.0:
+                last = fraction
+                await channel.send({"type": packet, "progress": round(fraction, 4)})
+
+    forwarder = asyncio.create_task(forward())
+    try:
+        return await load(report)
+    finally:
+        progress.put_nowait(None)
+        await forwarder
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+async def list_loaded(call: Call, parameter: Any) -> list[dict[str, Any]]:
+    kind = kind_of(call)
+    return [records.instance_info(i) for i in loaded(call, kind) if call.allows(i.model.key)]
+
+
+async def get_model_info(call: Call, parameter: Any) -> dict[str, Any] | None:
+    instance = await instance_for(call, parameter, jit=False)
+    if instance is None:
+        throw = parameter.get("throwIfNotFound", True) if isinstance(parameter, dict) else True
+        if throw is False:
+            return None
+        query = (parameter.get("specifier") or {}).get("query") or {}
+        raise wire.no_model_matching(query, visible(call, kind_of(call)))
+    return records.instance_info(instance)
+
+
+async def get_load_config(call: Call, parameter: Any) -> dict[str, Any]:
+    instance = await instance_for(call, parameter, jit=False)
+    if instance is None:
+        query = (parameter.get("specifier") or {}).get("query") or {}
+        raise wire.no_model_matching(query, visible(call, kind_of(call)))
+    return records.load_config(instance)
+
+
+async def get_or_load(channel: Channel, parameter: Any) -> None:
+    kind = kind_of(channel)
+    name = text_param(parameter, "identifier")
+    instance = match_loaded(channel, kind, {"identifier": name})
+    if instance is not None:
+        channel.check_model(instance.model.key)
+        instance.touch()
+        await channel.finish({"type": "alreadyLoaded", "info": records.instance_info(instance)})
+        return
+    model = await downloaded(channel, name, kind)
+    channel.check_model(model.key)
+    context_length = kvconfig.load_settings(parameter.get("loadConfigStack"), kind)
+    ttl = kvconfig.ttl_seconds(parameter.get("loadTtlMs"), "loadTtlMs")
+    planned = model.key + (":embedding" if kind == "embedding" and model.type == "llm" else "")
+    info = records.model_info(model, kind)
+    await channel.send({"type": "startLoading", "identifier": planned, "info": info})
+    if channel.app[CONFIG].current().models_jit_keep_last:
+        for other in loaded(channel, kind):
+            if other.jit and other.model.key != model.key:
+                notice = {"type": "unloadingOtherJITModel", "info": records.instance_info(other)}
+                await channel.send(notice)
+    instance = await loading(
+        channel,
+        "loadProgress",
+        lambda report: channel.manager.acquire(
+            model.key, ttl=ttl, context_length=context_length, progress=report, kind=kind
+        ),
+    )
+    await channel.finish({"type": "loadSuccess", "info": records.instance_info(instance)})
+
+
+async def load_model(channel: Channel, parameter: Any) -> None:
+    kind = kind_of(channel)
+    model = await downloaded(channel, text_param(parameter, "modelKey"), kind)
+    channel.check_model(model.key)
+    identifier = parameter.get("identifier")
+    if identifier is not None and (not isinstance(identifier, str) or not identifier.strip()):
+        raise InvalidParameterError("'identifier' must be a non-empty string", param="identifier")
+    if identifier is not None and channel.manager.find_instance(identifier) is not None:
+        raise ConflictError(f'a model instance with the identifier "{identifier}" already exists')
+    context_length = kvconfig.load_settings(parameter.get("loadConfigStack"), kind)
+    ttl = kvconfig.ttl_seconds(parameter.get("ttlMs"), "ttlMs")
+    await channel.send({"type": "resolved", "info": records.model_info(model, kind)})
+    instance = await loading(
+        channel,
+        "progress",
+        lambda report: channel.manager.load(
+            model.key,
+            context_length=context_length,
+            ttl=ttl,
+            identifier=identifier,
+            embedding=kind == "embedding",
+            progress=report,
+        ),
+    )
+    await channel.finish({"type": "success", "info": records.instance_info(instance)})
+
+
+async def unload_model(call: Call, parameter: Any) -> None:
+    kind = kind_of(call)
+    identifier = text_param(parameter, "identifier")
+    instance = next((i for i in loaded(call, kind) if i.identifier == identifier), None)
+    if instance is None or not call.allows(instance.model.key):
+        raise wire.no_model_matching({"identifier": identifier}, visible(call, kind))
+    call.check_model(instance.model.key)
+    await call.manager.unload(identifier)
+
+
+async def _tokens(call: Call, parameter: Any) -> list[int]:
+    instance = await required_instance(call, parameter)
+    text = text_param(parameter, "inputString")
+    backend = instance.backend
+    if isinstance(backend, Embedder):
+        # Embedding inputs are tokenized as the embedder does: with BOS/EOS where wanted.
+        tokenize: Callable[[str], list[int]] = backend._tokenize
+    else:
+        tokenize = backend.tokenize
+    if len(text) > _LONG_TEXT:
+        return await asyncio.to_thread(tokenize, text)
+    return tokenize(text)
+
+
+async def tokenize(call: Call, parameter: Any) -> dict[str, Any]:
+    return {"tokens": await _tokens(call, parameter)}
+
+
+async def count_tokens(call: Call, parameter: Any) -> dict[str, Any]:
+    return {"tokenCount": len(await _tokens(call, parameter))}
+
+
+_SHARED: dict[str, Endpoint] = {
+    "listLoaded": rpc(list_loaded),
+    "getModelInfo": rpc(get_model_info),
+    "getLoadConfig": rpc(get_load_config),
+    "getOrLoad": channel(get_or_load),
+    "loadModel": channel(load_model),
+    "unloadModel": rpc(unload_model),
+    "tokenize": rpc(tokenize),
+    "countTokens": rpc(count_tokens),
+}
+
+ENDPOINTS: dict[tuple[str, str], Endpoint] = {
+    (namespace, name): endpoint
+    for namespace in ("llm", "embedding")
+    for name, endpoint in _SHARED.items()
+}

@@ -1,0 +1,75 @@
+"""Model records as the SDK parses them (reference §5.1), and the KV configs of an instance.
+
+The SDK validates these with msgspec: required fields, JSON integers for sizes and lengths,
+enum values and a ``type`` tag matching the namespace (pitfall 9). A model's ``path`` is its
+place under the models folder (``publisher/name/file.gguf``), never an absolute path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lms.inference.catalog import ModelFile
+from lms.inference.embedder import Embedder
+from lms.inference.manager import Instance
+
+Kind = Literal["llm", "embedding"]
+
+#: The context length announced for a model whose GGUF does not say.
+FALLBACK_CONTEXT = 2048
+
+
+def model_path(model: ModelFile) -> str:
+    return f"{model.publisher}/{model.name}/{model.path.name}"
+
+
+def model_info(model: ModelFile, kind: Kind | None = None) -> dict[str, Any]:
+    """``LlmInfo`` or ``EmbeddingModelInfo`` of a downloaded model, as ``kind`` (default: the
+    model's own type; any model can also be used in embedding mode)."""
+    kind = kind or model.type
+    info: dict[str, Any] = {
+        "type": kind,
+        "modelKey": model.key,
+        "format": "gguf",
+        "displayName": model.display_name,
+        "path": model_path(model),
+        "sizeBytes": int(model.size_bytes),
+        "maxContextLength": int(model.max_context_length or FALLBACK_CONTEXT),
+    }
+    if model.params_string:
+        info["paramsString"] = model.params_string
+    if model.architecture:
+        info["architecture"] = model.architecture
+    if kind == "llm":
+        info["vision"] = bool(model.vision)
+        info["trainedForToolUse"] = bool(model.trained_for_tool_use)
+    return info
+
+
+def instance_reference(instance: Instance) -> str:
+    """An opaque name of this very instance (a reload under the same identifier gets another)."""
+    return f"{instance.identifier}#{int(instance.loaded_at * 1_000_000):x}"
+
+
+def instance_info(instance: Instance) -> dict[str, Any]:
+    """``LlmInstanceInfo`` or ``EmbeddingModelInstanceInfo`` of a loaded instance."""
+    return {
+        **model_info(instance.model, instance.type),
+        "identifier": instance.identifier,
+        "instanceReference": instance_reference(instance),
+        "contextLength": int(instance.context_length),
+    }
+
+
+def load_config(instance: Instance) -> dict[str, Any]:
+    """The instance's load settings as a KV config (``getLoadConfig``, ``loadModelConfig``)."""
+    backend = instance.backend
+    if isinstance(backend, Embedder):
+        return {"fields": [{"key": "embedding.load.contextLength", "value": backend.n_ctx}]}
+    return {
+        "fields": [
+            {"key": "llm.load.contextLength", "value": backend.n_ctx_per_seq},
+            {"key": "llm.load.llama.evalBatchSize", "value": backend.options.batch_size},
+            {"key": "llm.load.llama.flashAttention", "value": backend.options.flash_attention},
+        ]
+    }
