@@ -34,10 +34,9 @@ _IGNORED_LOAD_FIELDS: tuple[tuple[str, type], ...] = (
 
 
 def _load_config(instance: Instance) -> dict[str, Any]:
-    config: dict[str, Any] = {"context_length": instance.engine.n_ctx_per_seq}
-    if instance.model.type == "llm":
-        config["eval_batch_size"] = instance.engine.options.batch_size
-        config["flash_attention"] = instance.engine.options.flash_attention
+    """The reference's ``load_config``: only the keys that apply to the instance's mode."""
+    config = instance.load_config()
+    config.pop("parallel", None)
     return config
 
 

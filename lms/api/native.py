@@ -16,15 +16,7 @@ routes = web.RouteTableDef()
 
 
 def _instance_json(instance: Instance) -> dict[str, Any]:
-    return {
-        "id": instance.identifier,
-        "config": {
-            "context_length": instance.engine.n_ctx_per_seq,
-            "eval_batch_size": instance.engine.options.batch_size,
-            "parallel": instance.engine.options.parallel,
-            "flash_attention": instance.engine.options.flash_attention,
-        },
-    }
+    return {"id": instance.identifier, "config": instance.load_config()}
 
 
 def model_json(model: ModelFile, instances: list[Instance]) -> dict[str, Any]:

@@ -27,13 +27,13 @@ from typing import Any, Literal
 
 from lms import paths
 from lms.config import Settings
-from lms.logstream import LogHub
 from lms.errors import ConflictError, InstanceNotFoundError, InvalidRequestError, ModelNotFoundError
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
 from lms.inference.engine import Engine, Generation, GenerationResult, LoadOptions
 from lms.inference.templates import ChatFormatter
+from lms.logstream import LogHub
 from lms.protocol import InstanceEntry
 
 log = logging.getLogger("lms.models")

@@ -175,11 +175,6 @@ async def test_identifier_of_unloaded_embedding_instance_reloads(
     assert manager.find_instance(EMBEDDING_ID) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lms/api/native.py's _instance_json reads instance.engine; it should use"
-    " instance.load_config() (owned by another change in progress)",
-)
 async def test_native_models_lists_embedding_instance(client: Client) -> None:
     await embed(client, "x")
     response = await client.get("/api/v1/models")
