@@ -16,7 +16,6 @@ from aiohttp import web
 from lms import protocol
 from lms.api.middlewares import Handler
 from lms.api.state import AUTH, CONFIG
-from lms.auth import audit
 from lms.auth.permissions import PUBLIC, Access, access_for
 from lms.auth.record import TokenRecord
 from lms.auth.tokens import token_from_header
@@ -79,7 +78,7 @@ def refuse(request: web.Request, err: LmsError, token_id: str | None = None) -> 
     """Audit a refused request (never the token itself)."""
     token_id = token_id or err.data.get("token_id")
     try:
-        audit.request_refused(token_id, request.method, request.path, err.code)
+        request.app[AUTH].refusals.record(token_id, request.method, request.path, err.code)
     except OSError:
         log.exception("cannot write the audit log")
     log.info(

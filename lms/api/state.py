@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from lms.auth.audit import RefusalRecorder
 from lms.auth.ratelimit import RateLimiter
 from lms.auth.usage import UsageBuffer, UsageStore
 from lms.auth.verifier import TokenVerifier
@@ -36,6 +37,7 @@ class AuthGuard:
     verifier: TokenVerifier = field(default_factory=TokenVerifier)
     limiter: RateLimiter = field(default_factory=RateLimiter)
     usage: UsageBuffer = field(default_factory=lambda: UsageBuffer(UsageStore()))
+    refusals: RefusalRecorder = field(default_factory=RefusalRecorder)
 
 
 MANAGER = web.AppKey("manager", ModelManager)

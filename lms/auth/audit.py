@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -59,6 +60,44 @@ def append(
         finally:
             os.close(fd)
     return entry
+
+
+class RefusalRecorder:
+    """Audits refused requests without letting a flood fill the disk.
+
+    At most one line per (token id, route, reason) per ``interval`` seconds; refusals in
+    between are counted and reported as ``repeated`` on the next line of that key. The key table
+    is bounded (a flood of random token ids cannot grow it without limit).
+    """
+
+    def __init__(self, interval: float = 1.0, max_keys: int = 10_000) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def record(self, token_id: str | None, method: str, route: str, reason: str) -> bool:
+        """Audit one refusal; False when it was only counted (written with the next one)."""
+        key = (token_id or "none", route, reason)
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (float("-inf"), 0))
+        if now - last < self.interval:
+            self._last[key] = (last, suppressed + 1)
+            return False
+        if len(self._last) >= self.max_keys:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        fields: dict[str, Any] = {}
+        if suppressed:
+            fields["repeated"] = suppressed
+        append(
+            AuditEvent.REQUEST_REFUSED,
+            token_id=token_id or "none",
+            method=method,
+            route=route,
+            reason=reason,
+            **fields,
+        )
+        return True
 
 
 def request_refused(

@@ -80,3 +80,18 @@ def test_missing_log_reads_empty(home: Path) -> None:
 def test_long_fields_are_capped(home: Path) -> None:
     entry = audit.request_refused("aaaaaaaa", "GET", "/" + "x" * 10_000, "r")
     assert len(entry["route"]) <= audit.MAX_FIELD_LENGTH + 1
+
+
+def test_refusal_flood_is_coalesced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMS_HOME", str(tmp_path))
+    recorder = audit.RefusalRecorder(interval=60.0)
+    written = [
+        recorder.record("abcd1234", "GET", "/v1/models", "invalid_api_key") for _ in range(50)
+    ]
+    assert written[0] and not any(written[1:])
+    assert recorder.record(None, "GET", "/v1/models", "missing_api_key")  # another key
+    entries = audit.read()
+    assert len(entries) == 2
+    recorder.interval = 0.0
+    recorder.record("abcd1234", "GET", "/v1/models", "invalid_api_key")
+    assert audit.read()[-1]["repeated"] == 49
