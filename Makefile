@@ -29,6 +29,10 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format --check lms tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(PY) -m lms.cli.docgen --check
+
+generate: $(VENV)/.installed
+	$(PY) -m lms.cli.docgen
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/throughput.py

@@ -1,6 +1,6 @@
 """``python -m lms``: the ``lms`` command."""
 
-from lms.cli import main
+from lms.launcher import main
 
 if __name__ == "__main__":
     main()

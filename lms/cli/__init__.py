@@ -21,12 +21,12 @@ from typer.core import TyperGroup
 import lms
 from lms.cli import auth as auth_cmd
 from lms.cli import chat as chat_cmd
+from lms.cli import completers, render
 from lms.cli import config as config_cmd
 from lms.cli import daemon as daemon_cmd
 from lms.cli import download as download_cmd
 from lms.cli import log as log_cmd
 from lms.cli import models as models_cmd
-from lms.cli import render
 from lms.cli import server as server_cmd
 from lms.cli import token as token_cmd
 from lms.errors import ExitCode, LmsError
@@ -113,6 +113,7 @@ models_cmd.register(app, rich_help_panel="Local models")
 download_cmd.register(app, rich_help_panel="Local models")
 chat_cmd.register(app, rich_help_panel="Local models")
 app.add_typer(log_cmd.app, name="log", rich_help_panel="Serve")
+completers.register(app)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import client as control
-from lms.cli import render
+from lms.cli import completers, render
 from lms.errors import InvalidRequestError, from_code
 
 DEFAULT_SYSTEM = (
@@ -22,26 +22,43 @@ def register(app: typer.Typer, *, rich_help_panel: str) -> None:
 
 def chat(
     model: Annotated[
-        str | None, typer.Argument(help="Model key or loaded identifier (default: the loaded one).")
+        str | None,
+        typer.Argument(
+            help="Model key or loaded identifier (default: the loaded one).",
+            autocompletion=completers.models,
+        ),
     ] = None,
     prompt: Annotated[
         str | None,
-        typer.Option("--prompt", "-p", help="One-shot: answer this and exit (stdin is appended)."),
+        typer.Option(
+            "--prompt",
+            "-p",
+            metavar="PROMPT",
+            help="One-shot: answer this and exit (stdin is appended).",
+        ),
     ] = None,
     system: Annotated[
-        str | None, typer.Option("--system-prompt", "-s", help="System prompt.")
+        str | None, typer.Option("--system-prompt", "-s", metavar="SYSTEM", help="System prompt.")
     ] = None,
     stats: Annotated[
         bool, typer.Option("--stats", help="Print prediction stats to stderr.")
     ] = False,
     ttl: Annotated[
-        int, typer.Option("--ttl", min=1, help="Idle seconds before a JIT-loaded model unloads.")
+        int,
+        typer.Option(
+            "--ttl",
+            metavar="SECONDS",
+            min=1,
+            help="Idle seconds before a JIT-loaded model unloads.",
+        ),
     ] = 3600,
     temperature: Annotated[
-        float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature.")
+        float | None,
+        typer.Option("--temperature", metavar="T", min=0.0, help="Sampling temperature."),
     ] = None,
     max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", min=1, help="Stop after this many tokens.")
+        int | None,
+        typer.Option("--max-tokens", metavar="N", min=1, help="Stop after this many tokens."),
     ] = None,
 ) -> None:
     """Chat with a model: one-shot with -p (or piped stdin), else interactive.
@@ -50,10 +67,16 @@ def chat(
     counts to stderr. In interactive mode Ctrl-C interrupts a reply without leaving; /exit or
     Ctrl-D leaves, /clear forgets the conversation.
     """
+    piped = None if sys.stdin.isatty() else sys.stdin.read()
+    if prompt is None and piped is not None and not piped.strip():
+        # Interactive chat prompts; off a terminal there is nobody to answer.
+        raise InvalidRequestError(
+            "nothing to send: stdin is not a terminal and holds no prompt",
+            hint='give one with -p "..." or on stdin (echo "..." | lms chat)',
+        )
     daemon = control.ControlClient()
     control.ensure_daemon(client=daemon, announce=render.note)
     model = model or _default_model(daemon)
-    piped = None if sys.stdin.isatty() else sys.stdin.read()
     messages: list[dict[str, str]] = [{"role": "system", "content": system or DEFAULT_SYSTEM}]
     options = {"model": model, "ttl": ttl, "temperature": temperature, "max_tokens": max_tokens}
     if prompt is not None or piped:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import config, paths
-from lms.cli import render
+from lms.cli import completers, render
 from lms.errors import ConfigBrokenError
 
 app = typer.Typer(
@@ -17,7 +17,12 @@ app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-KeyArgument = Annotated[str, typer.Argument(help="Setting key, such as server.port.")]
+KeyArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Setting key, such as server.port.", autocompletion=completers.setting_keys
+    ),
+]
 
 # Settings the daemon reads when the server starts, not while it runs.
 _APPLY_AT_SERVER_START = {"server.port", "server.bind"}

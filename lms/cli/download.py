@@ -55,10 +55,13 @@ def get(
     ],
     sha256: Annotated[
         str | None,
-        typer.Option("--sha256", help="Expected sha256 (hex) of the file; a mismatch fails."),
+        typer.Option(
+            "--sha256", metavar="HEX", help="Expected sha256 (hex) of the file; a mismatch fails."
+        ),
     ] = None,
     size: Annotated[
-        int | None, typer.Option("--size", min=1, help="Expected size of the file in bytes.")
+        int | None,
+        typer.Option("--size", metavar="BYTES", min=1, help="Expected size of the file in bytes."),
     ] = None,
     publisher: PublisherOption = None,
     name: NameOption = None,

@@ -8,22 +8,18 @@ files under the models folder with their sizes only, and says so.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lms import client as control
 from lms import paths
-from lms.cli import render
+from lms.cli import completers, render
 from lms.errors import InvalidParameterError
+from lms.modelfolder import scan_model_files
 from lms.protocol import InstanceEntry, ModelEntry
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-
-_PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".download", ".crdownload")
-_LOCAL_PUBLISHER = "local"
 
 
 def register(app: typer.Typer, *, rich_help_panel: str) -> None:
@@ -39,65 +35,6 @@ def _announce(text: str) -> None:
 
 
 # --- ls ---------------------------------------------------------------------------------------
-
-
-def scan_model_files(root: Path | None = None) -> list[dict[str, Any]]:
-    """The GGUF files under the models folder, described from the file system only.
-
-    Keys follow the daemon's layout rule (``<publisher>/<name>/<file>.gguf`` is
-    ``publisher/name``; a file one level deep is ``<publisher>/<stem>``; at the top,
-    ``local/<stem>``). When a folder holds several files they get ``@<stem>``; the daemon may
-    name such variants by quantization instead. Metadata fields are null: reading them needs
-    the daemon.
-    """
-    root = root or paths.models_dir()
-    groups: dict[str, list[Path]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            lowered = filename.lower()
-            if filename.startswith(".") or lowered.endswith(_PARTIAL_SUFFIXES):
-                continue
-            if not lowered.endswith(".gguf") or lowered.startswith("mmproj"):
-                continue
-            file = Path(dirpath) / filename
-            parts = file.relative_to(root).parts
-            if len(parts) == 1:
-                base = f"{_LOCAL_PUBLISHER}/{file.stem}"
-            elif len(parts) == 2:
-                base = f"{parts[0]}/{file.stem}"
-            else:
-                base = f"{parts[0]}/{parts[1]}"
-            groups.setdefault(base, []).append(file)
-    entries: list[dict[str, Any]] = []
-    for base, files in groups.items():
-        for file in files:
-            try:
-                size = file.stat().st_size
-            except OSError:
-                continue
-            key = base if len(files) == 1 else f"{base}@{file.stem.lower()}"
-            publisher, _, rest = base.partition("/")
-            entries.append(
-                {
-                    "key": key,
-                    "type": None,
-                    "publisher": publisher,
-                    "display_name": rest,
-                    "architecture": None,
-                    "params_string": None,
-                    "quantization": None,
-                    "bits_per_weight": None,
-                    "size_bytes": size,
-                    "path": str(file),
-                    "format": "gguf",
-                    "max_context_length": None,
-                    "trained_for_tool_use": None,
-                    "vision": None,
-                    "loaded_instances": [],
-                }
-            )
-    return sorted(entries, key=lambda e: e["key"])
 
 
 def ls(json_output: JsonOption = False) -> None:
@@ -183,23 +120,30 @@ def _instance_row(instance: InstanceEntry) -> list[str]:
 
 
 def load(
-    model: Annotated[str, typer.Argument(help="Model key, as shown by lms ls.")],
+    model: Annotated[
+        str, typer.Argument(help="Model key, as shown by lms ls.", autocompletion=completers.models)
+    ],
     context_length: Annotated[
         int | None,
         typer.Option(
             "--context-length",
             "-c",
+            metavar="N",
             min=1,
             help="Context length in tokens (default: models.context_length).",
         ),
     ] = None,
     ttl: Annotated[
         int | None,
-        typer.Option("--ttl", min=1, help="Unload after this many idle seconds."),
+        typer.Option(
+            "--ttl", metavar="SECONDS", min=1, help="Unload after this many idle seconds."
+        ),
     ] = None,
     identifier: Annotated[
         str | None,
-        typer.Option("--identifier", help="Name of the instance in the API (default: the key)."),
+        typer.Option(
+            "--identifier", metavar="ID", help="Name of the instance in the API (default: the key)."
+        ),
     ] = None,
     embedding: Annotated[
         bool,
@@ -241,7 +185,9 @@ def load(
 def unload(
     identifier: Annotated[
         str | None,
-        typer.Argument(help="Identifier of the instance (see lms ps)."),
+        typer.Argument(
+            help="Identifier of the instance (see lms ps).", autocompletion=completers.instances
+        ),
     ] = None,
     all_instances: Annotated[
         bool, typer.Option("--all", "-a", help="Unload every loaded instance.")

@@ -53,13 +53,13 @@ def warn_exposure(bind: str, port: int, *, auth_required: bool, tls: bool) -> No
         render.warn("no TLS: API tokens and prompts travel in clear text on the network")
 
 
-def _tls_files(cert: str | None, key: str | None) -> tuple[str, str] | None:
+def _tls_files(cert: Path | None, key: Path | None) -> tuple[str, str] | None:
     """Absolute paths of the certificate and key (the daemon does not share our cwd)."""
     if cert is None and key is None:
         return None
     if cert is None or key is None:
         raise InvalidParameterError("--tls-cert and --tls-key go together")
-    files = (Path(cert).expanduser().absolute(), Path(key).expanduser().absolute())
+    files = (cert.expanduser().absolute(), key.expanduser().absolute())
     for file in files:
         if not file.is_file():
             raise InvalidParameterError(f"no such file: {file}")
@@ -71,12 +71,19 @@ def start(
     port: Annotated[
         int | None,
         typer.Option(
-            "--port", "-p", min=0, max=65535, help="TCP port (default: server.port; 0: any free)."
+            "--port",
+            "-p",
+            metavar="N",
+            min=0,
+            max=65535,
+            help="TCP port (default: server.port; 0: any free).",
         ),
     ] = None,
     bind: Annotated[
         str | None,
-        typer.Option("--bind", help="Address to listen on (default: server.bind, 127.0.0.1)."),
+        typer.Option(
+            "--bind", metavar="ADDR", help="Address to listen on (default: server.bind, 127.0.0.1)."
+        ),
     ] = None,
     cors: Annotated[
         bool | None,
@@ -86,12 +93,14 @@ def start(
         ),
     ] = None,
     tls_cert: Annotated[
-        str | None,
-        typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)."),
+        Path | None,
+        typer.Option(
+            "--tls-cert", metavar="FILE", help="PEM certificate: serve HTTPS (with --tls-key)."
+        ),
     ] = None,
     tls_key: Annotated[
-        str | None,
-        typer.Option("--tls-key", help="PEM private key of --tls-cert."),
+        Path | None,
+        typer.Option("--tls-key", metavar="FILE", help="PEM private key of --tls-cert."),
     ] = None,
     foreground: Annotated[
         bool,

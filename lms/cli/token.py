@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lms.cli import render
+from lms.cli import completers, render
 from lms.errors import ConfigBrokenError, InvalidParameterError
 
 if TYPE_CHECKING:
@@ -32,31 +32,13 @@ app = typer.Typer(
 _PERM_HELP = "inference, models, mcp, remote-mcp or all"
 
 
-def _complete_token(incomplete: str) -> list[str]:
-    """Ids and names of the tokens, for shell completion (nothing when the registry is broken)."""
-    from lms.auth.registry import Registry
-
-    try:
-        records = Registry().list()
-    except ConfigBrokenError:
-        return []
-    choices = [r.name for r in records] + [r.id for r in records]
-    return [c for c in choices if c.startswith(incomplete)]
-
-
-def _complete_permission(incomplete: str) -> list[str]:
-    from lms.auth.permissions import valid_names
-
-    return [name for name in valid_names() if name.startswith(incomplete.lower())]
-
-
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 TokenArgument = Annotated[
     str,
     typer.Argument(
         metavar="ID|NAME",
         help="The token's id or name (an exact id match wins).",
-        autocompletion=_complete_token,
+        autocompletion=completers.tokens,
         show_default=False,
     ),
 ]
@@ -73,7 +55,7 @@ PermOption = Annotated[
         "-p",
         metavar="PERM",
         help=f"Permission: {_PERM_HELP}. Repeat or separate with commas.",
-        autocompletion=_complete_permission,
+        autocompletion=completers.permissions,
         show_default=False,
     ),
 ]
@@ -309,7 +291,7 @@ def edit(
             "-p",
             metavar="PERM",
             help=f"Replace the permissions: {_PERM_HELP} (repeatable).",
-            autocompletion=_complete_permission,
+            autocompletion=completers.permissions,
             show_default=False,
         ),
     ] = None,
@@ -319,7 +301,7 @@ def edit(
             "--add-perm",
             metavar="PERM",
             help="Add a permission (repeatable).",
-            autocompletion=_complete_permission,
+            autocompletion=completers.permissions,
             show_default=False,
         ),
     ] = None,
@@ -329,7 +311,7 @@ def edit(
             "--remove-perm",
             metavar="PERM",
             help="Remove a permission (repeatable).",
-            autocompletion=_complete_permission,
+            autocompletion=completers.permissions,
             show_default=False,
         ),
     ] = None,

@@ -77,3 +77,22 @@ def test_python_dash_m_lms_is_the_cli() -> None:
     import lms
 
     assert done.stdout.strip() == f"lms {lms.__version__}"
+
+
+def test_completion_values_load_neither_typer_nor_rich() -> None:
+    # `lms __complete ...` runs at every TAB: the launcher answers it before Typer is imported.
+    code = (
+        "import io, contextlib\n"
+        "from lms import launcher\n"
+        "sys.argv = ['lms', '__complete', 'tokens']\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        launcher.main()\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, exc.code\n"
+    )
+    modules = _loaded_after(code)
+    assert "lms.completion" in modules
+    heavy = ("typer", "rich", "lms.cli", "click", "http.client")
+    assert [m for m in modules if m.split(".")[0] in heavy or m in heavy] == []
+    assert _forbidden(modules) == []

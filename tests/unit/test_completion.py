@@ -1,0 +1,79 @@
+"""``lms __complete``: the values shell completion offers, read without Typer or a daemon."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lms import completion, paths
+from lms.auth.registry import Registry
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="lms"))
+    monkeypatch.setenv("LMS_HOME", str(path))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = completion.main(list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_tokens_are_names_then_ids(home: Path) -> None:
+    assert completion.tokens() == []  # no tokens.toml yet
+    alpha, _ = Registry().create("alpha", None)
+    beta, _ = Registry().create("beta", None)
+    assert completion.tokens() == ["alpha", "beta", alpha.id, beta.id]
+    assert run("tokens") == (0, f"alpha\nbeta\n{alpha.id}\n{beta.id}\n", "")
+    assert run("tokens", "al") == (0, "alpha\n", "")
+
+
+def test_a_broken_registry_completes_nothing_and_says_nothing(home: Path) -> None:
+    Registry().create("alpha", None)
+    paths.tokens_file().write_text("generation = [broken\n")
+    assert completion.tokens() == []
+    assert run("tokens") == (0, "", "")
+
+
+def test_models_come_from_the_folder_without_a_daemon(home: Path) -> None:
+    for relative in ["google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf", "local/top.gguf"]:
+        file = paths.models_dir() / relative
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"GGUF")
+    assert completion.models() == ["google/gemma-3-270m", "local/top"]
+    assert run("models", "goo") == (0, "google/gemma-3-270m\n", "")
+
+
+def test_no_daemon_means_no_instances_and_no_start(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_spawn(*args: Any, **kwargs: Any) -> int:
+        raise AssertionError("completion started a daemon")
+
+    monkeypatch.setattr(os, "posix_spawn", no_spawn)
+    assert completion.instances() == []
+    # A socket file nobody listens on (a crashed daemon) is no daemon either.
+    paths.ensure_private_dir(paths.runtime_dir())
+    paths.socket_path().touch()
+    assert completion.instances() == []
+    assert run("instances") == (0, "", "")
+
+
+@pytest.mark.parametrize("argv", [[], ["nope"], ["tokens", "a", "b"]])
+def test_bad_usage_exits_2(home: Path, argv: list[str]) -> None:
+    code, out, err = run(*argv)
+    assert (code, out) == (2, "")
+    assert err == "usage: lms __complete tokens|models|instances [PREFIX]\n"
