@@ -12,6 +12,7 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, instances
+from lms.api.chat_completions import ChatPlan, delta
 from lms.api.security import model_filter, record_generation
 from lms.api.state import CONFIG, MANAGER
 from lms.errors import InvalidParameterError
@@ -108,11 +109,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     messages = _messages(body)
     params = bodies.sampling(body, max_token_fields=("max_completion_tokens", "max_tokens"))
+    plan = ChatPlan.read(body)
     stream = bodies.get(body, "stream", bool, False)
     include_usage = _include_usage(body)
     instance = await _instance(request, body)
-    tokens, template_stops = instance.chat_prompt(messages)
-    params = _with_stops(params, template_stops)
+    tokens, template_stops = plan.prompt(instance, messages)
+    params = _replace(_with_stops(params, template_stops), grammar=plan.grammar)
     generation = instance.engine.submit(tokens, params)
     meta = {
         "id": _id("chatcmpl-"),
@@ -124,17 +126,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         async with _cancel_on_exit(request, generation):
             text = await generation.text()
         result = generation.result
+        message, finish = plan.message(text, _FINISH[result.finish_reason] if result else "stop")
         return web.json_response(
             {
                 **meta,
                 "object": "chat.completion",
                 "choices": [
-                    {
-                        "index": 0,
-                        "logprobs": None,
-                        "finish_reason": _FINISH[result.finish_reason] if result else "stop",
-                        "message": {"role": "assistant", "content": text},
-                    }
+                    {"index": 0, "logprobs": None, "finish_reason": finish, "message": message}
                 ],
                 "usage": _usage(result),
             }
@@ -146,13 +144,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return {**meta, "object": "chat.completion.chunk", "choices": [choice], **extra}
 
     response = await open_sse(request)
+    output = plan.stream()
     async with _cancel_on_exit(request, generation):
         await response.write(_sse(chunk({"role": "assistant", "content": ""}, None)))
         async for piece in _stream_or_error(generation, response):
-            await response.write(_sse(chunk({"content": piece}, None)))
+            for event in output.feed(piece):
+                await response.write(_sse(chunk(delta(event), None)))
         result = generation.result
         if result is not None and result.error is None:
-            await response.write(_sse(chunk({}, _FINISH[result.finish_reason])))
+            for event in output.finish():
+                await response.write(_sse(chunk(delta(event), None)))
+            finish = _FINISH[result.finish_reason]
+            if output.calls and finish == "stop":  # a call cut by max_tokens stays "length"
+                finish = "tool_calls"
+            await response.write(_sse(chunk({}, finish)))
             if include_usage:
                 usage_chunk = {**meta, "object": "chat.completion.chunk", "choices": []}
                 await response.write(_sse({**usage_chunk, "usage": _usage(result)}))

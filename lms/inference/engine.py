@@ -18,7 +18,9 @@ import asyncio
 import codecs
 import contextlib
 import ctypes
+import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -31,6 +33,7 @@ from typing import Any, Literal
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
+from llama_cpp import llama_grammar
 
 from lms.errors import (
     ContextOverflowError,
@@ -169,6 +172,7 @@ class _Sequence:
     stops: StopMatcher
     sampler: internals.LlamaSampler | None
     decoder: codecs.IncrementalDecoder
+    grammar: Any = None  # a llama_sampler_p of the request's grammar (kept out of the chain)
     prefilled: int = 0
     n_past: int = 0
     last_token: int = -1
@@ -182,6 +186,9 @@ class _Sequence:
 
 
 _STOP = object()
+# llama_token_data as a numpy record, to hand the whole vocabulary to llama.cpp samplers.
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+_SHORTLIST = 1024  # tokens a grammar masks first when it rejects the unconstrained pick
 
 
 def _silence_llama_logs() -> None:
@@ -195,6 +202,17 @@ def _silence_llama_logs() -> None:
 
 
 _silence_llama_logs()
+
+
+def json_schema_grammar(schema: dict[str, Any]) -> str:
+    """GBNF (root rule ``root``) for JSON text valid against ``schema``, by llama.cpp's own
+    converter. Raises ValueError when the converter cannot handle the schema. It never fetches a
+    remote ``$ref`` (it asserts; callers refuse those first, so ``python -O`` changes nothing).
+    """
+    try:
+        return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+    except Exception as exc:  # the converter fails with asserts, KeyErrors, re.errors...
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
 class Engine:
@@ -220,6 +238,7 @@ class Engine:
         self._slots: list[_Sequence | None] = [None] * options.parallel
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._candidates = np.zeros(0, dtype=_TOKEN_DATA)  # allocated by the first grammar
         self._closed = False
         #: Called on the event loop with every submitted generation (logs, metrics).
         self.observer: Callable[[Generation], None] | None = None
@@ -401,6 +420,7 @@ class Engine:
             stops=StopMatcher(params.stop),
             sampler=None if params.is_greedy else self._make_sampler(params),
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            grammar=None if params.grammar is None else self._grammar_sampler(params.grammar),
         )
 
     def _grammar_sampler(self, grammar: str) -> llama_cpp.llama_sampler_p:
@@ -415,15 +435,6 @@ class Engine:
 
     def _make_sampler(self, params: SamplingParams) -> internals.LlamaSampler:
         sampler = internals.LlamaSampler()
-        if params.grammar is not None:
-            # First in the chain: every later stage (top-k, greedy...) only sees tokens the
-            # grammar allows, so it can never pick a token the grammar would reject.
-            try:
-                grammar = self._grammar_sampler(params.grammar)
-            except InvalidRequestError:
-                sampler.close()
-                raise
-            llama_cpp.llama_sampler_chain_add(sampler.sampler, grammar)
         if (params.repeat_penalty, params.frequency_penalty, params.presence_penalty) != (
             1.0,
             0.0,
@@ -486,7 +497,12 @@ class Engine:
         for seq in prefilling:
             seq.generation._push(PromptProgress(seq.prefilled / len(seq.generation.prompt_tokens)))
         for seq, index in rows:
-            self._advance(seq, self._sample(seq, index))
+            try:
+                token = self._sample(seq, index)
+            except LmsError as err:
+                self._finish(seq, "error", err)
+                continue
+            self._advance(seq, token)
         if not self._active():
             self.status = "idle"
 
@@ -503,10 +519,97 @@ class Engine:
         return i
 
     def _sample(self, seq: _Sequence, index: int) -> int:
+        if seq.grammar is not None:
+            return self._sample_constrained(seq, index)
         if seq.sampler is None:
-            row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
-            return int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
+            return int(self._logits(index).argmax())
         return int(seq.sampler.sample(self._ctx, index))
+
+    def _logits(self, index: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
+
+    def _sample_constrained(self, seq: _Sequence, index: int) -> int:
+        """Sample as if the grammar came first in the chain, without paying for it every token.
+
+        Masking all 262k tokens of gemma with a grammar costs more than the forward pass, so (as
+        llama.cpp's server does) the token is first picked from the unconstrained logits. Only
+        when the grammar rejects it are the most likely tokens masked and the pick redone, and
+        only when that shortlist cannot decide is the whole vocabulary masked. Greedy decoding
+        gives exactly the argmax of the allowed tokens either way.
+        """
+        logits = self._logits(index)
+        token = self._pick(seq, None, logits, masked=False)
+        if token is None or not self._grammar_allows(seq.grammar, token):
+            n = min(_SHORTLIST, self.n_vocab)
+            shortlist = np.argpartition(logits, -n)[-n:]
+            token = self._pick(seq, shortlist, logits[shortlist], masked=True)
+        if token is None:
+            token = self._pick(seq, None, logits, masked=True)
+        if token is None:
+            raise InternalError("the output grammar allows no further token")
+        llama_cpp.llama_sampler_accept(seq.grammar, token)
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_accept(seq.sampler.sampler, token)
+        return token
+
+    def _pick(
+        self,
+        seq: _Sequence,
+        ids: np.ndarray[Any, Any] | None,
+        logits: np.ndarray[Any, Any],
+        *,
+        masked: bool,
+    ) -> int | None:
+        """The chain's choice among ``ids`` (all tokens when None), without accepting it; with
+        ``masked``, among those the grammar allows — None when that choice is not certain."""
+        if seq.sampler is None and not masked:
+            return int(logits.argmax())
+        if len(self._candidates) != self.n_vocab:
+            self._candidates = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
+        candidates = self._candidates[: len(logits)]
+        candidates["id"] = np.arange(len(logits), dtype=np.int32) if ids is None else ids
+        candidates["logit"] = logits
+        array = llama_cpp.llama_token_data_array(
+            data=candidates.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=len(candidates),
+            selected=-1,
+            sorted=False,
+        )
+        if masked:
+            llama_cpp.llama_sampler_apply(seq.grammar, ctypes.byref(array))
+            allowed = candidates["logit"][np.isfinite(candidates["logit"])]
+            if not allowed.size:
+                return None
+            if ids is not None and not self._shortlist_decides(seq, allowed, logits.min()):
+                return None
+        if seq.sampler is None:
+            return int(candidates["id"][candidates["logit"].argmax()])
+        llama_cpp.llama_sampler_apply(seq.sampler.sampler, ctypes.byref(array))
+        return int(array.data[array.selected].id)
+
+    @staticmethod
+    def _shortlist_decides(seq: _Sequence, allowed: np.ndarray[Any, Any], floor: float) -> bool:
+        # Every token outside the shortlist has a logit <= floor, below every shortlisted one.
+        params = seq.generation.params
+        if seq.sampler is None:
+            return True  # greedy: the best allowed token is in the shortlist
+        if (params.repeat_penalty, params.presence_penalty, params.frequency_penalty) != (
+            1.0,
+            0.0,
+            0.0,
+        ):
+            return False  # penalties move logits across the floor
+        if 0 < params.top_k <= allowed.size:
+            return True  # top-k keeps shortlisted tokens only
+        # min-p drops everything below max + log(min_p): the rest of the vocabulary included?
+        return params.min_p > 0.0 and floor < float(allowed.max()) + math.log(params.min_p)
+
+    def _grammar_allows(self, grammar: Any, token: int) -> bool:
+        one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
+        array = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+        return bool(np.isfinite(one[0].logit))
 
     def _advance(self, seq: _Sequence, token: int) -> None:
         now = time.perf_counter()
@@ -555,4 +658,6 @@ class Engine:
         llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, -1, -1)
         if seq.sampler is not None:
             seq.sampler.close()
+        if seq.grammar is not None:
+            llama_cpp.llama_sampler_free(seq.grammar)
         self._slots[seq.slot] = None

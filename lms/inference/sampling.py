@@ -19,16 +19,16 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None
-    # GBNF text (llama.cpp's grammar format, root rule ``root``) the output must match.
+    # GBNF text (llama.cpp's grammar format, root rule ``root``) the output must match. The
+    # grammar masks the logits before any other stage, greedy included.
     grammar: str | None = None
 
     @property
     def is_greedy(self) -> bool:
-        """Temperature 0 without penalties or grammar: the argmax of the logits, no sampler chain
-        needed."""
+        """Temperature 0 without penalties: the argmax of the (grammar-allowed) logits, no sampler
+        chain needed."""
         return (
             self.temperature <= 0.0
-            and self.grammar is None
             and self.repeat_penalty == 1.0
             and self.presence_penalty == 0.0
             and self.frequency_penalty == 0.0

@@ -13,7 +13,6 @@ exactly one rule for every model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from datetime import datetime
@@ -25,6 +24,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lms.errors import InvalidRequestError
 from lms.inference.catalog import ModelFile
+from lms.inference.tools import result_text, tools_prompt, written_calls
 
 logger = logging.getLogger(__name__)
 
@@ -216,39 +216,6 @@ def flatten_content(content: Any, where: str = "content") -> str:
     return "\n".join(texts)
 
 
-def _tools_text(tools: list[dict[str, Any]] | None) -> str:
-    if not tools:
-        return ""
-    lines = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
-    return (
-        "You can call these tools (JSON schema):\n"
-        f"{lines}\n"
-        'To call one, answer with only {"name": <tool name>, "arguments": <object>}.'
-    )
-
-
-def _call_text(message: dict[str, Any]) -> str:
-    """An assistant message's text, with any tool calls written as JSON after it."""
-    calls = message.get("tool_calls")
-    if not isinstance(calls, list) or not calls:
-        return str(message["content"])
-    written = []
-    for call in calls:
-        function = call.get("function", call) if isinstance(call, dict) else {}
-        arguments = function.get("arguments", {}) if isinstance(function, dict) else {}
-        if isinstance(arguments, str):
-            with contextlib.suppress(ValueError):
-                arguments = json.loads(arguments)
-        name = function.get("name") if isinstance(function, dict) else None
-        written.append(json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False))
-    return "\n".join(part for part in [str(message["content"]), *written] if part)
-
-
-def _tool_result_text(message: dict[str, Any]) -> str:
-    name = message.get("name") or message.get("tool_call_id") or "tool"
-    return f"Result of {name}:\n{message['content']}"
-
-
 def render_gemma(
     messages: list[dict[str, Any]],
     *,
@@ -263,7 +230,7 @@ def render_gemma(
     Consecutive turns of one role are kept apart rather than refused.
     """
     out: list[str] = []
-    pending: list[str] = [_tools_text(tools)] if tools else []
+    pending: list[str] = [tools_prompt(tools)] if tools else []
 
     def turn(role: str, text: str) -> None:
         out.append(f"<start_of_turn>{role}\n{text.strip()}<end_of_turn>\n")
@@ -279,9 +246,9 @@ def render_gemma(
         elif role == "assistant":
             if pending:
                 user_turn("")
-            turn("model", _call_text(message))
+            turn("model", written_calls(message))
         elif role == "tool":
-            user_turn(_tool_result_text(message))
+            user_turn(result_text(message))
         else:
             user_turn(str(message["content"]))
     if pending:
@@ -303,10 +270,10 @@ def render_chatml(
     written as JSON in the assistant turn and tool results keep the ``tool`` role.
     """
     out: list[str] = []
-    tools_text = _tools_text(tools)
+    tools_text = tools_prompt(tools or [])
     for index, message in enumerate(messages):
         role = "system" if message["role"] == "developer" else message["role"]
-        content = _call_text(message) if role == "assistant" else str(message["content"])
+        content = written_calls(message) if role == "assistant" else str(message["content"])
         if tools_text and index == 0 and role == "system":
             content, tools_text = f"{content}\n\n{tools_text}".strip(), ""
         out.append(f"<|im_start|>{role}\n{content}<|im_end|>\n")
