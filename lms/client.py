@@ -358,6 +358,7 @@ class ControlClient:
         ttl: int | None = None,
         identifier: str | None = None,
         embedding: bool = False,
+        parallel: int | None = None,
         timeout: float = LOAD_TIMEOUT,
     ) -> InstanceEntry:
         """Load a model (``embedding``: in embedding mode, as a separate instance)."""
@@ -370,6 +371,8 @@ class ControlClient:
             body["identifier"] = identifier
         if embedding:
             body["embedding"] = True
+        if parallel is not None:
+            body["parallel"] = parallel
         return cast(InstanceEntry, self.request("POST", CONTROL_LOAD, body, timeout=timeout))
 
     def unload(self, identifier: str | None = None, *, all: bool = False) -> list[str]:

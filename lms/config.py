@@ -41,6 +41,7 @@ class Settings:
     models_jit_keep_last: bool = True
     models_ttl: int = 3600
     models_context_length: int = 4096
+    models_parallel: int = 4
 
     def get(self, key: str) -> Any:
         return getattr(self, SETTINGS[key].field)
@@ -91,6 +92,14 @@ def _check_non_negative(value: int) -> None:
 def _check_context(value: int) -> None:
     if not 16 <= value <= 1_048_576:
         raise ValueError("must be between 16 and 1048576")
+
+
+MAX_PARALLEL = 16
+
+
+def _check_parallel(value: int) -> None:
+    if not 1 <= value <= MAX_PARALLEL:
+        raise ValueError(f"must be between 1 and {MAX_PARALLEL}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,12 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting(
             "models.context_length", int, "default context length of a load", check=_check_context
+        ),
+        Setting(
+            "models.parallel",
+            int,
+            "requests a loaded model serves at once (continuous batching)",
+            check=_check_parallel,
         ),
     ]
 }

@@ -181,6 +181,7 @@ async def load(request: web.Request) -> web.Response:
         ttl=bodies.get(body, "ttl", int),
         identifier=bodies.get(body, "identifier", str),
         embedding=bodies.get(body, "embedding", bool),
+        parallel=bodies.get(body, "parallel", int),
     )
     return web.json_response(instance.entry())
 

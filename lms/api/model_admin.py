@@ -35,9 +35,7 @@ _IGNORED_LOAD_FIELDS: tuple[tuple[str, type], ...] = (
 
 def _load_config(instance: Instance) -> dict[str, Any]:
     """The reference's ``load_config``: only the keys that apply to the instance's mode."""
-    config = instance.load_config()
-    config.pop("parallel", None)
-    return config
+    return instance.load_config()
 
 
 @routes.post(protocol.API_NATIVE_LOAD)
@@ -56,7 +54,11 @@ async def load(request: web.Request) -> web.Response:
     model = await manager.resolve(query)
     check_model(request, model.key)
     instance = await manager.load(
-        model.key, context_length=context_length, ttl=ttl, identifier=identifier
+        model.key,
+        context_length=context_length,
+        ttl=ttl,
+        identifier=identifier,
+        parallel=bodies.get(body, "parallel", int),
     )
     answer: dict[str, Any] = {
         "type": instance.model.type,

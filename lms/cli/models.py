@@ -145,6 +145,16 @@ def load(
             "--identifier", metavar="ID", help="Name of the instance in the API (default: the key)."
         ),
     ] = None,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--parallel",
+            metavar="N",
+            min=1,
+            max=16,
+            help="Requests it serves at once, batched (default: models.parallel); more queue.",
+        ),
+    ] = None,
     embedding: Annotated[
         bool,
         typer.Option(
@@ -168,6 +178,7 @@ def load(
             ttl=ttl,
             identifier=identifier,
             embedding=embedding,
+            parallel=parallel,
         )
     if json_output:
         render.emit_json(instance)

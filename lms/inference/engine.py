@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import ctypes
 import json
 import logging
 import math
-import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,124 +42,26 @@ from lms.errors import (
     ModelLoadError,
     ShuttingDownError,
 )
+from lms.inference.generation import (
+    FinishReason,
+    Generation,
+    GenerationResult,
+    LoadOptions,
+    PromptProgress,
+)
 from lms.inference.sampling import SamplingParams, StopMatcher
 
+__all__ = [
+    "Engine",
+    "FinishReason",
+    "Generation",
+    "GenerationResult",
+    "LoadOptions",
+    "PromptProgress",
+    "json_schema_grammar",
+]
+
 log = logging.getLogger("lms.engine")
-
-FinishReason = Literal["stop", "length", "cancelled", "error"]
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How a model is loaded (the llama.cpp context it gets)."""
-
-    context_length: int = 4096
-    parallel: int = 1
-    batch_size: int = 512
-    flash_attention: bool = True
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-
-
-@dataclass
-class GenerationResult:
-    """Counts and timings of a finished generation."""
-
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token: float
-    generation_seconds: float
-    error: LmsError | None = None
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.completion_tokens / self.generation_seconds if self.generation_seconds else 0.0
-
-
-@dataclass(frozen=True)
-class PromptProgress:
-    """How much of the prompt has been processed (0..1), pushed after each prefill chunk."""
-
-    fraction: float
-
-
-class Generation:
-    """The caller's handle on one request: stream its text, cancel it, read its result.
-
-    Text pieces are pushed from the worker thread with ``call_soon_threadsafe``; iterating
-    yields whatever has arrived since the last step (one piece per token when the consumer
-    keeps up, joined pieces when it falls behind).
-    """
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, prompt_tokens: list[int], params: SamplingParams
-    ) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.params = params
-        self.submitted_at = time.perf_counter()
-        self.result: GenerationResult | None = None
-        #: Called on the event loop once the generation has ended (for logs and metrics).
-        self.on_done: Callable[[Generation, GenerationResult], None] | None = None
-        self._output: list[str] = []
-        self._loop = loop
-        self._queue: asyncio.Queue[str | PromptProgress | GenerationResult] = asyncio.Queue()
-        self._cancelled = False
-
-    @property
-    def is_cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> None:
-        """Stop generating; the worker notices before its next token."""
-        self._cancelled = True
-
-    # Called from the worker thread.
-    @property
-    def output_text(self) -> str:
-        """Everything generated so far (complete once the result is in)."""
-        return "".join(self._output)
-
-    def _push(self, item: str | PromptProgress | GenerationResult) -> None:
-        if isinstance(item, str):
-            self._output.append(item)
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-            if isinstance(item, GenerationResult) and self.on_done is not None:
-                self._loop.call_soon_threadsafe(self.on_done, self, item)
-
-    async def events(self) -> AsyncIterator[str | PromptProgress]:
-        """Yield prompt progress and text as they come; raises the generation's error, if any,
-        at the end. Text that piled up while the consumer was busy comes joined."""
-        while True:
-            item = await self._queue.get()
-            if isinstance(item, PromptProgress):
-                yield item
-                continue
-            pieces: list[str] = []
-            while isinstance(item, str):
-                pieces.append(item)
-                if self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-            if pieces:
-                yield "".join(pieces)
-            if isinstance(item, PromptProgress):
-                yield item
-            elif isinstance(item, GenerationResult):
-                self.result = item
-                if item.error is not None:
-                    raise item.error
-                return
-
-    async def stream(self) -> AsyncIterator[str]:
-        """Yield text as it is generated; raises the generation's error, if any, at the end."""
-        async for item in self.events():
-            if isinstance(item, str):
-                yield item
-
-    async def text(self) -> str:
-        """The whole generated text (non-streaming use)."""
-        return "".join([piece async for piece in self.stream()])
 
 
 @dataclass
@@ -645,6 +545,16 @@ class Engine:
                 seq.generation._push(tail)
         now = time.perf_counter()
         first = seq.first_token_at or now
+        # Free the slot and its KV cells before telling the caller: whoever reads the result
+        # may submit again at once and must find the slot free.
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, -1, -1)
+        if seq.sampler is not None:
+            seq.sampler.close()
+        if seq.grammar is not None:
+            llama_cpp.llama_sampler_free(seq.grammar)
+        self._slots[seq.slot] = None
+        if not self._active():
+            self.status = "idle"
         seq.generation._push(
             GenerationResult(
                 finish_reason=reason,
@@ -655,9 +565,3 @@ class Engine:
                 error=err,
             )
         )
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, -1, -1)
-        if seq.sampler is not None:
-            seq.sampler.close()
-        if seq.grammar is not None:
-            llama_cpp.llama_sampler_free(seq.grammar)
-        self._slots[seq.slot] = None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lms import paths
-from lms.config import Settings
+from lms.config import MAX_PARALLEL, Settings
 from lms.errors import ConflictError, InstanceNotFoundError, InvalidRequestError, ModelNotFoundError
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
@@ -305,8 +305,12 @@ class ModelManager:
         identifier: str | None = None,
         embedding: bool | None = None,
         progress: Callable[[float], None] | None = None,
+        parallel: int | None = None,
     ) -> Instance:
         """An explicit load (``lms load``, ``POST /api/v1/models/load``): a new instance.
+
+        ``parallel`` is how many requests it serves at once (continuous batching; default the
+        ``models.parallel`` setting); more queue.
 
         ``embedding`` loads it in embedding mode; None means "as the model's type says" (an
         embedding model loads in embedding mode, any other as an llm). ``progress`` hears about
@@ -316,6 +320,10 @@ class ModelManager:
             raise InvalidRequestError("context_length must be at least 16", param="context_length")
         if ttl is not None and ttl < 1:
             raise InvalidRequestError("ttl must be at least 1 second", param="ttl")
+        if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
+            raise InvalidRequestError(
+                f"parallel must be between 1 and {MAX_PARALLEL}", param="parallel"
+            )
         model = await self.resolve(query)
         async with self._lock:
             if identifier is not None and identifier in self._instances:
@@ -328,6 +336,7 @@ class ModelManager:
                 jit=False,
                 progress=progress,
                 embedding=model.type == "embedding" if embedding is None else embedding,
+                parallel=parallel,
             )
 
     async def _load_locked(
@@ -340,12 +349,16 @@ class ModelManager:
         jit: bool,
         progress: Callable[[float], None] | None = None,
         embedding: bool = False,
+        parallel: int | None = None,
     ) -> Instance:
         if identifier is None:
             identifier = self._free_identifier(model, embedding)
         if model.max_context_length:
             context_length = min(context_length, model.max_context_length)
-        options = LoadOptions(context_length=context_length)
+        options = LoadOptions(
+            context_length=context_length,
+            parallel=1 if embedding else (parallel or self._settings().models_parallel),
+        )
         started = time.perf_counter()
         backend: Engine | Embedder
         if embedding:
