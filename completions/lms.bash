@@ -33,8 +33,8 @@ _lms_spec() {
             ;;
         "load")
             _lms_subs=""
-            _lms_opts="--context-length -c --ttl --identifier --embedding --json --help -h"
-            _lms_vopts="--context-length -c --ttl --identifier"
+            _lms_opts="--context-length -c --ttl --identifier --parallel --embedding --json --help -h"
+            _lms_vopts="--context-length -c --ttl --identifier --parallel"
             _lms_nargs=1
             ;;
         "unload")
@@ -272,13 +272,13 @@ _lms_argument_values() {
             _lms_reply_words "on off"
             ;;
         "config get/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
             ;;
         "config set/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
             ;;
         "config unset/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
             ;;
     esac
 }

@@ -1,0 +1,190 @@
+"""Parallel streaming clients: lms (continuous batching) against llama.cpp's own llama-server.
+
+llama-server is built from the llama.cpp source vendored in the installed llama-cpp-python's
+sdist, in this benchmark's own cache (bench/.cache, never committed), and run with ``-np 4`` on
+the same model. lms runs with 8 slots. Rounds alternate between the two servers: 64 tokens,
+temperature 0, 1, 4 and 8 concurrent streaming clients. The figure that counts is the median of
+the per-round ratios lms ÷ llama-server of aggregate tokens/s; time to first token is reported
+at each load.
+
+    .venv/bin/python bench/parallel.py [--rounds 5] [--clients 1,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+PROMPT = "Write a short story about a lighthouse keeper."
+
+
+def build_llama_server() -> Path:
+    version = metadata.version("llama-cpp-python")
+    root = CACHE / f"llama-cpp-python-{version}"
+    binary = root / "build-server" / "bin" / "llama-server"
+    if binary.exists():
+        return binary
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sdist = CACHE / f"llama_cpp_python-{version}.tar.gz"
+    if not sdist.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}",
+             "--no-binary", ":all:", "--no-deps", "-d", str(CACHE)],
+            check=True,
+        )
+    if not root.exists():
+        with tarfile.open(sdist) as archive:
+            archive.extractall(CACHE, filter="data")
+        extracted = CACHE / f"llama_cpp_python-{version}"
+        if extracted.exists():
+            extracted.rename(root)
+    source = root / "vendor" / "llama.cpp"
+    build = root / "build-server"
+    subprocess.run(
+        ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+         "-DLLAMA_BUILD_SERVER=ON"],
+        check=True,
+    )
+    subprocess.run(
+        ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count())],
+        check=True,
+    )
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(port: int, path: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} did not come up")
+
+
+def one_stream(port: int, model: str, results: list[tuple[float, int, float]]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 64, "temperature": 0,
+            "stream": True}
+    start = time.perf_counter()
+    conn.request("POST", "/v1/completions", json.dumps(body),
+                 {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    first = 0.0
+    tokens = 0
+    for raw in response:
+        line = raw.strip()
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if chunk.get("choices") and chunk["choices"][0].get("text"):
+            tokens += 1
+            if not first:
+                first = time.perf_counter() - start
+    conn.close()
+    results.append((first, tokens, time.perf_counter()))
+
+
+def run_round(port: int, model: str, clients: int) -> tuple[float, float]:
+    results: list[tuple[float, int, float]] = []
+    threads = [threading.Thread(target=one_stream, args=(port, model, results))
+               for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = max(r[2] for r in results) - start
+    tokens = sum(r[1] for r in results)
+    return tokens / wall, statistics.median(r[0] for r in results)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", default="1,4,8")
+    args = parser.parse_args()
+    loads = [int(c) for c in args.clients.split(",")]
+
+    server_bin = build_llama_server()
+    home = Path(tempfile.mkdtemp(prefix="lmsp"))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LMS_")},
+           "LMS_HOME": str(home), "LMS_MODELS_PARALLEL": "8"}
+    lms_proc = subprocess.Popen(
+        [sys.executable, "-m", "lms.daemon", "--serve", "--port", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    llama_proc = None
+    try:
+        assert lms_proc.stdout is not None
+        banner = lms_proc.stdout.readline()
+        lms_port = int(banner.split("http://127.0.0.1:")[1].split()[0])
+        model_path = next((home / "data" / "models").rglob("*.gguf"))
+        llama_port = free_port()
+        threads = str(os.cpu_count())
+        llama_proc = subprocess.Popen(
+            [str(server_bin), "-m", str(model_path), "--port", str(llama_port), "-np", "4",
+             "-c", str(4096 * 4), "-fa", "on", "-t", threads, "-tb", threads,
+             "--no-webui", "--log-disable"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_http(llama_port, "/health", time.monotonic() + 120)
+        model = "google/gemma-3-270m"
+        run_round(lms_port, model, 1)  # JIT load + warm-up
+        run_round(llama_port, model, 1)
+        print(f"llama-server: {server_bin} (-np 4); lms: 8 slots; 64 tokens, temperature 0")
+        for clients in loads:
+            ratios, lms_ttft, llama_ttft, lms_tps, llama_tps = [], [], [], [], []
+            for _ in range(args.rounds):
+                a_tps, a_ttft = run_round(lms_port, model, clients)
+                b_tps, b_ttft = run_round(llama_port, model, clients)
+                ratios.append(a_tps / b_tps)
+                lms_tps.append(a_tps)
+                llama_tps.append(b_tps)
+                lms_ttft.append(a_ttft)
+                llama_ttft.append(b_ttft)
+            print(
+                f"{clients} client(s): lms {statistics.median(lms_tps):6.1f} tok/s, "
+                f"llama-server {statistics.median(llama_tps):6.1f} tok/s, "
+                f"median ratio {statistics.median(ratios):.3f} "
+                f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
+                f"TTFT lms {statistics.median(lms_ttft) * 1000:.0f} ms, "
+                f"llama-server {statistics.median(llama_ttft) * 1000:.0f} ms",
+                flush=True,
+            )
+    finally:
+        lms_proc.terminate()
+        lms_proc.wait(timeout=60)
+        if llama_proc is not None:
+            llama_proc.terminate()
+            llama_proc.wait(timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
