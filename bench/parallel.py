@@ -42,8 +42,18 @@ def build_llama_server() -> Path:
     sdist = CACHE / f"llama_cpp_python-{version}.tar.gz"
     if not sdist.exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}",
-             "--no-binary", ":all:", "--no-deps", "-d", str(CACHE)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                f"llama-cpp-python=={version}",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                "-d",
+                str(CACHE),
+            ],
             check=True,
         )
     if not root.exists():
@@ -55,9 +65,18 @@ def build_llama_server() -> Path:
     source = root / "vendor" / "llama.cpp"
     build = root / "build-server"
     subprocess.run(
-        ["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-         "-DLLAMA_BUILD_SERVER=ON"],
+        [
+            "cmake",
+            "-S",
+            str(source),
+            "-B",
+            str(build),
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=ON",
+        ],
         check=True,
     )
     subprocess.run(
@@ -88,11 +107,9 @@ def wait_http(port: int, path: str, deadline: float) -> None:
 
 def one_stream(port: int, model: str, results: list[tuple[float, int, float]]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    body = {"model": model, "prompt": PROMPT, "max_tokens": 64, "temperature": 0,
-            "stream": True}
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 64, "temperature": 0, "stream": True}
     start = time.perf_counter()
-    conn.request("POST", "/v1/completions", json.dumps(body),
-                 {"Content-Type": "application/json"})
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = conn.getresponse()
     first = 0.0
     tokens = 0
@@ -111,8 +128,9 @@ def one_stream(port: int, model: str, results: list[tuple[float, int, float]]) -
 
 def run_round(port: int, model: str, clients: int) -> tuple[float, float]:
     results: list[tuple[float, int, float]] = []
-    threads = [threading.Thread(target=one_stream, args=(port, model, results))
-               for _ in range(clients)]
+    threads = [
+        threading.Thread(target=one_stream, args=(port, model, results)) for _ in range(clients)
+    ]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -132,11 +150,17 @@ def main() -> int:
 
     server_bin = build_llama_server()
     home = Path(tempfile.mkdtemp(prefix="lmsp"))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LMS_")},
-           "LMS_HOME": str(home), "LMS_MODELS_PARALLEL": "8"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LMS_")},
+        "LMS_HOME": str(home),
+        "LMS_MODELS_PARALLEL": "8",
+    }
     lms_proc = subprocess.Popen(
         [sys.executable, "-m", "lms.daemon", "--serve", "--port", "0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     llama_proc = None
     try:
@@ -147,10 +171,27 @@ def main() -> int:
         llama_port = free_port()
         threads = str(os.cpu_count())
         llama_proc = subprocess.Popen(
-            [str(server_bin), "-m", str(model_path), "--port", str(llama_port), "-np", "4",
-             "-c", str(4096 * 4), "-fa", "on", "-t", threads, "-tb", threads,
-             "--no-webui", "--log-disable"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(server_bin),
+                "-m",
+                str(model_path),
+                "--port",
+                str(llama_port),
+                "-np",
+                "4",
+                "-c",
+                str(4096 * 4),
+                "-fa",
+                "on",
+                "-t",
+                threads,
+                "-tb",
+                threads,
+                "--no-webui",
+                "--log-disable",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_http(llama_port, "/health", time.monotonic() + 120)
         model = "google/gemma-3-270m"
