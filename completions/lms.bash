@@ -14,7 +14,7 @@
 _lms_spec() {
     case "$1" in
         "")
-            _lms_subs="ls ps load unload get import chat daemon server token auth config log"
+            _lms_subs="ls ps load unload get import chat daemon server token auth config log mcp"
             _lms_opts="--debug --version -V --install-completion --show-completion --help -h"
             _lms_vopts=""
             _lms_nargs=0
@@ -211,6 +211,18 @@ _lms_spec() {
             _lms_vopts="--source -s"
             _lms_nargs=0
             ;;
+        "mcp")
+            _lms_subs="list"
+            _lms_opts="--help -h"
+            _lms_vopts=""
+            _lms_nargs=0
+            ;;
+        "mcp list")
+            _lms_subs=""
+            _lms_opts="--tools --json --help -h"
+            _lms_vopts=""
+            _lms_nargs=0
+            ;;
         *)
             _lms_subs="" _lms_opts="" _lms_vopts="" _lms_nargs=0
             ;;
@@ -272,13 +284,13 @@ _lms_argument_values() {
             _lms_reply_words "on off"
             ;;
         "config get/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
             ;;
         "config set/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
             ;;
         "config unset/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel"
             ;;
     esac
 }

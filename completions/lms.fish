@@ -58,7 +58,7 @@ end
 function __lms_subcommands
     switch $argv[1]
         case ''
-            printf '%s\n' ls ps load unload get import chat daemon server token auth config log
+            printf '%s\n' ls ps load unload get import chat daemon server token auth config log mcp
         case 'daemon'
             printf '%s\n' up down status
         case 'server'
@@ -71,6 +71,8 @@ function __lms_subcommands
             printf '%s\n' list get set unset
         case 'log'
             printf '%s\n' stream
+        case 'mcp'
+            printf '%s\n' list
     end
 end
 
@@ -114,6 +116,7 @@ complete -c lms -n '__lms_arg \'\' 0' -a token -d 'Create, list, change, rotate 
 complete -c lms -n '__lms_arg \'\' 0' -a auth -d 'Require API tokens, and see the state and the audit log of authentication.'
 complete -c lms -n '__lms_arg \'\' 0' -a config -d 'Show and change settings (written to config.toml; no daemon needed).'
 complete -c lms -n '__lms_arg \'\' 0' -a log -d 'Live logs of the daemon.'
+complete -c lms -n '__lms_arg \'\' 0' -a mcp -d 'MCP servers clients may use (mcp.json).'
 complete -c lms -n '__lms_at \'\'' -l debug -d 'Show tracebacks of errors (for bug reports).'
 complete -c lms -n '__lms_at \'\'' -l version -d 'Print the version and exit.'
 complete -c lms -n '__lms_at \'\'' -s V -d 'Print the version and exit.'
@@ -335,18 +338,18 @@ complete -c lms -n '__lms_at \'config list\'' -l help -d 'Show this message and 
 complete -c lms -n '__lms_at \'config list\'' -s h -d 'Show this message and exit.'
 
 # lms config get
-complete -c lms -n '__lms_arg \'config get\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel' -d 'KEY'
+complete -c lms -n '__lms_arg \'config get\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel' -d 'KEY'
 complete -c lms -n '__lms_at \'config get\'' -l json -d 'Print one JSON document on stdout.'
 complete -c lms -n '__lms_at \'config get\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config get\'' -s h -d 'Show this message and exit.'
 
 # lms config set
-complete -c lms -n '__lms_arg \'config set\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel' -d 'KEY'
+complete -c lms -n '__lms_arg \'config set\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel' -d 'KEY'
 complete -c lms -n '__lms_at \'config set\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config set\'' -s h -d 'Show this message and exit.'
 
 # lms config unset
-complete -c lms -n '__lms_arg \'config unset\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel' -d 'KEY'
+complete -c lms -n '__lms_arg \'config unset\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel' -d 'KEY'
 complete -c lms -n '__lms_at \'config unset\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config unset\'' -s h -d 'Show this message and exit.'
 
@@ -361,4 +364,15 @@ complete -c lms -n '__lms_at \'log stream\'' -s s -x -a 'server model' -d 'serve
 complete -c lms -n '__lms_at \'log stream\'' -l json -d 'One JSON event per line (NDJSON).'
 complete -c lms -n '__lms_at \'log stream\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'log stream\'' -s h -d 'Show this message and exit.'
+
+# lms mcp
+complete -c lms -n '__lms_arg \'mcp\' 0' -a list -d 'List the servers of mcp.json: name, type (stdio or remote), command or URL.'
+complete -c lms -n '__lms_at \'mcp\'' -l help -d 'Show this message and exit.'
+complete -c lms -n '__lms_at \'mcp\'' -s h -d 'Show this message and exit.'
+
+# lms mcp list
+complete -c lms -n '__lms_at \'mcp list\'' -l tools -d 'Also list each server\'s tools (asks the daemon, starting it).'
+complete -c lms -n '__lms_at \'mcp list\'' -l json -d 'Print one JSON document on stdout.'
+complete -c lms -n '__lms_at \'mcp list\'' -l help -d 'Show this message and exit.'
+complete -c lms -n '__lms_at \'mcp list\'' -s h -d 'Show this message and exit.'
 

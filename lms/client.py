@@ -40,6 +40,7 @@ from lms.protocol import (
     CONTROL_IMPORT,
     CONTROL_INSTANCES,
     CONTROL_LOAD,
+    CONTROL_MCP,
     CONTROL_MODELS,
     CONTROL_SERVER,
     CONTROL_SERVER_START,
@@ -71,6 +72,8 @@ DOWNLOAD_START_TIMEOUT = 60.0
 IMPORT_TIMEOUT = 1800.0
 # How long `shutdown(wait=True)` waits for the daemon to release its pid lock.
 STOP_TIMEOUT = 30.0
+# Listing MCP tools starts the servers of mcp.json (each bounded by mcp.timeout).
+MCP_TOOLS_TIMEOUT = 600.0
 
 START_HINT = "start it with: lms daemon up"
 _POLL_INTERVAL = 0.05
@@ -407,6 +410,13 @@ class ControlClient:
         """Stop a download job; its partial file stays, so the same download resumes later."""
         path = control_download_path(job_id, cancel=True)
         return cast(DownloadJob, self.request("POST", path, {}))
+
+    def mcp_servers(self, *, tools: bool = False) -> dict[str, Any]:
+        """mcp.json's servers as the daemon reads it (``path``, ``servers``), secrets redacted;
+        with ``tools`` each server's tools (``tools``) or why it could not start (``error``),
+        starting the servers that are not running."""
+        path = CONTROL_MCP + ("?tools=1" if tools else "")
+        return cast(dict[str, Any], self.request("GET", path, timeout=MCP_TOOLS_TIMEOUT))
 
     def import_model(
         self,

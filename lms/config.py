@@ -36,6 +36,7 @@ class Settings:
     mcp_allow_mcp_json: bool = False
     mcp_allow_remote: bool = False
     mcp_allow_private_urls: bool = False
+    mcp_timeout: int = 60
     models_allow_private_urls: bool = False
     models_jit: bool = True
     models_jit_keep_last: bool = True
@@ -87,6 +88,11 @@ def _check_hosts(value: tuple[str, ...]) -> None:
 def _check_non_negative(value: int) -> None:
     if value < 0:
         raise ValueError("must be 0 or more")
+
+
+def _check_timeout(value: int) -> None:
+    if not 1 <= value <= 3600:
+        raise ValueError("must be between 1 and 3600 seconds")
 
 
 def _check_context(value: int) -> None:
@@ -151,6 +157,13 @@ SETTINGS: dict[str, Setting] = {
             bool,
             "per-request MCP URLs may resolve to private addresses",
             security=True,
+        ),
+        Setting(
+            "mcp.timeout",
+            int,
+            "seconds an MCP server may take to start or to answer a request",
+            security=True,
+            check=_check_timeout,
         ),
         Setting(
             "models.allow_private_urls",

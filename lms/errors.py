@@ -362,6 +362,52 @@ class DownloadCancelledError(DownloadError):
     exit_code = ExitCode.INTERRUPTED
 
 
+# --- MCP integrations (SPEC §8) ------------------------------------------------------------------
+
+
+class McpAuthRequiredError(ForbiddenRequestError):
+    """An MCP integration asked of a server whose authentication is off: refused, always."""
+
+    code = "mcp_requires_auth"
+
+
+class McpDisabledError(InvalidRequestError):
+    """An MCP integration whose kind a setting turns off (``mcp.allow_mcp_json``,
+    ``mcp.allow_remote``); the message names the setting."""
+
+    code = "mcp_disabled"
+
+
+class McpConfigError(LmsError):
+    """mcp.json cannot be read or is malformed; the message names the file and the problem
+    (never a value from it)."""
+
+    code = "mcp_config_invalid"
+    status = 500
+    type = "plugin_connection_error"
+
+
+class McpServerNotFoundError(NotFoundError):
+    """``mcp/<name>`` names no server of mcp.json."""
+
+    code = "mcp_server_not_found"
+    type = "plugin_connection_error"
+
+
+class McpConnectionError(UpstreamError):
+    """A per-request (ephemeral) MCP server failed: cannot connect, broke off, or timed out."""
+
+    code = "mcp_connection_error"
+    type = "mcp_connection_error"
+
+
+class PluginConnectionError(McpConnectionError):
+    """An mcp.json server failed: does not start, crashed, or timed out."""
+
+    code = "plugin_connection_error"
+    type = "plugin_connection_error"
+
+
 class InternalError(LmsError):
     """Anything unexpected: a generic message on the wire, the traceback in the log."""
 

@@ -34,6 +34,7 @@ CONTROL_IMPORT = "/models/import"
 CONTROL_DOWNLOADS = "/downloads"
 CONTROL_DOWNLOAD = "/downloads/{job_id}"
 CONTROL_DOWNLOAD_CANCEL = "/downloads/{job_id}/cancel"
+CONTROL_MCP = "/mcp/servers"
 
 # --- API (TCP) ---------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from lms.api.state import (
     LISTENER,
     LOGS,
     MANAGER,
+    MCP,
     AuthGuard,
     Listener,
 )
@@ -34,6 +35,7 @@ from lms.config import ConfigWatcher
 from lms.download.downloader import DownloadManager
 from lms.inference.manager import ModelManager
 from lms.logstream import LogHub
+from lms.mcp.sessions import McpServers
 
 routes = web.RouteTableDef()
 
@@ -56,11 +58,13 @@ def build_api_app(
     chats: ChatStore | None = None,
     downloads: DownloadManager | None = None,
     logs: LogHub | None = None,
+    mcp: McpServers | None = None,
 ) -> web.Application:
     """The aiohttp application served on TCP.
 
     ``downloads`` is the daemon's (shared with the control plane); without one the app makes
-    its own, over the models folder, and cancels its jobs on cleanup.
+    its own, over the models folder, and cancels its jobs on cleanup. ``mcp`` likewise: the
+    daemon's MCP servers outlive a stopped API server; an app's own stop on its cleanup.
     """
     app = web.Application(
         middlewares=[
@@ -81,6 +85,10 @@ def build_api_app(
         downloads = DownloadManager(config.current)
         app.on_cleanup.append(lambda _app: downloads.close())
     app[DOWNLOADS] = downloads
+    if mcp is None:
+        mcp = McpServers(timeout=lambda: config.current().mcp_timeout)
+        app.on_cleanup.append(lambda _app: mcp.close())
+    app[MCP] = mcp
     app.add_routes(routes)
     app.add_routes(openai.routes)
     app.add_routes(native.routes)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, middlewares
-from lms.api.state import DOWNLOADS, MANAGER
+from lms.api.state import DOWNLOADS, MANAGER, MCP
 from lms.download import importer
 from lms.download.downloader import DownloadManager
 from lms.download.jobs import Job
@@ -30,6 +30,7 @@ from lms.errors import (
     MethodNotAllowedError,
     RouteNotFoundError,
 )
+from lms.mcp.sessions import McpServers
 from lms.protocol import DaemonStatus, ImportResult, ModelEntry, ServerStatus
 
 log = logging.getLogger("lms.control")
@@ -258,12 +259,28 @@ async def download_cancel(request: web.Request) -> web.Response:
     return web.json_response(job.to_json(include_path=True))
 
 
+@routes.get(protocol.CONTROL_MCP)
+async def mcp_servers(request: web.Request) -> web.Response:
+    """mcp.json's servers (secrets redacted); with ``?tools=1`` each server's tools, starting
+    the servers that are not running (an error per server that cannot start)."""
+    with_tools = request.query.get("tools", "") in ("1", "true")
+    servers = await request.app[MCP].describe(with_tools=with_tools)
+    return web.json_response({"path": str(request.app[MCP].config.path), "servers": servers})
+
+
 def build_control_app(
-    controller: Controller, manager: Any, downloads: DownloadManager
+    controller: Controller,
+    manager: Any,
+    downloads: DownloadManager,
+    mcp: McpServers | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[control_errors], client_max_size=1024 * 1024)
     app[CONTROLLER] = controller
     app[MANAGER] = manager
     app[DOWNLOADS] = downloads
+    if mcp is None:
+        mcp = McpServers()
+        app.on_cleanup.append(lambda _app: mcp.close())
+    app[MCP] = mcp
     app.add_routes(routes)
     return app

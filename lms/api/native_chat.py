@@ -3,6 +3,11 @@
 The conversation is rebuilt from the stored response named by ``previous_response_id``; a stored
 response belongs to the token that made it. Streaming sends ``chat.start`` first and ``chat.end``
 (carrying the full response body) last, always — an error in between is an ``error`` event.
+
+``integrations`` (MCP servers, SPEC §8) pass their gates before anything else happens, and their
+servers are connected before the response starts; the tool loop (:mod:`lms.mcp.loop`) then
+puts ``tool_call`` / ``invalid_tool_call`` items in ``output`` and ``tool_call.*`` events in the
+stream.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ from typing import Any
 from aiohttp import web
 
 from lms import protocol
-from lms.api import bodies, instances
+from lms.api import bodies, instances, integrations
+from lms.api.integrations import Integration
 from lms.api.security import TOKEN, record_generation
 from lms.api.state import CHATS
-from lms.errors import InvalidParameterError, LmsError, NotImplementedYetError
+from lms.errors import InvalidParameterError, LmsError
 from lms.inference.engine import Generation, PromptProgress
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
+from lms.inference.tools import template_inputs
+from lms.mcp import loop as tool_loop
+from lms.mcp.loop import Toolbox
 
 routes = web.RouteTableDef()
 
@@ -40,6 +49,8 @@ class ChatRequest:
     store: bool
     context_length: int | None
     ttl: int | None
+    integrations: list[Integration] = field(default_factory=list)
+    tool_choice: str | None = None
 
 
 @dataclass
@@ -56,6 +67,8 @@ class ChatResult:
     response_id: str | None = None
     error: LmsError | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``output`` of a chat with tools (the tool loop's items); None: the one message.
+    items: list[dict[str, Any]] | None = None
 
     def body(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -67,9 +80,10 @@ class ChatResult:
         }
         if self.load_time is not None:
             stats["model_load_time_seconds"] = round(self.load_time, 3)
+        output = [{"type": "message", "content": self.content}] if self.content else []
         body: dict[str, Any] = {
             "model_instance_id": self.instance_id,
-            "output": [{"type": "message", "content": self.content}] if self.content else [],
+            "output": output if self.items is None else self.items,
             "stats": stats,
         }
         if self.response_id:
@@ -127,10 +141,13 @@ async def _parse(request: web.Request, body: Mapping[str, Any]) -> ChatRequest:
             " reasoning mode (use 'off' or leave it out)",
             param="reasoning",
         )
-    if body.get("integrations"):
-        raise NotImplementedYetError(
-            "'integrations' (MCP servers) are not available in this version of lms",
-            param="integrations",
+    wanted = integrations.parse_integrations(body.get("integrations"))
+    tool_choice = bodies.get(body, "tool_choice", str)
+    if tool_choice not in (None, "auto", "required"):
+        raise InvalidParameterError(
+            "'tool_choice' must be 'auto' (the model may answer at once) or 'required' (its"
+            " first answer is a call of an allowed tool)",
+            param="tool_choice",
         )
     context_length = bodies.get(body, "context_length", int)
     if context_length is not None and context_length < 16:
@@ -153,6 +170,8 @@ async def _parse(request: web.Request, body: Mapping[str, Any]) -> ChatRequest:
         store=bool(bodies.get(body, "store", bool, True)),
         context_length=context_length,
         ttl=bodies.get(body, "ttl", int),
+        integrations=wanted,
+        tool_choice=tool_choice,
     )
 
 
@@ -181,7 +200,22 @@ class _Sink:
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     chat_request = await _parse(request, body)
+    admitted = await integrations.admit(request, chat_request.integrations)
     found = await instances.target(request, chat_request.model)
+    toolbox = await integrations.connect(request, admitted) if admitted else None
+    try:
+        return await _respond(request, chat_request, found, toolbox)
+    finally:
+        if toolbox is not None:
+            await toolbox.aclose()  # per-request MCP sessions end with the request
+
+
+async def _respond(
+    request: web.Request,
+    chat_request: ChatRequest,
+    found: instances.Target,
+    toolbox: Toolbox | None,
+) -> web.StreamResponse:
     instance_id = found.instance.identifier if found.instance else found.key
     result = ChatResult(instance_id=instance_id)
     response: web.StreamResponse | None = None
@@ -193,7 +227,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     sink = _Sink(response)
     await sink.send("chat.start", model_instance_id=instance_id)
     try:
-        await _run(request, chat_request, found, result, sink)
+        await _run(request, chat_request, found, result, sink, toolbox)
     except LmsError as err:
         if response is None:
             raise
@@ -212,11 +246,18 @@ async def _run(
     found: instances.Target,
     result: ChatResult,
     sink: _Sink,
+    toolbox: Toolbox | None = None,
 ) -> None:
     instance = found.instance
     if instance is None:
         instance = await _load(request, chat_request, found, result, sink)
-    tokens, stops = instance.chat_prompt(chat_request.messages)
+    if toolbox is not None:
+        await _run_tools(request, chat_request, instance, result, sink, toolbox)
+        return
+    # A stored chat may hold tool calls and results (from a chat with integrations).
+    handles_tools = instance.formatter.kind != "gguf" or instance.model.trained_for_tool_use
+    prepared, _ = template_inputs(chat_request.messages, [], template_handles_tools=handles_tools)
+    tokens, stops = instance.chat_prompt(prepared)
     params = dataclasses.replace(
         chat_request.params, stop=tuple(dict.fromkeys((*chat_request.params.stop, *stops)))
     )
@@ -236,6 +277,80 @@ async def _run(
             messages=messages,
             output=result.body()["output"],
         )
+
+
+async def _run_tools(
+    request: web.Request,
+    chat_request: ChatRequest,
+    instance: Instance,
+    result: ChatResult,
+    sink: _Sink,
+    toolbox: Toolbox,
+) -> None:
+    """The tool loop, its events sent as ``tool_call.*``, ``message.*`` and
+    ``prompt_processing.*``. The first round forces a call when the model is not trained for
+    tool use, unless the request says ``"tool_choice": "auto"``."""
+    choice = chat_request.tool_choice
+    force = choice == "required" or (choice is None and not instance.model.trained_for_tool_use)
+    runner = tool_loop.ToolLoop(instance, toolbox, chat_request.params, force_first=force)
+    in_prompt = False
+    try:
+        async for event in runner.run(chat_request.messages):
+            if isinstance(event, tool_loop.Progress):
+                if not in_prompt:
+                    in_prompt = True
+                    await sink.send("prompt_processing.start")
+                await sink.send("prompt_processing.progress", progress=round(event.fraction, 3))
+                if event.fraction >= 1.0:
+                    in_prompt = False
+                    await sink.send("prompt_processing.end")
+            else:
+                kind, payload = _loop_event(event)
+                await sink.send(kind, **payload)
+    finally:
+        outcome = runner.result
+        result.items = outcome.output
+        result.content = outcome.content
+        result.input_tokens = outcome.prompt_tokens
+        result.output_tokens = outcome.completion_tokens
+        result.tokens_per_second = outcome.tokens_per_second
+        result.time_to_first_token = outcome.time_to_first_token or 0.0
+        record_generation(request, outcome.prompt_tokens, outcome.completion_tokens)
+    if chat_request.store:
+        result.response_id = await asyncio.to_thread(
+            request.app[CHATS].save,
+            owner=_owner(request),
+            model=instance.model.key,
+            messages=[*chat_request.messages, *outcome.messages],
+            output=result.body()["output"],
+        )
+
+
+def _loop_event(event: tool_loop.LoopEvent) -> tuple[str, dict[str, Any]]:
+    """The SSE event (reference §2.5) of a tool-loop event other than prompt progress."""
+    if isinstance(event, tool_loop.MessageStart):
+        return "message.start", {}
+    if isinstance(event, tool_loop.MessageDelta):
+        return "message.delta", {"content": event.content}
+    if isinstance(event, tool_loop.MessageEnd):
+        return "message.end", {}
+    if isinstance(event, tool_loop.CallStart):
+        return "tool_call.start", {"tool": event.tool, "provider_info": event.provider_info}
+    if isinstance(event, tool_loop.CallArguments):
+        return "tool_call.arguments", {
+            "tool": event.tool,
+            "arguments": event.arguments,
+            "provider_info": event.provider_info,
+        }
+    if isinstance(event, tool_loop.CallSuccess):
+        return "tool_call.success", {
+            "tool": event.tool,
+            "arguments": event.arguments,
+            "output": event.output,
+            "provider_info": event.provider_info,
+        }
+    assert isinstance(event, tool_loop.CallFailure)
+    return "tool_call.failure", {"reason": event.reason, "metadata": event.metadata}
 
 
 async def _load(

@@ -18,12 +18,15 @@ from typing import Any
 from aiohttp import web
 
 from lms import protocol
-from lms.api import bodies, instances
+from lms.api import bodies, instances, integrations, responses_mcp
 from lms.api.security import TOKEN, record_generation
 from lms.api.state import CHATS
 from lms.chats import new_response_id
 from lms.errors import InvalidParameterError, LmsError, NotImplementedYetError
 from lms.inference.engine import Generation
+from lms.inference.manager import Instance
+from lms.inference.sampling import SamplingParams
+from lms.inference.tools import template_inputs
 
 routes = web.RouteTableDef()
 
@@ -91,9 +94,10 @@ def _response_body(
     usage: dict[str, Any] | None,
     message_id: str,
     incomplete: bool = False,
+    items: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    output = []
-    if status != "in_progress":
+    output = [] if items is None else items
+    if status != "in_progress" and items is None:
         output.append(
             {
                 "id": message_id,
@@ -116,8 +120,8 @@ def _response_body(
         "temperature": body.get("temperature"),
         "top_p": body.get("top_p"),
         "parallel_tool_calls": False,
-        "tool_choice": "auto",
-        "tools": [],
+        "tool_choice": body.get("tool_choice") or "auto",
+        "tools": _shown_tools(body.get("tools")),
         "text": {"format": {"type": "text"}},
         "store": body.get("store", True),
         "error": None,
@@ -127,6 +131,18 @@ def _response_body(
     }
 
 
+def _shown_tools(tools: Any) -> list[Any]:
+    """The request's tools as the response echoes them: never a header value (secrets)."""
+    if not isinstance(tools, list):
+        return []
+    shown = []
+    for tool in tools:
+        if isinstance(tool, dict) and isinstance(tool.get("headers"), dict):
+            tool = {**tool, "headers": dict.fromkeys(tool["headers"], "<redacted>")}
+        shown.append(tool)
+    return shown
+
+
 @routes.post(protocol.API_OPENAI_RESPONSES)
 async def create_response(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
@@ -134,10 +150,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if "input" not in body:
         raise InvalidParameterError("'input' is required", param="input")
     new_messages = _input_messages(body["input"])
-    if body.get("tools"):
-        raise NotImplementedYetError(
-            "'tools' are not available on /v1/responses yet", param="tools"
-        )
+    wanted = _mcp_tools(body.get("tools"))
     text_option = body.get("text")
     if text_option is not None and (
         not isinstance(text_option, dict) or "format" not in text_option
@@ -158,8 +171,14 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         history.insert(0, {"role": "system", "content": instructions})
     messages = history + new_messages
 
+    admitted = await integrations.admit(request, wanted)
     instance = await instances.acquire(request, model_query, ttl=bodies.get(body, "ttl", int))
-    tokens, stops = instance.chat_prompt(messages)
+    if admitted:
+        return await _with_tools(request, body, instance, messages, params, admitted, owner)
+    # A stored conversation may hold tool calls and results (from a response with MCP tools).
+    handles_tools = instance.formatter.kind != "gguf" or instance.model.trained_for_tool_use
+    prepared, _ = template_inputs(messages, [], template_handles_tools=handles_tools)
+    tokens, stops = instance.chat_prompt(prepared)
     params = dataclasses.replace(params, stop=tuple(dict.fromkeys((*params.stop, *stops))))
     generation = instance.engine.submit(tokens, params)
     response_id = new_response_id()
@@ -210,6 +229,64 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         generation.cancel()
         result = generation.result
         record_generation(request, len(tokens), result.completion_tokens if result else 0)
+
+
+def _mcp_tools(value: Any) -> list[integrations.Integration]:
+    """MCP tools of the request; function tools are not served here yet (501)."""
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and item.get("type") not in ("mcp", None):
+                raise NotImplementedYetError(
+                    f"'tools' of type {item.get('type')!r} are not available on /v1/responses"
+                    " yet: only MCP tools ('mcp') are",
+                    param="tools",
+                )
+    return integrations.parse_mcp_tools(value)
+
+
+async def _with_tools(
+    request: web.Request,
+    body: dict[str, Any],
+    instance: Instance,
+    messages: list[dict[str, Any]],
+    params: SamplingParams,
+    admitted: list[integrations.Admitted],
+    owner: str | None,
+) -> web.StreamResponse:
+    toolbox = await integrations.connect(request, admitted)
+    response_id = new_response_id()
+    created_at = int(time.time())
+
+    def shape(
+        status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return _response_body(
+            response_id=response_id,
+            model=instance.model.key,
+            created_at=created_at,
+            status=status,
+            text="",
+            body=body,
+            usage=usage,
+            message_id="",
+            incomplete=status == "incomplete",
+            items=output,
+        )
+
+    try:
+        return await responses_mcp.respond(
+            request,
+            body=body,
+            instance=instance,
+            messages=messages,
+            params=params,
+            toolbox=toolbox,
+            shape=shape,
+            response_id=response_id,
+            owner=owner,
+        )
+    finally:
+        await toolbox.aclose()
 
 
 async def _stream(

@@ -15,6 +15,7 @@ from lms.config import ConfigWatcher
 from lms.download.downloader import DownloadManager
 from lms.inference.manager import ModelManager
 from lms.logstream import LogHub
+from lms.mcp.sessions import McpServers
 
 
 @dataclass(frozen=True)
@@ -47,3 +48,4 @@ AUTH = web.AppKey("auth", AuthGuard)
 CHATS = web.AppKey("chats", ChatStore)
 LOGS = web.AppKey("logs", LogHub)
 DOWNLOADS = web.AppKey("downloads", DownloadManager)
+MCP = web.AppKey("mcp", McpServers)

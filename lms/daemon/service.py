@@ -38,6 +38,7 @@ from lms.errors import (
 from lms.inference import catalog
 from lms.inference.manager import ModelManager
 from lms.logstream import LogHub
+from lms.mcp.sessions import McpServers
 from lms.protocol import DaemonStatus, ServerStatus
 
 log = logging.getLogger("lms.daemon")
@@ -59,6 +60,7 @@ class Daemon:
         self.logs = LogHub()
         self.manager = ModelManager(self.config.current, hub=self.logs)
         self.downloads = DownloadManager(self.config.current)
+        self.mcp = McpServers(timeout=lambda: self.config.current().mcp_timeout)
         self.guard = AuthGuard()
         self.socket_path = paths.socket_path()
         self.started_at = time.time()
@@ -167,6 +169,7 @@ class Daemon:
                 self.guard,
                 downloads=self.downloads,
                 logs=self.logs,
+                mcp=self.mcp,
             )
             runner = web.AppRunner(
                 app,
@@ -261,7 +264,7 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale, from a daemon killed with -9: we hold the lock
         # Control requests are short; a CLI's idle keep-alive must not hold up shutdown.
-        control_app = build_control_app(self, self.manager, self.downloads)
+        control_app = build_control_app(self, self.manager, self.downloads, self.mcp)
         add_stream_routes(control_app, self.logs)
         control = web.AppRunner(control_app, access_log=None, shutdown_timeout=2.0)
         await control.setup()
@@ -283,6 +286,7 @@ class Daemon:
             flusher.cancel()
             await self.downloads.close()  # partial files stay, for a resume
             await self._drain_api(SHUTDOWN_GRACE_SECONDS)
+            await self.mcp.close()  # stdio servers are stopped (stdin closed, then signals)
             await self.manager.close()
             await self.flush_usage()
             await control.cleanup()

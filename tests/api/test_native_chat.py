@@ -134,7 +134,7 @@ async def test_error_mid_stream_still_ends(client: TestClient) -> None:  # type:
         ({"input": [{"type": "text", "text": "x"}]}, 400, "input.0.content"),
         ({"input": "x", "reasoning": "high"}, 400, "reasoning"),
         ({"input": "x", "previous_response_id": "chat_1"}, 400, "previous_response_id"),
-        ({"input": "x", "integrations": ["mcp/x"]}, 501, "integrations"),
+        ({"input": "x", "integrations": ["mcp/x"]}, 403, "integrations[0]"),  # auth is off
         ({"input": "x", "max_output_tokens": "many"}, 400, "max_output_tokens"),
     ],
 )

@@ -80,6 +80,31 @@ def tokens(world: World) -> None:
     Registry().create("editor", None)
 
 
+def mcp_json(world: World) -> None:
+    paths.ensure_dir(paths.config_dir())
+    server = {"command": "uvx", "args": ["tiktoken-mcp"], "env": {"KEY": "s3cret"}}
+    paths.mcp_file().write_text(json.dumps({"mcpServers": {"tiktoken": server}}))
+
+
+def broken_mcp_json(world: World) -> None:
+    paths.ensure_dir(paths.config_dir())
+    paths.mcp_file().write_text("{")
+
+
+def mcp_tools(world: World) -> None:
+    server = {
+        "name": "tiktoken",
+        "id": "mcp/tiktoken",
+        "type": "stdio",
+        "command": "uvx",
+        "args": [],
+        "env": {"KEY": "<redacted>"},
+        "tools": [{"name": "fetch_tiktoken_documentation", "description": "Fetch the docs."}],
+    }
+    doc = {"path": "/home/me/.config/lms/mcp.json", "servers": [server]}
+    _fake(world).route("GET", "/mcp/servers?tools=1", (200, doc))
+
+
 def broken_registry(world: World) -> None:
     paths.ensure_dir(paths.config_dir())
     paths.tokens_file().write_text("generation = [\n")
@@ -444,6 +469,19 @@ CASES: dict[str, list[Case]] = {
             setup=logs,
         ),
         Case(["log", "stream", "--source", "disk"], USAGE, "empty"),
+    ],
+    "mcp list": [
+        Case(["mcp", "list"], setup=mcp_json, expect=["tiktoken", "KEY=<redacted>"]),
+        Case(["mcp", "list", "--json"], stdout="json", setup=mcp_json),
+        Case(["mcp", "list"], stdout="empty", expect=["no MCP servers"]),
+        Case(["mcp", "list"], ExitCode.FAILED, "empty", setup=broken_mcp_json),
+        Case(
+            ["mcp", "list", "--tools"],
+            daemon=True,
+            setup=mcp_tools,
+            expect=["fetch_tiktoken_documentation"],
+        ),
+        Case(["mcp", "list", "--tools", "--json"], stdout="json", daemon=True, setup=mcp_tools),
     ],
 }
 

@@ -102,4 +102,8 @@ EXAMPLES: dict[str, list[Example]] = {
         ("Follow requests and model input/output:", "lms log stream"),
         ("Requests only, one JSON event per line:", "lms log stream --source server --json"),
     ],
+    "mcp": [
+        ("The servers of mcp.json (secrets redacted; no daemon needed):", "lms mcp list"),
+        ("Each server's tools (starts the daemon and the servers):", "lms mcp list --tools"),
+    ],
 }
