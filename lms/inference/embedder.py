@@ -55,7 +55,7 @@ from lms.errors import (
     ModelLoadError,
     ShuttingDownError,
 )
-from lms.inference.engine import LoadOptions
+from lms.inference.engine import LoadOptions, load_model
 
 log = logging.getLogger("lms.embedder")
 
@@ -184,22 +184,7 @@ class Embedder:
         ``encoder`` is for encoder-only models (non-causal attention): their micro-batch must
         hold a whole input, so it is as large as the context.
         """
-        model_params = llama_cpp.llama_model_default_params()
-        if progress is not None:
-
-            @llama_cpp.llama_progress_callback
-            def report(fraction: float, user_data: ctypes.c_void_p) -> bool:
-                progress(float(fraction))
-                return True
-
-            model_params.progress_callback = report
-        try:
-            model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
-        except (ValueError, OSError) as exc:
-            raise ModelLoadError(
-                f"cannot load {path.name}: llama.cpp could not read it as a model"
-                " (corrupt or unsupported GGUF)"
-            ) from exc
+        model = load_model(path, progress)
         batch = options.context_length if encoder else min(DECODER_BATCH, options.context_length)
         options = LoadOptions(
             context_length=options.context_length,

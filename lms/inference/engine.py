@@ -59,6 +59,7 @@ __all__ = [
     "LoadOptions",
     "PromptProgress",
     "json_schema_grammar",
+    "load_model",
 ]
 
 log = logging.getLogger("lms.engine")
@@ -115,6 +116,29 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def load_model(path: Path, progress: Callable[[float], None] | None = None) -> Any:
+    """Read a GGUF's weights (blocking); ``progress`` hears 0..1 from the loading thread.
+
+    A file llama.cpp cannot read becomes ModelLoadError, naming the file.
+    """
+    model_params = llama_cpp.llama_model_default_params()
+    if progress is not None:
+
+        @llama_cpp.llama_progress_callback
+        def report(fraction: float, user_data: ctypes.c_void_p) -> bool:
+            progress(float(fraction))
+            return True  # keep loading
+
+        model_params.progress_callback = report
+    try:
+        return internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(
+            f"cannot load {path.name}: llama.cpp could not read it as a model"
+            " (corrupt or unsupported GGUF)"
+        ) from exc
+
+
 class Engine:
     """A loaded GGUF model with its context and worker thread. Build it with :meth:`load`."""
 
@@ -154,22 +178,7 @@ class Engine:
 
         ``progress`` is called from the loading thread with 0..1 as llama.cpp reads weights.
         """
-        model_params = llama_cpp.llama_model_default_params()
-        if progress is not None:
-
-            @llama_cpp.llama_progress_callback
-            def report(fraction: float, user_data: ctypes.c_void_p) -> bool:
-                progress(float(fraction))
-                return True  # keep loading
-
-            model_params.progress_callback = report
-        try:
-            model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
-        except (ValueError, OSError) as exc:
-            raise ModelLoadError(
-                f"cannot load {path.name}: llama.cpp could not read it as a model"
-                " (corrupt or unsupported GGUF)"
-            ) from exc
+        model = load_model(path, progress)
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = options.context_length * options.parallel
         ctx_params.n_batch = options.batch_size
