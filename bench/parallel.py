@@ -2,12 +2,12 @@
 
 llama-server is built from the llama.cpp source vendored in the installed llama-cpp-python's
 sdist, in this benchmark's own cache (bench/.cache, never committed), and run with ``-np 4`` on
-the same model. lms runs with 8 slots. Rounds alternate between the two servers: 64 tokens,
-temperature 0, 1, 4 and 8 concurrent streaming clients. The figure that counts is the median of
-the per-round ratios lms ÷ llama-server of aggregate tokens/s; time to first token is reported
-at each load.
+the same model. lms runs with 8 slots. Rounds alternate between the two servers in ABBA order:
+64 tokens, temperature 0, 1, 4 and 8 concurrent streaming clients. The figure that counts is the
+median of the per-round ratios lms ÷ llama-server of aggregate tokens/s; time to first token is
+reported at each load.
 
-    .venv/bin/python bench/parallel.py [--rounds 5] [--clients 1,4,8]
+    .venv/bin/python bench/parallel.py [--rounds 9] [--clients 1,4,8]
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def run_round(port: int, model: str, clients: int) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--clients", default="1,4,8")
     args = parser.parse_args()
     loads = [int(c) for c in args.clients.split(",")]
@@ -200,9 +200,15 @@ def main() -> int:
         print(f"llama-server: {server_bin} (-np 4); lms: 8 slots; 64 tokens, temperature 0")
         for clients in loads:
             ratios, lms_ttft, llama_ttft, lms_tps, llama_tps = [], [], [], [], []
-            for _ in range(args.rounds):
-                a_tps, a_ttft = run_round(lms_port, model, clients)
-                b_tps, b_ttft = run_round(llama_port, model, clients)
+            for n in range(args.rounds):
+                # ABBA order: whoever runs second in a pair meets a machine the first one has
+                # just warmed (or heated); swapping each round cancels that out of the median.
+                if n % 2 == 0:
+                    a_tps, a_ttft = run_round(lms_port, model, clients)
+                    b_tps, b_ttft = run_round(llama_port, model, clients)
+                else:
+                    b_tps, b_ttft = run_round(llama_port, model, clients)
+                    a_tps, a_ttft = run_round(lms_port, model, clients)
                 ratios.append(a_tps / b_tps)
                 lms_tps.append(a_tps)
                 llama_tps.append(b_tps)

@@ -46,8 +46,10 @@ from lms.inference.generation import (
     FinishReason,
     Generation,
     GenerationResult,
+    Item,
     LoadOptions,
     PromptProgress,
+    post,
 )
 from lms.inference.sampling import SamplingParams, StopMatcher
 
@@ -163,6 +165,7 @@ class Engine:
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self._candidates = np.zeros(0, dtype=_TOKEN_DATA)  # allocated by the first grammar
+        self._outbox: list[tuple[Generation, Item]] = []  # handed over once per step
         self._closed = False
         #: Called on the event loop with every submitted generation (logs, metrics).
         self.observer: Callable[[Generation], None] | None = None
@@ -272,6 +275,7 @@ class Engine:
         try:
             while not self._closed and self._admit():
                 self._step()
+                self._flush()
             self._shut_down()
         except Exception as exc:  # never leave callers waiting on a dead worker
             log.exception("engine worker crashed")
@@ -280,12 +284,22 @@ class Engine:
             for seq in self._active():
                 self._finish(seq, "error", err)
             self._drain_queue("error", err)
+            self._flush()
+
+    def _emit(self, generation: Generation, item: Item) -> None:
+        self._outbox.append((generation, item))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            post(self._outbox)
+            self._outbox = []
 
     def _shut_down(self) -> None:
         gone = ShuttingDownError(f"the model {self.path.name} was unloaded")
         for seq in self._active():
             self._finish(seq, "error", gone)
         self._drain_queue("error", gone)
+        self._flush()
 
     def _active(self) -> list[_Sequence]:
         return [s for s in self._slots if s is not None]
@@ -293,20 +307,23 @@ class Engine:
     def _admit(self) -> bool:
         """Fill free slots from the queue; block when there is nothing to do. False = stop."""
         while None in self._slots:
+            idle = not self._active()
+            if idle:
+                self._flush()  # never sit on results while waiting for work
             try:
-                job = self._jobs.get(block=not self._active())
+                job = self._jobs.get(block=idle)
             except queue.Empty:
                 return True
             if job is _STOP:
                 return False
             if job.is_cancelled:
-                job._push(GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
+                self._emit(job, GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
                 continue
             slot = self._slots.index(None)
             try:
                 self._slots[slot] = self._start_sequence(job, slot)
             except LmsError as err:
-                job._push(GenerationResult("error", len(job.prompt_tokens), 0, 0.0, 0.0, err))
+                self._emit(job, GenerationResult("error", len(job.prompt_tokens), 0, 0.0, 0.0, err))
         return True
 
     def _drain_queue(self, reason: FinishReason, err: LmsError | None) -> None:
@@ -316,7 +333,7 @@ class Engine:
             except queue.Empty:
                 return
             if isinstance(job, Generation):
-                job._push(GenerationResult(reason, len(job.prompt_tokens), 0, 0.0, 0.0, err))
+                self._emit(job, GenerationResult(reason, len(job.prompt_tokens), 0, 0.0, 0.0, err))
 
     def _start_sequence(self, generation: Generation, slot: int) -> _Sequence:
         params = generation.params
@@ -404,7 +421,8 @@ class Engine:
                 self._finish(seq, "error", err)
             return
         for seq in prefilling:
-            seq.generation._push(PromptProgress(seq.prefilled / len(seq.generation.prompt_tokens)))
+            fraction = seq.prefilled / len(seq.generation.prompt_tokens)
+            self._emit(seq.generation, PromptProgress(fraction))
         for seq, index in rows:
             try:
                 token = self._sample(seq, index)
@@ -531,7 +549,7 @@ class Engine:
         seq.last_token = token
         text = seq.stops.feed(seq.decoder.decode(self._piece(token)))
         if text:
-            seq.generation._push(text)
+            self._emit(seq.generation, text)
         if seq.stops.stopped:
             self._finish(seq, "stop", None)
         elif seq.generated >= seq.max_tokens:
@@ -551,7 +569,7 @@ class Engine:
         if reason in ("stop", "length"):
             tail = seq.stops.feed(seq.decoder.decode(b"", final=True)) + seq.stops.flush()
             if tail:
-                seq.generation._push(tail)
+                self._emit(seq.generation, tail)
         now = time.perf_counter()
         first = seq.first_token_at or now
         # Free the slot and its KV cells before telling the caller: whoever reads the result
@@ -564,7 +582,8 @@ class Engine:
         self._slots[seq.slot] = None
         if not self._active():
             self.status = "idle"
-        seq.generation._push(
+        self._emit(
+            seq.generation,
             GenerationResult(
                 finish_reason=reason,
                 prompt_tokens=len(seq.generation.prompt_tokens),
@@ -572,5 +591,5 @@ class Engine:
                 time_to_first_token=first - seq.generation.submitted_at,
                 generation_seconds=now - first,
                 error=err,
-            )
+            ),
         )

@@ -56,7 +56,7 @@ class PromptProgress:
 class Generation:
     """The caller's handle on one request: stream its text, cancel it, read its result.
 
-    Text pieces are pushed from the worker thread with ``call_soon_threadsafe``; iterating
+    The worker thread hands text, progress and the result over with :func:`post`; iterating
     yields whatever has arrived since the last step (one piece per token when the consumer
     keeps up, joined pieces when it falls behind).
     """
@@ -83,19 +83,10 @@ class Generation:
         """Stop generating; the worker notices before its next token."""
         self._cancelled = True
 
-    # Called from the worker thread.
     @property
     def output_text(self) -> str:
         """Everything generated so far (complete once the result is in)."""
         return "".join(self._output)
-
-    def _push(self, item: str | PromptProgress | GenerationResult) -> None:
-        if isinstance(item, str):
-            self._output.append(item)
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-            if isinstance(item, GenerationResult) and self.on_done is not None:
-                self._loop.call_soon_threadsafe(self.on_done, self, item)
 
     async def events(self) -> AsyncIterator[str | PromptProgress]:
         """Yield prompt progress and text as they come; raises the generation's error, if any,
@@ -130,3 +121,31 @@ class Generation:
     async def text(self) -> str:
         """The whole generated text (non-streaming use)."""
         return "".join([piece async for piece in self.stream()])
+
+
+Item = str | PromptProgress | GenerationResult
+
+
+def post(items: list[tuple[Generation, Item]]) -> None:
+    """Hand items from the worker thread to their generations, with one wake-up per event loop.
+
+    The engine calls this once per decode step with everything that step produced for all its
+    sequences: one ``call_soon_threadsafe`` (a write to the loop's self-pipe) instead of one per
+    token per sequence, which on a small machine steals time from the decode threads.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Generation, Item]]] = {}
+    for generation, item in items:
+        if isinstance(item, str):
+            generation._output.append(item)
+        by_loop.setdefault(generation._loop, []).append((generation, item))
+    for loop, batch in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+            loop.call_soon_threadsafe(_receive, loop, batch)
+
+
+def _receive(loop: asyncio.AbstractEventLoop, batch: list[tuple[Generation, Item]]) -> None:
+    for generation, item in batch:
+        generation._queue.put_nowait(item)
+        if isinstance(item, GenerationResult) and generation.on_done is not None:
+            loop.call_soon(generation.on_done, generation, item)  # its own callback: a
+            # failing observer is logged by the loop and cannot stop the rest of the batch
