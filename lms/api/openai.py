@@ -28,13 +28,14 @@ def _id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
 
-def _usage(result: GenerationResult | None) -> dict[str, int]:
+def _usage(result: GenerationResult | None) -> dict[str, Any]:
     prompt = result.prompt_tokens if result else 0
     completion = result.completion_tokens if result else 0
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens if result else 0},
     }
 
 

@@ -204,7 +204,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             "input_tokens": len(tokens),
             "output_tokens": result.completion_tokens if result else 0,
             "total_tokens": len(tokens) + (result.completion_tokens if result else 0),
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": result.cached_tokens if result else 0},
             "output_tokens_details": {"reasoning_tokens": 0},
         }
         status = "incomplete" if result and result.finish_reason == "length" else "completed"

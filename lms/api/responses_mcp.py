@@ -125,7 +125,7 @@ async def respond(
         "input_tokens": result.prompt_tokens,
         "output_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": result.cached_tokens},
         "output_tokens_details": {"reasoning_tokens": 0},
     }
     status = "incomplete" if result.finish_reason == "length" else "completed"

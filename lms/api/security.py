@@ -20,6 +20,7 @@ from lms.auth.permissions import PUBLIC, Access, access_for
 from lms.auth.record import TokenRecord
 from lms.auth.tokens import token_from_header
 from lms.errors import AuthError, InternalError, LmsError
+from lms.inference.generation import cache_scope
 
 log = logging.getLogger("lms.auth")
 
@@ -54,6 +55,7 @@ def presented_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
+    cache_scope.set(None)  # a keep-alive connection runs its requests in one task
     if not request.app[CONFIG].current().auth_required:
         return await handler(request)  # auth off: any Authorization header is ignored
     access = _route_access(request)
@@ -71,6 +73,7 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     guard.usage.record_request(record.id)
     request[TOKEN] = record
+    cache_scope.set(record.id)  # cached prompt prefixes are shared within one token only
     return await handler(request)
 
 

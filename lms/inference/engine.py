@@ -9,7 +9,10 @@ with its own ``seq_id`` (a slot), positions, sampler and stop handling; every st
 sequences still in prefill, makes one ``llama_decode`` call and samples each sequence from its
 own logits row. With ``parallel=1`` that is plain sequential serving; raising ``parallel`` (and
 ``n_seq_max``) gives continuous batching without a rewrite: sequences join and leave between
-steps, a finished one frees its slot and its KV cells (``llama_memory_seq_rm``).
+steps. A finished sequence frees its slot at once but leaves its KV cells, which the next prompt
+sharing their prefix reuses (:mod:`lms.inference.promptcache`); everything past the shared
+prefix is removed (``llama_memory_seq_rm``) before a new sequence runs in the slot. Token choice
+(sampler chains, grammars) lives in :mod:`lms.inference.choice`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import ctypes
-import json
 import logging
-import math
 import queue
 import threading
 import time
@@ -31,17 +32,16 @@ from typing import Any, Literal
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
-from llama_cpp import llama_grammar
 
 from lms.errors import (
     ContextOverflowError,
     InternalError,
     InvalidParameterError,
-    InvalidRequestError,
     LmsError,
     ModelLoadError,
     ShuttingDownError,
 )
+from lms.inference.choice import Chooser, json_schema_grammar
 from lms.inference.generation import (
     FinishReason,
     Generation,
@@ -51,6 +51,7 @@ from lms.inference.generation import (
     PromptProgress,
     post,
 )
+from lms.inference.promptcache import PromptCache
 from lms.inference.sampling import SamplingParams, StopMatcher
 
 __all__ = [
@@ -76,10 +77,12 @@ class _Sequence:
     sampler: internals.LlamaSampler | None
     decoder: codecs.IncrementalDecoder
     grammar: Any = None  # a llama_sampler_p of the request's grammar (kept out of the chain)
+    reused: int = 0  # leading prompt tokens found in the slot's cells
     prefilled: int = 0
     n_past: int = 0
     last_token: int = -1
     generated: int = 0
+    output: list[int] = field(default_factory=list)  # sampled tokens, fed back one per step
     first_token_at: float | None = None
     started_at: float = field(default_factory=time.perf_counter)
 
@@ -89,9 +92,6 @@ class _Sequence:
 
 
 _STOP = object()
-# llama_token_data as a numpy record, to hand the whole vocabulary to llama.cpp samplers.
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-_SHORTLIST = 1024  # tokens a grammar masks first when it rejects the unconstrained pick
 
 
 def _silence_llama_logs() -> None:
@@ -105,17 +105,6 @@ def _silence_llama_logs() -> None:
 
 
 _silence_llama_logs()
-
-
-def json_schema_grammar(schema: dict[str, Any]) -> str:
-    """GBNF (root rule ``root``) for JSON text valid against ``schema``, by llama.cpp's own
-    converter. Raises ValueError when the converter cannot handle the schema. It never fetches a
-    remote ``$ref`` (it asserts; callers refuse those first, so ``python -O`` changes nothing).
-    """
-    try:
-        return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
-    except Exception as exc:  # the converter fails with asserts, KeyErrors, re.errors...
-        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def load_model(path: Path, progress: Callable[[float], None] | None = None) -> Any:
@@ -164,7 +153,8 @@ class Engine:
         self._slots: list[_Sequence | None] = [None] * options.parallel
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._candidates = np.zeros(0, dtype=_TOKEN_DATA)  # allocated by the first grammar
+        self._chooser = Chooser(self._vocab, self.n_vocab)
+        self._cache = PromptCache(options.parallel)
         self._outbox: list[tuple[Generation, Item]] = []  # handed over once per step
         self._closed = False
         #: Called on the event loop with every submitted generation (logs, metrics).
@@ -249,7 +239,7 @@ class Engine:
                 param="context_length",
             )
         if params.grammar is not None:  # refuse a bad grammar now, as a 400, not mid-stream
-            llama_cpp.llama_sampler_free(self._grammar_sampler(params.grammar))
+            self._chooser.check_grammar(params.grammar)
         generation = Generation(asyncio.get_running_loop(), prompt_tokens, params)
         if self._closed:
             raise InternalError("the model is being unloaded")
@@ -319,9 +309,11 @@ class Engine:
             if job.is_cancelled:
                 self._emit(job, GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
                 continue
-            slot = self._slots.index(None)
+            free = [i for i, seq in enumerate(self._slots) if seq is None]
+            slot, reuse = self._cache.choose(free, job.prompt_tokens, job.scope)
+            reuse = self._keep_prefix(slot, reuse)
             try:
-                self._slots[slot] = self._start_sequence(job, slot)
+                self._slots[slot] = self._start_sequence(job, slot, reuse)
             except LmsError as err:
                 self._emit(job, GenerationResult("error", len(job.prompt_tokens), 0, 0.0, 0.0, err))
         return True
@@ -335,7 +327,23 @@ class Engine:
             if isinstance(job, Generation):
                 self._emit(job, GenerationResult(reason, len(job.prompt_tokens), 0, 0.0, 0.0, err))
 
-    def _start_sequence(self, generation: Generation, slot: int) -> _Sequence:
+    def _keep_prefix(self, slot: int, reuse: int) -> int:
+        """Clear ``slot``'s cells from position ``reuse`` on; returns how many leading positions
+        it still holds (``reuse``, or 0 when the rest cannot be trusted and was cleared too)."""
+        memory = self._ctx.memory
+        # Positions 0..reuse-1 must all still be there: a sliding-window cache may have dropped
+        # its oldest cells, and the next tokens would attend to holes.
+        if (
+            reuse > 0
+            and llama_cpp.llama_memory_seq_rm(memory, slot, reuse, -1)
+            and llama_cpp.llama_memory_seq_pos_min(memory, slot) == 0
+            and llama_cpp.llama_memory_seq_pos_max(memory, slot) == reuse - 1
+        ):
+            return reuse
+        llama_cpp.llama_memory_seq_rm(memory, slot, -1, -1)
+        return 0
+
+    def _start_sequence(self, generation: Generation, slot: int, reuse: int) -> _Sequence:
         params = generation.params
         room = self.n_ctx_per_seq - len(generation.prompt_tokens)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
@@ -344,48 +352,15 @@ class Engine:
             slot=slot,
             max_tokens=max_tokens,
             stops=StopMatcher(params.stop),
-            sampler=None if params.is_greedy else self._make_sampler(params),
+            sampler=self._chooser.chain(params),
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
-            grammar=None if params.grammar is None else self._grammar_sampler(params.grammar),
+            grammar=None
+            if params.grammar is None
+            else self._chooser.grammar_sampler(params.grammar),
+            reused=reuse,
+            prefilled=reuse,
+            n_past=reuse,
         )
-
-    def _grammar_sampler(self, grammar: str) -> llama_cpp.llama_sampler_p:
-        sampler = llama_cpp.llama_sampler_init_grammar(
-            self._vocab, grammar.encode("utf-8"), b"root"
-        )
-        if not sampler:  # llama.cpp printed why to stderr; it returns NULL on any parse error
-            raise InvalidRequestError(
-                "the output grammar is not valid GBNF with a 'root' rule", param="grammar"
-            )
-        return sampler
-
-    def _make_sampler(self, params: SamplingParams) -> internals.LlamaSampler:
-        sampler = internals.LlamaSampler()
-        if (params.repeat_penalty, params.frequency_penalty, params.presence_penalty) != (
-            1.0,
-            0.0,
-            0.0,
-        ):
-            sampler.add_penalties(
-                self.n_vocab,
-                64,
-                params.repeat_penalty,
-                params.frequency_penalty,
-                params.presence_penalty,
-            )
-        if params.temperature <= 0:
-            sampler.add_greedy()
-            return sampler
-        if params.top_k > 0:
-            sampler.add_top_k(params.top_k)
-        if params.top_p < 1.0:
-            sampler.add_top_p(params.top_p, 1)
-        if params.min_p > 0.0:
-            sampler.add_min_p(params.min_p, 1)
-        sampler.add_temp(params.temperature)
-        seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
-        sampler.add_dist(seed & 0xFFFFFFFF)
-        return sampler
 
     def _step(self) -> None:
         batch = self._batch
@@ -447,7 +422,9 @@ class Engine:
 
     def _sample(self, seq: _Sequence, index: int) -> int:
         if seq.grammar is not None:
-            return self._sample_constrained(seq, index)
+            return self._chooser.pick(
+                self._logits(index), seq.generation.params, seq.sampler, seq.grammar
+            )
         if seq.sampler is None:
             return int(self._logits(index).argmax())
         return int(seq.sampler.sample(self._ctx, index))
@@ -456,92 +433,11 @@ class Engine:
         row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
         return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
-    def _sample_constrained(self, seq: _Sequence, index: int) -> int:
-        """Sample as if the grammar came first in the chain, without paying for it every token.
-
-        Masking all 262k tokens of gemma with a grammar costs more than the forward pass, so (as
-        llama.cpp's server does) the token is first picked from the unconstrained logits. Only
-        when the grammar rejects it are the most likely tokens masked and the pick redone, and
-        only when that shortlist cannot decide is the whole vocabulary masked. Greedy decoding
-        gives exactly the argmax of the allowed tokens either way.
-        """
-        logits = self._logits(index)
-        token = self._pick(seq, None, logits, masked=False)
-        if token is None or not self._grammar_allows(seq.grammar, token):
-            n = min(_SHORTLIST, self.n_vocab)
-            shortlist = np.argpartition(logits, -n)[-n:]
-            token = self._pick(seq, shortlist, logits[shortlist], masked=True)
-        if token is None:
-            token = self._pick(seq, None, logits, masked=True)
-        if token is None:
-            raise InternalError("the output grammar allows no further token")
-        llama_cpp.llama_sampler_accept(seq.grammar, token)
-        if seq.sampler is not None:
-            llama_cpp.llama_sampler_accept(seq.sampler.sampler, token)
-        return token
-
-    def _pick(
-        self,
-        seq: _Sequence,
-        ids: np.ndarray[Any, Any] | None,
-        logits: np.ndarray[Any, Any],
-        *,
-        masked: bool,
-    ) -> int | None:
-        """The chain's choice among ``ids`` (all tokens when None), without accepting it; with
-        ``masked``, among those the grammar allows — None when that choice is not certain."""
-        if seq.sampler is None and not masked:
-            return int(logits.argmax())
-        if len(self._candidates) != self.n_vocab:
-            self._candidates = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
-        candidates = self._candidates[: len(logits)]
-        candidates["id"] = np.arange(len(logits), dtype=np.int32) if ids is None else ids
-        candidates["logit"] = logits
-        array = llama_cpp.llama_token_data_array(
-            data=candidates.ctypes.data_as(llama_cpp.llama_token_data_p),
-            size=len(candidates),
-            selected=-1,
-            sorted=False,
-        )
-        if masked:
-            llama_cpp.llama_sampler_apply(seq.grammar, ctypes.byref(array))
-            allowed = candidates["logit"][np.isfinite(candidates["logit"])]
-            if not allowed.size:
-                return None
-            if ids is not None and not self._shortlist_decides(seq, allowed, logits.min()):
-                return None
-        if seq.sampler is None:
-            return int(candidates["id"][candidates["logit"].argmax()])
-        llama_cpp.llama_sampler_apply(seq.sampler.sampler, ctypes.byref(array))
-        return int(array.data[array.selected].id)
-
-    @staticmethod
-    def _shortlist_decides(seq: _Sequence, allowed: np.ndarray[Any, Any], floor: float) -> bool:
-        # Every token outside the shortlist has a logit <= floor, below every shortlisted one.
-        params = seq.generation.params
-        if seq.sampler is None:
-            return True  # greedy: the best allowed token is in the shortlist
-        if (params.repeat_penalty, params.presence_penalty, params.frequency_penalty) != (
-            1.0,
-            0.0,
-            0.0,
-        ):
-            return False  # penalties move logits across the floor
-        if 0 < params.top_k <= allowed.size:
-            return True  # top-k keeps shortlisted tokens only
-        # min-p drops everything below max + log(min_p): the rest of the vocabulary included?
-        return params.min_p > 0.0 and floor < float(allowed.max()) + math.log(params.min_p)
-
-    def _grammar_allows(self, grammar: Any, token: int) -> bool:
-        one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
-        array = llama_cpp.llama_token_data_array(data=one, size=1, selected=-1, sorted=False)
-        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
-        return bool(np.isfinite(one[0].logit))
-
     def _advance(self, seq: _Sequence, token: int) -> None:
         now = time.perf_counter()
         if seq.first_token_at is None:
             seq.first_token_at = now
+        seq.output.append(token)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop", None)
             return
@@ -572,9 +468,16 @@ class Engine:
                 self._emit(seq.generation, tail)
         now = time.perf_counter()
         first = seq.first_token_at or now
-        # Free the slot and its KV cells before telling the caller: whoever reads the result
-        # may submit again at once and must find the slot free.
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, -1, -1)
+        # Free the slot before telling the caller: whoever reads the result may submit again at
+        # once and must find the slot free. Its KV cells stay for a later prompt that shares
+        # their prefix (cleared past that prefix before it runs); after an error they are
+        # cleared now, as nothing says what they hold.
+        if reason == "error":
+            llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, -1, -1)
+            self._cache.forget(seq.slot)
+        else:
+            decoded = (seq.generation.prompt_tokens + seq.output)[: seq.n_past]
+            self._cache.keep(seq.slot, decoded, seq.generation.scope)
         if seq.sampler is not None:
             seq.sampler.close()
         if seq.grammar is not None:
@@ -591,5 +494,6 @@ class Engine:
                 time_to_first_token=first - seq.generation.submitted_at,
                 generation_seconds=now - first,
                 error=err,
+                cached_tokens=seq.reused,
             ),
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,12 @@ from lms.errors import LmsError
 from lms.inference.sampling import SamplingParams
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+#: Who is asking (the API token's id with auth on; None otherwise), set by the API layer for
+#: each request. A generation only reuses KV cells that a generation of the same scope left.
+cache_scope: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cache_scope", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ class GenerationResult:
     time_to_first_token: float
     generation_seconds: float
     error: LmsError | None = None
+    #: Leading prompt tokens whose KV cells a previous generation left (not decoded again).
+    cached_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -67,6 +76,7 @@ class Generation:
         self.prompt_tokens = prompt_tokens
         self.params = params
         self.submitted_at = time.perf_counter()
+        self.scope = cache_scope.get()
         self.result: GenerationResult | None = None
         #: Called on the event loop once the generation has ended (for logs and metrics).
         self.on_done: Callable[[Generation, GenerationResult], None] | None = None

@@ -1,6 +1,6 @@
 """Structured output: JSON schemas as llama.cpp grammars, and OpenAI's ``response_format``.
 
-The grammar comes from llama.cpp's own converter (:func:`engine.json_schema_grammar`); the
+The grammar comes from llama.cpp's own converter (:func:`choice.json_schema_grammar`); the
 engine masks every token that would leave it, so the output is JSON of the schema's shape by
 construction — as long as generation is not cut by ``max_tokens``. What the converter enforces:
 types, ``properties``/``required`` (no other keys unless ``additionalProperties`` allows them),
@@ -105,7 +105,7 @@ _RULE_FIXES = (
 def _convert(schema: dict[str, Any]) -> str:
     # Imported here: the converter lives in llama_cpp, which only the engine imports, and the
     # prompt-side users of tools.py (templates) should not load llama.cpp with it.
-    from lms.inference.engine import json_schema_grammar
+    from lms.inference.choice import json_schema_grammar
 
     grammar = json_schema_grammar(schema)
     lines = grammar.splitlines()

@@ -195,6 +195,7 @@ class LoopResult:
     output: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     generation_seconds: float = 0.0
     time_to_first_token: float | None = None
@@ -340,6 +341,7 @@ class ToolLoop:
         if outcome is None:
             return
         result.completion_tokens += outcome.completion_tokens
+        result.cached_tokens += outcome.cached_tokens
         result.generation_seconds += outcome.generation_seconds
         result.finish_reason = outcome.finish_reason
         if result.time_to_first_token is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -118,3 +119,43 @@ def test_auth_errors_and_success(server: Server, auth_on: Path) -> None:
     with make(good) as ok:
         result = ok.completions.create(model=MODEL, prompt="Hello", max_tokens=2)
         assert result.choices
+
+
+def test_a_repeated_prompt_reports_cached_tokens(client: openai.OpenAI) -> None:
+    messages: list[Any] = [{"role": "user", "content": "Name three rivers in Europe, please."}]
+    cold = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=4, temperature=0
+    )
+    warm = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=4, temperature=0
+    )
+    assert cold.usage is not None and warm.usage is not None
+    assert warm.usage.prompt_tokens_details is not None
+    assert warm.usage.prompt_tokens_details.cached_tokens == warm.usage.prompt_tokens - 1
+    assert warm.choices[0].message.content == cold.choices[0].message.content
+
+
+def test_cached_prompts_are_never_shared_between_tokens(server: Server, auth_on: Path) -> None:
+    from lms.auth.registry import Registry
+
+    os.environ["LMS_HOME"], previous = str(auth_on), os.environ.get("LMS_HOME")
+    try:
+        registry = Registry()
+        _, first = registry.create("cache-first")
+        _, second = registry.create("cache-second")
+    finally:
+        if previous is None:
+            del os.environ["LMS_HOME"]
+        else:
+            os.environ["LMS_HOME"] = previous
+    prompt = "A token of one client must not warm the cache of another:"
+
+    def cached(key: str) -> int:
+        with openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0) as c:
+            usage = c.completions.create(model=MODEL, prompt=prompt, max_tokens=2).usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        return usage.prompt_tokens_details.cached_tokens or 0
+
+    assert cached(first) == 0
+    assert cached(first) > 0  # the same token reuses its own prefix
+    assert cached(second) == 0  # a timing oracle for the first token's prompts otherwise

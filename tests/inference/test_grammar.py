@@ -10,7 +10,10 @@ import jsonschema
 import pytest
 
 from lms.errors import InvalidRequestError
+from lms.inference import choice
+from lms.inference.choice import Chooser
 from lms.inference.engine import Engine, LoadOptions
+from lms.inference.generation import cache_scope
 from lms.inference.sampling import SamplingParams
 from lms.inference.structured import schema_grammar
 
@@ -92,11 +95,15 @@ async def test_the_fast_path_changes_nothing_for_greedy(
 ) -> None:
     # Greedy with a grammar must be the argmax of the allowed tokens, whichever way it is found:
     # the unconstrained pick when allowed, the shortlist, or the whole vocabulary masked.
+    # Each run in a cache scope of its own: all three prefill the prompt from scratch.
     grammar = schema_grammar(SMALL, param="schema")
+    cache_scope.set("fast")
     fast, _ = await generate(engine, grammar, temperature=0.0)
-    monkeypatch.setattr(Engine, "_grammar_allows", lambda self, grammar, token: False)
+    monkeypatch.setattr(Chooser, "_allows", staticmethod(lambda grammar, token: False))
+    cache_scope.set("shortlist")
     shortlist, _ = await generate(engine, grammar, temperature=0.0)
-    monkeypatch.setattr(Engine, "_shortlist_decides", staticmethod(lambda *args: False))
+    monkeypatch.setattr(choice, "_shortlist_decides", lambda *args: False)
+    cache_scope.set("full")
     full, _ = await generate(engine, grammar, temperature=0.0)
     assert fast == shortlist == full
     jsonschema.validate(json.loads(fast), SMALL)

@@ -34,6 +34,7 @@ from lms.api.sdk.calls import Call, Channel, ChannelEndpoint, Endpoint, RpcEndpo
 from lms.api.state import CONFIG
 from lms.auth.permissions import Access, sdk_access_for
 from lms.errors import AuthError, InternalError, InvalidRequestError, LmsError, NotFoundError
+from lms.inference.generation import cache_scope
 
 log = logging.getLogger("lms.sdk")
 
@@ -262,6 +263,7 @@ class Session:
         assert self._gate is not None
         try:
             record = self._gate.authorize(endpoint, access)
+            cache_scope.set(record.id if record is not None else None)  # this call's task only
             call = Call(self._gate, endpoint, record)
             result = await served.handler(call, frame.get("parameter"))
             reply = wire.rpc_result(call_id, result)
@@ -281,6 +283,7 @@ class Session:
         error: LmsError | None = None
         try:
             channel.record = channel.gate.authorize(channel.endpoint, access)
+            cache_scope.set(channel.record.id if channel.record is not None else None)
             await served.handler(channel, frame.get("creationParameter"))
             if not channel.ended:
                 raise InternalError(f"{channel.endpoint} ended without a result")

@@ -1,0 +1,87 @@
+"""Which slot a new request should take, so that it reuses the KV cells a finished one left.
+
+When a sequence ends, its slot keeps the KV cells of everything it decoded (prompt and output).
+A later request whose prompt starts with the same tokens — the next turn of a chat re-sends the
+whole conversation; agents and benchmarks re-send one system prompt — takes that slot and skips
+the shared prefix: only the rest of its prompt is decoded. llama.cpp's server and LM Studio do
+the same.
+
+A cached prefix is only offered to requests of the same *scope* (the API token that made it,
+when auth is on): otherwise a client could time its first token to learn whether some other
+token's prompt started with a guess.
+
+Pure Python: the engine removes the cells past the reused prefix (``llama_memory_seq_rm``)
+before the request runs, so a slot never serves stale state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+__all__ = ["PromptCache"]
+
+
+@dataclass
+class _Entry:
+    tokens: list[int]
+    scope: str | None
+    used: int  # a clock value, for least-recently-used eviction
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PromptCache:
+    """The tokens whose KV cells each idle slot still holds."""
+
+    def __init__(self, slots: int) -> None:
+        self._entries: list[_Entry | None] = [None] * slots
+        self._clock = itertools.count(1)
+
+    def choose(self, free: list[int], prompt: list[int], scope: str | None) -> tuple[int, int]:
+        """``(slot, reuse)``: the free slot to run ``prompt`` in and how many of its leading
+        tokens are already in that slot's cells.
+
+        The slot sharing the longest prefix of the same scope wins; with nothing to share, an
+        empty slot, else the least recently used one (keeping the warmest caches alive). At
+        least the last prompt token is always decoded again: its logits give the first token.
+        """
+        if not free:
+            raise ValueError("no free slot")
+        best, reuse = -1, 0
+        for slot in free:
+            entry = self._entries[slot]
+            if entry is None or entry.scope != scope:
+                continue
+            shared = min(common_prefix(entry.tokens, prompt), len(prompt) - 1)
+            if shared > reuse:
+                best, reuse = slot, shared
+        if best < 0:
+            best = min(free, key=lambda s: self._age(s))
+        self._entries[best] = None  # the slot is taken: the caller clears past ``reuse``
+        return best, reuse
+
+    def keep(self, slot: int, tokens: list[int], scope: str | None) -> None:
+        """Record what a finished sequence left in ``slot``'s cells."""
+        self._entries[slot] = _Entry(tokens, scope, next(self._clock)) if tokens else None
+
+    def forget(self, slot: int) -> None:
+        """The slot's cells were cleared (or cannot be trusted): nothing to reuse."""
+        self._entries[slot] = None
+
+    def cached(self, slot: int) -> int:
+        """How many tokens ``slot`` holds for reuse (0 for none)."""
+        entry = self._entries[slot]
+        return len(entry.tokens) if entry is not None else 0
+
+    def _age(self, slot: int) -> int:
+        entry = self._entries[slot]
+        return 0 if entry is None else entry.used
