@@ -94,11 +94,11 @@ def main() -> None:
     if shutil.which("curl") is None:
         sys.exit("curl is not installed (apt-get install curl)")
 
-    from lms.inference import catalog
+    from lms.inference import defaultmodel
 
     work = Path(tempfile.mkdtemp(prefix="lms-bench-"))
     try:
-        source = catalog.ensure_default_model(work / "source")
+        source = defaultmodel.ensure_default_model(work / "source")
         size = source.stat().st_size
         digest = None
         if args.sha256:

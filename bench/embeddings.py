@@ -53,13 +53,13 @@ def main() -> None:
 
     import llama_cpp
 
-    from lms.inference import catalog
+    from lms.inference import defaultmodel
     from lms.inference.embedder import Embedder
     from lms.inference.engine import LoadOptions
 
     models = Path(os.environ.get("LMS_TEST_MODELS_DIR") or tempfile.mkdtemp(prefix="lms-bench"))
-    catalog.ensure_default_model(models)
-    path = catalog.default_model_path(models)
+    defaultmodel.ensure_default_model(models)
+    path = defaultmodel.default_model_path(models)
     texts = sentences(args.inputs)
     embedder = Embedder.load(path, LoadOptions(context_length=2048))
     direct = llama_cpp.Llama(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from lms.inference import catalog
+from lms.inference import defaultmodel
 from lms.inference.engine import Engine, LoadOptions
 from lms.inference.sampling import SamplingParams
 from lms.inference.structured import any_json_object_grammar
@@ -66,8 +66,8 @@ async def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     models = Path(tempfile.gettempdir()) / "lms-bench-models"
-    catalog.ensure_default_model(models)
-    engine = Engine.load(catalog.default_model_path(models), LoadOptions(context_length=1024))
+    defaultmodel.ensure_default_model(models)
+    engine = Engine.load(defaultmodel.default_model_path(models), LoadOptions(context_length=1024))
     grammar = any_json_object_grammar()
     greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     sampled = SamplingParams(temperature=0.8, seed=7, max_tokens=args.max_tokens)

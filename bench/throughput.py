@@ -95,9 +95,9 @@ def main() -> int:
         assert daemon.stdout is not None
         banner = daemon.stdout.readline()  # "lms is serving on http://127.0.0.1:PORT ..."
         port = int(banner.split("http://127.0.0.1:")[1].split()[0])
-        from lms.inference import catalog
+        from lms.inference import defaultmodel
 
-        model_path = catalog.default_model_path(home / "data" / "models")
+        model_path = defaultmodel.default_model_path(home / "data" / "models")
         from llama_cpp import Llama
 
         from lms.inference.engine import LoadOptions
@@ -111,7 +111,7 @@ def main() -> int:
             n_threads_batch=threads,
             verbose=False,
         )
-        model = catalog.DEFAULT_MODEL_KEY
+        model = defaultmodel.DEFAULT_MODEL_KEY
         lms_round(port, model, 8)  # JIT load + warm-up
         direct_round(llm, 8)
         ratios, ttft_direct, ttft_lms, rows = [], [], [], []

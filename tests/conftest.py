@@ -20,20 +20,20 @@ import pytest
 @pytest.fixture(scope="session")
 def default_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder holding only the default model, shared by the whole session."""
-    from lms.inference import catalog  # lazy: collecting tests must not import the engine side
+    from lms.inference import defaultmodel  # lazy: collection must not import the engine side
 
     configured = os.environ.get("LMS_TEST_MODELS_DIR", "")
     models_dir = Path(configured) if configured else tmp_path_factory.mktemp("default-models")
-    catalog.ensure_default_model(models_dir)
+    defaultmodel.ensure_default_model(models_dir)
     return models_dir
 
 
 @pytest.fixture(scope="session")
 def default_model_path(default_models_dir: Path) -> Path:
     """Path of the real default model GGUF (read-only, shared by the whole session)."""
-    from lms.inference import catalog
+    from lms.inference import defaultmodel  # lazy: collection must not import the engine side
 
-    path = catalog.default_model_path(default_models_dir)
+    path = defaultmodel.default_model_path(default_models_dir)
     assert path.is_file(), f"default model missing at {path}"
     return path
 

@@ -35,7 +35,7 @@ from lms.errors import (
     ServerAlreadyRunningError,
     ServerNotRunningError,
 )
-from lms.inference import catalog
+from lms.inference import defaultmodel
 from lms.inference.manager import ModelManager
 from lms.logstream import LogHub
 from lms.mcp.sessions import McpServers
@@ -274,7 +274,7 @@ class Daemon:
         reaper = asyncio.create_task(self.manager.run_reaper())
         flusher = asyncio.create_task(self._flush_usage_forever())
         try:
-            await asyncio.to_thread(catalog.ensure_default_model, paths.models_dir())
+            await asyncio.to_thread(defaultmodel.ensure_default_model, paths.models_dir())
             if serve_api:
                 await self.start_server(None, None, cors, tls)
             if ready:

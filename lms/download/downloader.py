@@ -47,7 +47,7 @@ from lms.errors import (
     JobNotFoundError,
     LmsError,
 )
-from lms.inference import catalog
+from lms.inference import catalog, defaultmodel
 
 log = logging.getLogger("lms.download")
 
@@ -186,17 +186,17 @@ class DownloadManager:
             del self._jobs[old.id]
 
     async def _bundled(self, key: str) -> Job | AlreadyDownloaded:
-        if key.lower() != catalog.DEFAULT_MODEL_KEY:
+        if key.lower() != defaultmodel.DEFAULT_MODEL_KEY:
             raise InvalidParameterError(
                 f"{key!r} is not an http(s) URL of a .gguf file; the only model lms installs by"
-                f" key is the bundled {catalog.DEFAULT_MODEL_KEY}",
+                f" key is the bundled {defaultmodel.DEFAULT_MODEL_KEY}",
                 hint="give the URL of a GGUF file, e.g. https://huggingface.co/OWNER/REPO"
                 "/resolve/main/FILE.gguf",
                 param="url",
             )
         models_dir = self.models_dir()
-        target = catalog.default_model_path(models_dir)
-        publisher, name = catalog.DEFAULT_MODEL_KEY.split("/")
+        target = defaultmodel.default_model_path(models_dir)
+        publisher, name = defaultmodel.DEFAULT_MODEL_KEY.split("/")
         placement = Placement(publisher, name, target.name)
         if target.exists():
             return AlreadyDownloaded(placement.key, placement.file_name, target)
@@ -215,7 +215,7 @@ class DownloadManager:
     async def _run_bundled(self, job: Job, models_dir: Path) -> None:
         job.answered.set()
         try:
-            await asyncio.to_thread(catalog.ensure_default_model, models_dir)
+            await asyncio.to_thread(defaultmodel.ensure_default_model, models_dir)
             size = job.target.stat().st_size
             job.total_size, job.downloaded = size, size
             self._finish(job)

@@ -121,6 +121,8 @@ def load_model(path: Path, progress: Callable[[float], None] | None = None) -> A
             return True  # keep loading
 
         model_params.progress_callback = report
+    if not path.is_file():  # llama-cpp-python says ValueError for this too: tell them apart
+        raise ModelLoadError(f"cannot load {path.name}: the file is gone ({path})")
     try:
         return internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
     except (ValueError, OSError) as exc:

@@ -59,12 +59,15 @@ async def test_width_two_matches_single_requests(engine2: Engine) -> None:
 
 
 async def test_identical_prompts_identical_outputs_at_width_four(engine4: Engine) -> None:
-    # A scope of its own: a slot holding this prompt from an earlier test would skip its prefill,
-    # and reused cells (computed at another batch shape) may tip a near-tie the other way.
+    # All four must start in one step: a sequence prefilled alone computes its cells at another
+    # batch shape, which may tip a near-tie ("a little girl" / "a small town") without any
+    # cross-talk. Tokenizing first keeps the four submits free of ctypes calls, which release
+    # the GIL and let the worker start on the first before the others are queued. A cache scope
+    # of its own keeps cells of earlier tests out of it for the same reason.
     cache_scope.set("identical-width-four")
-    outputs = await asyncio.gather(
-        *(engine4.submit(engine4.tokenize(PROMPTS[1]), greedy(40)).text() for _ in range(4))
-    )
+    tokens = engine4.tokenize(PROMPTS[1])
+    generations = [engine4.submit(tokens, greedy(40)) for _ in range(4)]
+    outputs = await asyncio.gather(*(g.text() for g in generations))
     assert len(set(outputs)) == 1 and outputs[0]
 
 

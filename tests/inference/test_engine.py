@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lms.errors import ContextOverflowError, ShuttingDownError
+from lms.errors import ContextOverflowError, ModelLoadError, ShuttingDownError
 from lms.inference.engine import Engine, LoadOptions
 from lms.inference.sampling import SamplingParams
 
@@ -109,3 +109,9 @@ async def test_unload_cuts_in_flight_with_clear_error(default_model_path: Path) 
     with pytest.raises(ShuttingDownError):
         async for _ in engine_generation.stream():
             pass
+
+
+def test_a_missing_file_is_named_as_missing_not_corrupt(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        Engine.load(tmp_path / "vanished.gguf", LoadOptions(context_length=64))
+    assert "the file is gone" in info.value.message and "vanished.gguf" in info.value.message

