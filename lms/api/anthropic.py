@@ -1,9 +1,13 @@
 """Anthropic-compatible ``POST /v1/messages`` (reference/lmstudio-api.md §4).
 
-Text only: ``messages`` content is a string or ``text`` blocks, ``system`` a string or ``text``
-blocks; any other block type, and ``tools``, get a 400 naming the field (tool use is not
-implemented on this route yet). ``thinking`` and ``metadata`` are accepted and ignored. A last
-``assistant`` message is a prefill: the answer continues it.
+The body is read by :mod:`anthropic_request` (messages with ``text``, ``tool_use`` and
+``tool_result`` blocks; custom ``tools`` and ``tool_choice``). ``thinking`` and ``metadata`` are
+accepted and ignored. A last ``assistant`` message without tool calls is a prefill: the answer
+continues it.
+
+A call the model makes becomes a ``tool_use`` block (``toolu_`` id, ``input`` object) after any
+text, with ``stop_reason: "tool_use"``; streamed, each block has its own
+``content_block_start``/``stop``, and a call's input arrives as ``input_json_delta`` fragments.
 
 ``stop_sequences`` are matched here rather than in the engine so the response can say which one
 stopped the answer (``stop_reason: "stop_sequence"``, ``stop_sequence``); the generation is
@@ -21,24 +25,31 @@ import json
 import secrets
 import string
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, instances
+from lms.api.anthropic_request import MessagesRequest
 from lms.api.openai import open_sse
 from lms.api.security import record_generation
-from lms.errors import InvalidParameterError, LmsError, MissingParameterError
+from lms.errors import LmsError
 from lms.inference.engine import Generation, GenerationResult
 from lms.inference.manager import Instance
-from lms.inference.sampling import SamplingParams, StopMatcher
+from lms.inference.sampling import StopMatcher
+from lms.inference.tool_calls import (
+    ArgumentsDelta,
+    CallStarted,
+    ContentDelta,
+    StreamEvent,
+    ToolCallStream,
+    parse_tool_calls,
+)
 
 routes = web.RouteTableDef()
 
 _ALPHABET = string.ascii_letters + string.digits
-_ROLES = ("user", "assistant")
 
 
 def _message_id() -> str:
@@ -49,122 +60,27 @@ def _event(name: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _text_blocks(value: Any, where: str) -> str:
-    """A string, or a list of ``{"type": "text", "text": ...}`` blocks, as one text."""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise InvalidParameterError(
-            f"'{where}' must be a string or a list of content blocks", param=where
-        )
-    texts: list[str] = []
-    for j, block in enumerate(value):
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind != "text":
-            shown = f"{kind!r}" if isinstance(kind, str) else "missing"
-            raise InvalidParameterError(
-                f"'{where}[{j}].type' is {shown}; only 'text' content blocks are supported",
-                param=f"{where}[{j}].type",
-            )
-        text = block.get("text")
-        if not isinstance(text, str):
-            raise InvalidParameterError(
-                f"'{where}[{j}].text' must be a string", param=f"{where}[{j}].text"
-            )
-        texts.append(text)
-    return "\n".join(texts)
+def _tool_use_id(call_id: str) -> str:
+    """Anthropic's ``toolu_`` spelling of a call id."""
+    return "toolu_" + call_id.removeprefix("call_")
 
 
-def parse_messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
-    """``system`` and ``messages`` as chat messages with text content (400 naming the field)."""
-    raw = body.get("messages")
-    if raw is None:
-        raise MissingParameterError("'messages' is required", param="messages")
-    if not isinstance(raw, list) or not raw:
-        raise InvalidParameterError("'messages' must be a non-empty list", param="messages")
-    chat: list[dict[str, str]] = []
-    system = body.get("system")
-    if system is not None:
-        text = _text_blocks(system, "system")
-        if text:
-            chat.append({"role": "system", "content": text})
-    for i, message in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise InvalidParameterError(f"'{where}' must be an object", param=where)
-        role = message.get("role")
-        if role not in _ROLES:
-            raise InvalidParameterError(
-                f"'{where}.role' must be 'user' or 'assistant'", param=f"{where}.role"
-            )
-        if "content" not in message:
-            raise MissingParameterError(f"'{where}.content' is required", param=f"{where}.content")
-        chat.append({"role": role, "content": _text_blocks(message["content"], f"{where}.content")})
-    return chat
+def _input(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
-@dataclass(frozen=True)
-class MessagesRequest:
-    """A validated ``/v1/messages`` body."""
-
-    model: str
-    messages: list[dict[str, str]]
-    params: SamplingParams
-    stop_sequences: tuple[str, ...]
-    stream: bool
-
-    @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> MessagesRequest:
-        model = bodies.require(body, "model", str)
-        max_tokens = bodies.require(body, "max_tokens", int)
-        if max_tokens < 1:
-            raise InvalidParameterError("'max_tokens' must be at least 1", param="max_tokens")
-        messages = parse_messages(body)
-        stops = bodies.get(body, "stop_sequences", list, [])
-        assert stops is not None
-        if not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
-            raise InvalidParameterError(
-                "'stop_sequences' must be a list of at most 16 non-empty strings",
-                param="stop_sequences",
-            )
-        tools = body.get("tools")
-        if tools:
-            raise InvalidParameterError(
-                "'tools' is not supported on /v1/messages yet (use /v1/chat/completions)",
-                param="tools",
-            )
-        defaults = SamplingParams()
-        top_k = bodies.get(body, "top_k", int, defaults.top_k)
-        assert top_k is not None
-        if top_k < 0:
-            raise InvalidParameterError("'top_k' must be at least 0", param="top_k")
-        params = SamplingParams(
-            temperature=bodies.number_in(body, "temperature", 0.0, 1.0, defaults.temperature),
-            top_p=bodies.number_in(body, "top_p", 0.0, 1.0, defaults.top_p),
-            top_k=top_k,
-            max_tokens=max_tokens,
-        )
-        return cls(
-            model=model,
-            messages=messages,
-            params=params,
-            stop_sequences=tuple(stops),
-            stream=bool(bodies.get(body, "stream", bool, False)),
-        )
-
-
-def _prompt(
-    instance: Instance, messages: list[dict[str, str]]
-) -> tuple[list[int], tuple[str, ...]]:
+def _prompt(instance: Instance, parsed: MessagesRequest) -> tuple[list[int], tuple[str, ...]]:
     """Prompt tokens and the template's stops; a last assistant message is a prefill."""
-    if len(messages) > 1 and messages[-1]["role"] == "assistant":
-        engine = instance.engine
-        text = instance.formatter.render(messages[:-1], add_generation_prompt=True)
-        return (
-            engine.tokenize(text + messages[-1]["content"]),
-            tuple(instance.formatter.stop_strings),
-        )
-    return instance.chat_prompt(messages)
+    stops = tuple(instance.formatter.stop_strings)
+    prefill = parsed.prefill
+    if prefill is not None:
+        text = instance.chat_text(parsed.messages[:-1], parsed.offered)
+        return instance.engine.tokenize(text + prefill), stops
+    return instance.chat_prompt(parsed.messages, parsed.offered)
 
 
 class _Answer:
@@ -205,14 +121,14 @@ class _Answer:
                 result.completion_tokens if result else 0,
             )
 
-    @property
-    def stop_reason(self) -> str:
+    def stop_reason(self, *, called: bool) -> str:
+        """``tool_use`` when the model called a tool (unless cut by ``max_tokens``)."""
         if self.stop_sequence is not None:
             return "stop_sequence"
         result = self.generation.result
-        return (
-            "max_tokens" if result is not None and result.finish_reason == "length" else "end_turn"
-        )
+        if result is not None and result.finish_reason == "length":
+            return "max_tokens"
+        return "tool_use" if called else "end_turn"
 
     @property
     def usage(self) -> dict[str, int]:
@@ -228,7 +144,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     parsed = MessagesRequest.parse(body)
     instance = await instances.acquire(request, parsed.model, ttl=bodies.get(body, "ttl", int))
-    tokens, template_stops = _prompt(instance, parsed.messages)
+    tokens, template_stops = _prompt(instance, parsed)
     params = dataclasses.replace(parsed.params, stop=template_stops)
     answer = _Answer(request, instance.engine.submit(tokens, params), parsed.stop_sequences)
     message: dict[str, Any] = {
@@ -240,11 +156,24 @@ async def messages(request: web.Request) -> web.StreamResponse:
     if not parsed.stream:
         async with contextlib.aclosing(answer.pieces()) as pieces:
             text = "".join([piece async for piece in pieces])
+        content, calls = parse_tool_calls(text, parsed.offered) if parsed.offered else (text, [])
+        blocks: list[dict[str, Any]] = []
+        if content or not calls:
+            blocks.append({"type": "text", "text": content})
+        for call in calls:
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": _tool_use_id(call.id),
+                    "name": call.name,
+                    "input": _input(call.arguments),
+                }
+            )
         return web.json_response(
             {
                 **message,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": answer.stop_reason,
+                "content": blocks,
+                "stop_reason": answer.stop_reason(called=bool(calls)),
                 "stop_sequence": answer.stop_sequence,
                 "usage": answer.usage,
             }
@@ -258,40 +187,80 @@ async def messages(request: web.Request) -> web.StreamResponse:
         "usage": {"input_tokens": len(tokens), "output_tokens": 0},
     }
     await response.write(_event("message_start", {"type": "message_start", "message": start}))
-    await response.write(
-        _event(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        )
-    )
+    blocks_out = _Blocks(response)
+    if not parsed.offered:  # all text: its block opens at once, as Anthropic's own streams do
+        await blocks_out.send(ContentDelta(""))
     await response.write(_event("ping", {"type": "ping"}))
+    output = ToolCallStream(parsed.offered, forced=parsed.forced)
     try:
         async with contextlib.aclosing(answer.pieces()) as pieces:
             async for piece in pieces:
-                delta = {"type": "text_delta", "text": piece}
-                await response.write(
-                    _event(
-                        "content_block_delta",
-                        {"type": "content_block_delta", "index": 0, "delta": delta},
-                    )
-                )
+                for event in output.feed(piece):
+                    await blocks_out.send(event)
+        for event in output.finish():
+            await blocks_out.send(event)
     except LmsError as err:
         await response.write(_event("error", protocol.anthropic_error_body(err)))
         return response
-    await response.write(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    await blocks_out.close()
+    delta = {
+        "stop_reason": answer.stop_reason(called=bool(output.calls)),
+        "stop_sequence": answer.stop_sequence,
+    }
     await response.write(
         _event(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": answer.stop_reason, "stop_sequence": answer.stop_sequence},
+                "delta": delta,
                 "usage": {"output_tokens": answer.usage["output_tokens"]},
             },
         )
     )
     await response.write(_event("message_stop", {"type": "message_stop"}))
     return response
+
+
+class _Blocks:
+    """Streams content blocks: text, and a ``tool_use`` block per call, each opened when its
+    first event comes and closed when the next block opens (or at the end)."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.index = -1
+        self.open_kind: str | None = None
+
+    async def send(self, event: StreamEvent) -> None:
+        if isinstance(event, ContentDelta):
+            if self.open_kind != "text":
+                await self._open({"type": "text", "text": ""})
+            if event.text:
+                await self._delta({"type": "text_delta", "text": event.text})
+        elif isinstance(event, CallStarted):
+            block = {"type": "tool_use", "id": _tool_use_id(event.call_id), "name": event.name}
+            await self._open({**block, "input": {}})
+        else:
+            assert isinstance(event, ArgumentsDelta)
+            await self._delta({"type": "input_json_delta", "partial_json": event.text})
+
+    async def close(self) -> None:
+        """End the last block; an answer with no output still gets one (empty) text block."""
+        if self.open_kind is None:
+            await self._open({"type": "text", "text": ""})
+        await self._stop()
+
+    async def _open(self, block: dict[str, Any]) -> None:
+        if self.open_kind is not None:
+            await self._stop()
+        self.index += 1
+        self.open_kind = block["type"]
+        start = {"type": "content_block_start", "index": self.index, "content_block": block}
+        await self.response.write(_event("content_block_start", start))
+
+    async def _delta(self, delta: dict[str, Any]) -> None:
+        data = {"type": "content_block_delta", "index": self.index, "delta": delta}
+        await self.response.write(_event("content_block_delta", data))
+
+    async def _stop(self) -> None:
+        stop = {"type": "content_block_stop", "index": self.index}
+        await self.response.write(_event("content_block_stop", stop))

@@ -30,7 +30,6 @@ from lms.inference.tools import (
     call_grammar,
     parse_tool_choice,
     parse_tools,
-    template_inputs,
 )
 
 
@@ -63,11 +62,7 @@ class ChatPlan:
         self, instance: Instance, messages: list[dict[str, Any]]
     ) -> tuple[list[int], tuple[str, ...]]:
         """Prompt tokens and stop strings, with the offered tools in the prompt."""
-        handles_tools = instance.formatter.kind != "gguf" or instance.model.trained_for_tool_use
-        prepared, tools = template_inputs(
-            messages, self.offered, template_handles_tools=handles_tools
-        )
-        return instance.chat_prompt(prepared, tools)
+        return instance.chat_prompt(messages, self.offered)
 
     def message(self, text: str, finish_reason: str) -> tuple[dict[str, Any], str]:
         """The non-streamed ``message`` and its finish reason."""

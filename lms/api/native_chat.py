@@ -30,7 +30,6 @@ from lms.errors import InvalidParameterError, LmsError
 from lms.inference.engine import Generation, PromptProgress
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
-from lms.inference.tools import template_inputs
 from lms.mcp import loop as tool_loop
 from lms.mcp.loop import Toolbox
 
@@ -255,9 +254,7 @@ async def _run(
         await _run_tools(request, chat_request, instance, result, sink, toolbox)
         return
     # A stored chat may hold tool calls and results (from a chat with integrations).
-    handles_tools = instance.formatter.kind != "gguf" or instance.model.trained_for_tool_use
-    prepared, _ = template_inputs(chat_request.messages, [], template_handles_tools=handles_tools)
-    tokens, stops = instance.chat_prompt(prepared)
+    tokens, stops = instance.chat_prompt(chat_request.messages)
     params = dataclasses.replace(
         chat_request.params, stop=tuple(dict.fromkeys((*chat_request.params.stop, *stops)))
     )

@@ -26,7 +26,6 @@ from lms.errors import InvalidParameterError, LmsError, NotImplementedYetError
 from lms.inference.engine import Generation
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
-from lms.inference.tools import template_inputs
 
 routes = web.RouteTableDef()
 
@@ -176,9 +175,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if admitted:
         return await _with_tools(request, body, instance, messages, params, admitted, owner)
     # A stored conversation may hold tool calls and results (from a response with MCP tools).
-    handles_tools = instance.formatter.kind != "gguf" or instance.model.trained_for_tool_use
-    prepared, _ = template_inputs(messages, [], template_handles_tools=handles_tools)
-    tokens, stops = instance.chat_prompt(prepared)
+    tokens, stops = instance.chat_prompt(messages)
     params = dataclasses.replace(params, stop=tuple(dict.fromkeys((*params.stop, *stops))))
     generation = instance.engine.submit(tokens, params)
     response_id = new_response_id()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +33,7 @@ from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
 from lms.inference.engine import Engine, Generation, GenerationResult, LoadOptions
 from lms.inference.templates import ChatFormatter
+from lms.inference.tools import Tool, template_inputs
 from lms.logstream import LogHub
 from lms.protocol import InstanceEntry
 
@@ -107,13 +108,29 @@ class Instance:
     def is_busy(self) -> bool:
         return self.backend.active > 0 or self.backend.queued > 0
 
+    @property
+    def template_handles_tools(self) -> bool:
+        """Whether the chat template takes ``tools`` and tool messages as they are (our own
+        fallbacks and GGUF templates trained for tool use) rather than written into the text."""
+        return self.formatter.kind != "gguf" or self.model.trained_for_tool_use
+
+    def chat_text(self, messages: list[dict[str, Any]], tools: Sequence[Tool] = ()) -> str:
+        """A chat rendered with the model's template, ready for the answer (no BOS).
+
+        Tool calls and results in ``messages`` (OpenAI shape) and the offered ``tools`` reach
+        the template as it can take them (see :func:`lms.inference.tools.template_inputs`).
+        """
+        prepared, offered = template_inputs(
+            messages, tools, template_handles_tools=self.template_handles_tools
+        )
+        return self.formatter.render(prepared, add_generation_prompt=True, tools=offered)
+
     def chat_prompt(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self, messages: list[dict[str, Any]], tools: Sequence[Tool] = ()
     ) -> tuple[list[int], tuple[str, ...]]:
-        """Tokens of a chat rendered with the model's template, and the template's stops."""
-        engine = self.engine
-        text = self.formatter.render(messages, add_generation_prompt=True, tools=tools)
-        return engine.tokenize(text), tuple(self.formatter.stop_strings)
+        """Tokens of :meth:`chat_text`, and the template's stop strings."""
+        text = self.chat_text(messages, tools)
+        return self.engine.tokenize(text), tuple(self.formatter.stop_strings)
 
     def ttl_left(self, now: float | None = None) -> float | None:
         if not self.ttl:

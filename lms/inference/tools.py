@@ -96,7 +96,7 @@ def parse_tools(value: Any, *, param: str = "tools") -> list[Tool]:
             raise InvalidParameterError(
                 f"'{where}.function' must be an object", param=f"{where}.function"
             )
-        tool = _function(function, f"{where}.function")
+        tool = read_function(function, f"{where}.function")
         if any(t.name == tool.name for t in tools):
             raise InvalidParameterError(
                 f"'{where}.function.name' {tool.name!r} is used by two tools",
@@ -106,7 +106,11 @@ def parse_tools(value: Any, *, param: str = "tools") -> list[Tool]:
     return tools
 
 
-def _function(function: dict[str, Any], where: str) -> Tool:
+def read_function(
+    function: dict[str, Any], where: str, *, schema_field: str = "parameters"
+) -> Tool:
+    """One function definition (``name``, ``description``, the JSON schema of its arguments
+    under ``schema_field``) as a :class:`Tool`; errors name fields under ``where``."""
     name = function.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidParameterError(
@@ -117,13 +121,13 @@ def _function(function: dict[str, Any], where: str) -> Tool:
         raise InvalidParameterError(
             f"'{where}.description' must be a string", param=f"{where}.description"
         )
-    parameters = function.get("parameters")
+    parameters = function.get(schema_field)
     if parameters is None:
         parameters = _no_parameters()
     if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
         raise InvalidParameterError(
-            f"'{where}.parameters' must be a JSON schema of type 'object'",
-            param=f"{where}.parameters",
+            f"'{where}.{schema_field}' must be a JSON schema of type 'object'",
+            param=f"{where}.{schema_field}",
         )
     if function.get("strict") is not None and not isinstance(function["strict"], bool):
         raise InvalidParameterError(f"'{where}.strict' must be a boolean", param=f"{where}.strict")

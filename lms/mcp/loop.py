@@ -40,7 +40,7 @@ from lms.inference.tool_calls import (
     ToolCall,
     ToolCallStream,
 )
-from lms.inference.tools import Tool, call_grammar, template_inputs
+from lms.inference.tools import Tool, call_grammar
 from lms.mcp.sessions import McpConnection
 
 if TYPE_CHECKING:
@@ -277,11 +277,7 @@ class ToolLoop:
         assistant's turn to ``conversation``."""
         instance = self.instance
         offered = self.toolbox.tools if tools_on else []
-        handles_tools = instance.formatter.kind != "gguf" or instance.model.trained_for_tool_use
-        prepared, template_tools = template_inputs(
-            conversation, offered, template_handles_tools=handles_tools
-        )
-        tokens, stops = instance.chat_prompt(prepared, template_tools)
+        tokens, stops = instance.chat_prompt(conversation, offered)
         grammar = _forcing_grammar(offered) if forced else None
         max_tokens = self.params.max_tokens
         if grammar is not None and max_tokens is not None:

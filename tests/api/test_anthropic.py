@@ -119,6 +119,9 @@ async def test_system_blocks_and_prefill(client: Client) -> None:
     assert not prefill["content"][0]["text"].startswith("Once upon")  # only the continuation
 
 
+TOOL = {"name": "get_weather", "input_schema": {"type": "object"}}
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -136,7 +139,43 @@ async def test_system_blocks_and_prefill(client: Client) -> None:
         ({"stop_sequences": "END"}, "stop_sequences"),
         ({"temperature": 1.5}, "temperature"),
         ({"top_k": -1}, "top_k"),
-        ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools"),
+        ({"tools": {"name": "f"}}, "tools"),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"name": "f"}]}, "tools[0].input_schema"),
+        ({"tools": [{"name": "f g", "input_schema": {"type": "object"}}]}, "tools[0].name"),
+        ({"tools": [{"name": "f", "input_schema": {"type": "array"}}]}, "tools[0].input_schema"),
+        ({"tools": [TOOL, TOOL]}, "tools[1].name"),
+        ({"tools": [TOOL], "tool_choice": "any"}, "tool_choice"),
+        ({"tool_choice": {"type": "any"}}, "tool_choice"),
+        ({"tools": [TOOL], "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice.name"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "auto", "disable_parallel_tool_use": 1}},
+            "tool_choice.disable_parallel_tool_use",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f"}]}
+                ]
+            },
+            "messages[0].content[0].type",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_result"}]}]},
+            "messages[0].content[0].tool_use_id",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "tool_use", "id": "t", "name": "f", "input": []}],
+                    },
+                ]
+            },
+            "messages[1].content[0].input",
+        ),
     ],
 )
 async def test_bad_request_names_the_field(

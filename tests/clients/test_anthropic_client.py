@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import pytest
@@ -106,3 +107,95 @@ def test_auth(server: Server, auth_on: Path) -> None:
                 bad.messages.create(model=MODEL, max_tokens=2, messages=ASK)
             assert info.value.status_code == 401
             assert key not in str(info.value)
+
+
+WEATHER: Any = {
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
+        "required": ["city"],
+    },
+}
+TIME: Any = {
+    "name": "get_time",
+    "description": "The local time in a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+ASK_WEATHER: Any = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+
+
+def test_a_forced_tool_call_is_a_tool_use_block(client: anthropic.Anthropic) -> None:
+    message = client.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        messages=ASK_WEATHER,
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        extra_body=GREEDY,
+    )
+    assert message.stop_reason == "tool_use"
+    [call] = [block for block in message.content if block.type == "tool_use"]
+    assert call.name == "get_weather" and call.id.startswith("toolu_")
+    assert isinstance(call.input, dict) and isinstance(call.input["city"], str)
+
+
+def test_any_tool_streamed_is_assembled_by_the_client(client: anthropic.Anthropic) -> None:
+    with client.messages.stream(
+        model=MODEL,
+        max_tokens=200,
+        messages=ASK_WEATHER,
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "any"},
+        extra_body=GREEDY,
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "input_json" in kinds  # the SDK's event for input_json_delta fragments
+    assert final.stop_reason == "tool_use"
+    [call] = [block for block in final.content if block.type == "tool_use"]
+    assert call.name in ("get_weather", "get_time") and isinstance(call.input, dict)
+
+
+def test_a_tool_result_goes_back_and_the_model_answers(client: anthropic.Anthropic) -> None:
+    first = client.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        messages=ASK_WEATHER,
+        tools=[WEATHER],
+        tool_choice={"type": "any"},
+        extra_body=GREEDY,
+    )
+    [call] = [block for block in first.content if block.type == "tool_use"]
+    result: Any = {"type": "tool_result", "tool_use_id": call.id, "content": "18 C, light rain"}
+    conversation: Any = [
+        *ASK_WEATHER,
+        {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+        {"role": "user", "content": [result]},
+    ]
+    answer = client.messages.create(
+        model=MODEL,
+        max_tokens=12,
+        messages=conversation,
+        tools=[WEATHER],
+        tool_choice={"type": "none"},
+        extra_body=GREEDY,
+    )
+    assert answer.stop_reason in ("end_turn", "max_tokens")
+    assert [block.type for block in answer.content] == ["text"]
+    assert answer.content[0].type == "text" and answer.content[0].text
+    # The whole conversation, call and result included, was read: more than the question alone.
+    alone = client.messages.create(model=MODEL, max_tokens=1, messages=ASK_WEATHER)
+    assert answer.usage.input_tokens > alone.usage.input_tokens + 10
+
+
+def test_server_tools_are_refused_by_name(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(
+            model=MODEL,
+            max_tokens=8,
+            messages=ASK_WEATHER,
+            tools=[{"type": "web_search_20250305", "name": "web_search"}],
+        )
+    assert "tools[0].type" in str(info.value)

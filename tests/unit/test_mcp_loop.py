@@ -5,12 +5,14 @@ stops."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import mcp_types
 
 from lms.inference.engine import GenerationResult
 from lms.inference.sampling import SamplingParams
+from lms.inference.tools import Tool
 from lms.mcp import loop as tool_loop
 from lms.mcp.loop import Toolbox, ToolLoop
 
@@ -57,12 +59,12 @@ class FakeInstance:
 
     def __init__(self, outputs: list[str]) -> None:
         self.engine = FakeEngine(outputs)
-        self.prompts: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = []
+        self.prompts: list[tuple[list[dict[str, Any]], list[Tool]]] = []
 
     def chat_prompt(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self, messages: list[dict[str, Any]], tools: Sequence[Tool] = ()
     ) -> tuple[list[int], tuple[str, ...]]:
-        self.prompts.append((messages, tools))
+        self.prompts.append((messages, list(tools)))
         return [1, 2, 3], ("<end_of_turn>",)
 
 
@@ -152,8 +154,7 @@ async def test_a_forced_call_then_the_answer() -> None:
 async def test_only_allowed_tools_are_offered() -> None:
     _, instance, _, _ = await run(["No call."], ["fetch"])
     offered = instance.prompts[0][1]
-    assert offered is not None
-    assert [t["function"]["name"] for t in offered] == ["fetch"]
+    assert [t.name for t in offered] == ["fetch"]
 
 
 async def test_a_tool_outside_allowed_tools_is_never_run() -> None:
@@ -196,7 +197,7 @@ async def test_repeated_calls_end_tool_use() -> None:
         [call("fetch"), call("fetch"), "The answer."], ["fetch"], force_first=True
     )
     assert connection.calls == [("fetch", {})]  # the repeat is not run
-    assert instance.prompts[2][1] is None  # and the last round offers no tools
+    assert instance.prompts[2][1] == []  # and the last round offers no tools
     assert [item["type"] for item in loop.result.output] == ["tool_call", "message"]
 
 
@@ -207,6 +208,6 @@ async def test_the_number_of_tool_rounds_is_bounded() -> None:
         max_tool_rounds=2,
     )
     assert len(connection.calls) == 2
-    assert instance.prompts[2][1] is None
+    assert instance.prompts[2][1] == []
     assert loop.result.content == "Done."
     assert loop.result.rounds == 3

@@ -23,7 +23,6 @@ from lms.inference.engine import GenerationResult, PromptProgress
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.inference.tool_calls import CallStarted, ContentDelta, ToolCall, ToolCallStream
-from lms.inference.tools import template_inputs
 
 
 def fragment(text: str) -> dict[str, Any]:
@@ -169,9 +168,7 @@ def _template_text(
         raise InvalidParameterError("'opts' must be an object", param="opts")
     messages = history.chat_messages(parameter.get("history"), files, owner)
     tools = ChatPlan.read({"tools": opts.get("toolDefinitions")}).offered
-    handles_tools = instance.formatter.kind != "gguf" or instance.model.trained_for_tool_use
-    prepared, offered = template_inputs(messages, tools, template_handles_tools=handles_tools)
-    text = instance.formatter.render(prepared, add_generation_prompt=True, tools=offered)
+    text = instance.chat_text(messages, tools)
     bos = instance.formatter.bos_token
     return text if opts.get("omitBosToken") or not bos else bos + text
 
