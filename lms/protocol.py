@@ -46,6 +46,9 @@ API_OPENAI_COMPLETIONS = "/v1/completions"
 API_OPENAI_EMBEDDINGS = "/v1/embeddings"
 API_OPENAI_RESPONSES = "/v1/responses"
 API_ANTHROPIC_MESSAGES = "/v1/messages"
+API_ANTHROPIC_COUNT_TOKENS = "/v1/messages/count_tokens"
+#: Routes that speak Anthropic's shapes (its error envelope, ``x-api-key``).
+ANTHROPIC_PATHS = frozenset({API_ANTHROPIC_MESSAGES, API_ANTHROPIC_COUNT_TOKENS})
 API_NATIVE_MODELS = "/api/v1/models"
 API_NATIVE_CHAT = "/api/v1/chat"
 API_NATIVE_LOAD = "/api/v1/models/load"

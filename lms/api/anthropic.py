@@ -221,6 +221,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@routes.post(protocol.API_ANTHROPIC_COUNT_TOKENS)
+async def count_tokens(request: web.Request) -> web.Response:
+    """The prompt's size in the model's tokens, as ``/v1/messages`` would render it (tools
+    included); loads the model when needed, generates nothing."""
+    body = await bodies.read_json(request)
+    parsed = MessagesRequest.parse(body, counting=True)
+    instance = await instances.acquire(request, parsed.model, ttl=bodies.get(body, "ttl", int))
+    tokens, _ = _prompt(instance, parsed)
+    return web.json_response({"input_tokens": len(tokens)})
+
+
 class _Blocks:
     """Streams content blocks: text, and a ``tool_use`` block per call, each opened when its
     first event comes and closed when the next block opens (or at the end)."""

@@ -216,9 +216,14 @@ class MessagesRequest:
     choice: ToolChoice
 
     @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> MessagesRequest:
+    def parse(cls, body: Mapping[str, Any], *, counting: bool = False) -> MessagesRequest:
+        """Validate a body; ``counting`` (``count_tokens``) makes ``max_tokens`` optional."""
         model = bodies.require(body, "model", str)
-        max_tokens = bodies.require(body, "max_tokens", int)
+        if counting:
+            max_tokens = bodies.get(body, "max_tokens", int, 1)
+            assert max_tokens is not None
+        else:
+            max_tokens = bodies.require(body, "max_tokens", int)
         if max_tokens < 1:
             raise _bad("max_tokens", "must be at least 1")
         messages = parse_messages(body)

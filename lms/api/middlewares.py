@@ -30,7 +30,7 @@ _CORS_HEADERS = "Authorization, Content-Type, x-api-key, anthropic-version, Open
 
 def error_response(request: web.Request, err: LmsError) -> web.Response:
     """The error envelope of the API family of ``request``."""
-    if request.path == protocol.API_ANTHROPIC_MESSAGES:
+    if request.path in protocol.ANTHROPIC_PATHS:
         body = protocol.anthropic_error_body(err)
     else:
         body = protocol.api_error_body(err)

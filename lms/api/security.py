@@ -46,9 +46,10 @@ def _route_access(request: web.Request) -> Access | None:
 
 
 def presented_token(request: web.Request) -> str | None:
-    """The token a client sent: ``Authorization: Bearer``, or ``x-api-key`` on /v1/messages."""
+    """The token a client sent: ``Authorization: Bearer``, or ``x-api-key`` on Anthropic's
+    routes."""
     header = request.headers.get("Authorization")
-    if request.path == protocol.API_ANTHROPIC_MESSAGES and not header:
+    if request.path in protocol.ANTHROPIC_PATHS and not header:
         return request.headers.get("x-api-key") or None
     return token_from_header(header)
 

@@ -115,6 +115,7 @@ _ROUTES: dict[tuple[str, str], Access] = {
     ("POST", protocol.API_OPENAI_EMBEDDINGS): Permission.INFERENCE,
     ("POST", protocol.API_OPENAI_RESPONSES): Permission.INFERENCE,
     ("POST", protocol.API_ANTHROPIC_MESSAGES): Permission.INFERENCE,
+    ("POST", protocol.API_ANTHROPIC_COUNT_TOKENS): Permission.INFERENCE,  # loads the model
     ("POST", protocol.API_NATIVE_CHAT): Permission.INFERENCE,
     ("POST", protocol.API_NATIVE_LOAD): Permission.MODELS,
     ("POST", protocol.API_NATIVE_UNLOAD): Permission.MODELS,

@@ -35,13 +35,14 @@ def app_routes(client: TestClient) -> list[tuple[str, str]]:  # type: ignore[typ
     return sorted(found)
 
 
-#: /v1/messages answers in Anthropic's envelope, whose error types stand for our codes.
+#: /v1/messages and count_tokens answer in Anthropic's envelope, whose error types stand for
+#: our codes.
 ANTHROPIC_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 def refusal_code(pattern: str, status: int, body: dict[str, Any], code: str) -> str:
     """The code of a refusal, read from the envelope of the route's API family."""
-    if pattern == "/v1/messages":
+    if pattern.startswith("/v1/messages"):
         assert body["type"] == "error"
         return code if body["error"]["type"] == ANTHROPIC_TYPES[status] else body["error"]["type"]
     return str(body["error"]["code"])

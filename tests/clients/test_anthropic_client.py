@@ -199,3 +199,22 @@ def test_server_tools_are_refused_by_name(client: anthropic.Anthropic) -> None:
             tools=[{"type": "web_search_20250305", "name": "web_search"}],
         )
     assert "tools[0].type" in str(info.value)
+
+
+def test_count_tokens_is_the_input_of_the_same_message(client: anthropic.Anthropic) -> None:
+    counted = client.messages.count_tokens(model=MODEL, messages=ASK, system="You tell stories.")
+    created = client.messages.create(
+        model=MODEL, max_tokens=1, messages=ASK, system="You tell stories.", extra_body=GREEDY
+    )
+    assert counted.input_tokens == created.usage.input_tokens
+    with_tools = client.messages.count_tokens(model=MODEL, messages=ASK_WEATHER, tools=[WEATHER])
+    alone = client.messages.count_tokens(model=MODEL, messages=ASK_WEATHER)
+    assert with_tools.input_tokens > alone.input_tokens  # the offered tool is in the prompt
+
+
+def test_count_tokens_refuses_bad_input_by_name(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.count_tokens(model=MODEL, messages=[])
+    assert "messages" in str(info.value)
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="nobody/nothing", messages=ASK)

@@ -24,6 +24,7 @@ EXPECTED_ROUTES = {
     ("POST", "/v1/embeddings"): Permission.INFERENCE,
     ("POST", "/v1/responses"): Permission.INFERENCE,
     ("POST", "/v1/messages"): Permission.INFERENCE,
+    ("POST", "/v1/messages/count_tokens"): Permission.INFERENCE,
     ("POST", "/api/v1/chat"): Permission.INFERENCE,
     ("POST", "/api/v1/models/load"): Permission.MODELS,
     ("POST", "/api/v1/models/unload"): Permission.MODELS,
