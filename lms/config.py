@@ -37,6 +37,7 @@ class Settings:
     mcp_allow_remote: bool = False
     mcp_allow_private_urls: bool = False
     mcp_timeout: int = 60
+    mcp_idle_timeout: int = 600
     models_allow_private_urls: bool = False
     models_jit: bool = True
     models_jit_keep_last: bool = True
@@ -164,6 +165,12 @@ SETTINGS: dict[str, Setting] = {
             "seconds an MCP server may take to start or to answer a request",
             security=True,
             check=_check_timeout,
+        ),
+        Setting(
+            "mcp.idle_timeout",
+            int,
+            "seconds an unused mcp.json server keeps running (0: until the daemon stops)",
+            check=_check_non_negative,
         ),
         Setting(
             "models.allow_private_urls",

@@ -86,7 +86,10 @@ def build_api_app(
         app.on_cleanup.append(lambda _app: downloads.close())
     app[DOWNLOADS] = downloads
     if mcp is None:
-        mcp = McpServers(timeout=lambda: config.current().mcp_timeout)
+        mcp = McpServers(
+            timeout=lambda: config.current().mcp_timeout,
+            idle_timeout=lambda: config.current().mcp_idle_timeout,
+        )
         app.on_cleanup.append(lambda _app: mcp.close())
     app[MCP] = mcp
     app.add_routes(routes)

@@ -60,7 +60,10 @@ class Daemon:
         self.logs = LogHub()
         self.manager = ModelManager(self.config.current, hub=self.logs)
         self.downloads = DownloadManager(self.config.current)
-        self.mcp = McpServers(timeout=lambda: self.config.current().mcp_timeout)
+        self.mcp = McpServers(
+            timeout=lambda: self.config.current().mcp_timeout,
+            idle_timeout=lambda: self.config.current().mcp_idle_timeout,
+        )
         self.guard = AuthGuard()
         self.socket_path = paths.socket_path()
         self.started_at = time.time()
@@ -272,6 +275,7 @@ class Daemon:
         os.chmod(self.socket_path, 0o600)
         self._control = control
         reaper = asyncio.create_task(self.manager.run_reaper())
+        mcp_reaper = asyncio.create_task(self.mcp.run_reaper())
         flusher = asyncio.create_task(self._flush_usage_forever())
         try:
             await asyncio.to_thread(defaultmodel.ensure_default_model, paths.models_dir())
@@ -283,6 +287,7 @@ class Daemon:
         finally:
             log.info("shutting down")
             reaper.cancel()
+            mcp_reaper.cancel()
             flusher.cancel()
             await self.downloads.close()  # partial files stay, for a resume
             await self._drain_api(SHUTDOWN_GRACE_SECONDS)

@@ -65,13 +65,15 @@ class OfferedTool:
 
 class Toolbox:
     """The tools one request may use and the sessions behind them. Use as ``async with``:
-    per-request sessions close at the end (mcp.json servers stay up for the next request)."""
+    per-request sessions close at the end; mcp.json servers stay up for the next request,
+    released (their idle time starts) when this one ends."""
 
     def __init__(self) -> None:
         self.offered: dict[str, OfferedTool] = {}
         #: Tools the servers offer beyond ``allowed_tools``: recognised in output, never run.
         self.withheld: dict[str, OfferedTool] = {}
         self._owned: list[McpConnection] = []
+        self._held: list[McpConnection] = []
 
     def add(
         self,
@@ -82,9 +84,9 @@ class Toolbox:
         owned: bool = False,
     ) -> None:
         """Offer ``connection``'s tools named in ``allowed`` (all when None). ``owned``: the
-        session belongs to this request and closes with it."""
-        if owned:
-            self._owned.append(connection)
+        session belongs to this request and closes with it; otherwise it comes held (see
+        :meth:`McpConnection.hold`) and the toolbox releases it."""
+        (self._owned if owned else self._held).append(connection)
         for mcp_tool in tools:
             name = mcp_tool.name
             known = self.offered.get(name) or self.withheld.get(name)
@@ -119,6 +121,9 @@ class Toolbox:
         await self.aclose()
 
     async def aclose(self) -> None:
+        held, self._held = self._held, []
+        for connection in held:
+            connection.release()
         owned, self._owned = self._owned, []
         for connection in owned:
             await connection.close()

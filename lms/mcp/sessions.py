@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the SDK loads on first use, not with the daemon (~0.4 s of 
 log = logging.getLogger("lms.mcp")
 
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_IDLE_TIMEOUT = 600.0
 #: Pages of ``tools/list`` read at most (a paginator that never ends cannot hang a request).
 MAX_TOOL_PAGES = 20
 #: A server's stderr log is rolled over to ``.1`` beyond this size, when the server starts.
@@ -83,6 +84,18 @@ class McpConnection:
         self._failure: BaseException | None = None
         #: Dead or hung: not to be used again (an mcp.json server is then started anew).
         self.broken = False
+        #: Requests using it now (:meth:`hold`); an idle mcp.json server is stopped only at 0.
+        self.holders = 0
+        self.last_used = time.monotonic()
+
+    def hold(self) -> None:
+        """A request uses this session until :meth:`release`: it is not stopped as idle."""
+        self.holders += 1
+        self.last_used = time.monotonic()
+
+    def release(self) -> None:
+        self.holders = max(0, self.holders - 1)
+        self.last_used = time.monotonic()
 
     @property
     def provider_info(self) -> dict[str, str]:
@@ -338,9 +351,11 @@ class McpServers:
         self,
         config: McpConfigFile | None = None,
         timeout: Callable[[], float] = lambda: DEFAULT_TIMEOUT,
+        idle_timeout: Callable[[], float] = lambda: DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self.config = config or McpConfigFile()
         self._timeout = timeout
+        self._idle_timeout_setting = idle_timeout
         # The SDK and its HTTP client log URLs (query strings included) at INFO and headers at
         # DEBUG: secrets of mcp.json and of requests. lms logs what matters itself.
         for name in ("mcp", "httpx2", "httpcore2"):
@@ -354,6 +369,12 @@ class McpServers:
             return float(self._timeout())
         except Exception:  # a broken config.toml: the API refuses requests anyway
             return DEFAULT_TIMEOUT
+
+    def _idle_timeout(self) -> float:
+        try:
+            return float(self._idle_timeout_setting())
+        except Exception:  # a broken config.toml: keep servers until it is fixed
+            return 0.0
 
     def spec(self, name: str) -> ServerSpec:
         """The mcp.json entry ``name`` (McpConfigError for a malformed file)."""
@@ -411,16 +432,44 @@ class McpServers:
 
     async def plugin_tools(self, spec: ServerSpec) -> tuple[McpConnection, list[mcp_types.Tool]]:
         """The session of an mcp.json server and its tools; a server that died since its last
-        use is started again (once)."""
-        connection = await self.plugin(spec)
-        try:
-            return connection, await connection.list_tools()
-        except PluginConnectionError:
-            if not connection.broken or connection.kind != "plugin":
-                raise
-        log.warning("the MCP server %r had stopped: starting it again", spec.name)
-        connection = await self.plugin(spec)
-        return connection, await connection.list_tools()
+        use is started again (once). The session comes held (:meth:`McpConnection.hold`): the
+        caller releases it."""
+        for attempt in (1, 2):
+            connection = await self.plugin(spec)
+            connection.hold()
+            try:
+                return connection, await connection.list_tools()
+            except PluginConnectionError:
+                connection.release()
+                if attempt == 2 or not connection.broken:
+                    raise
+            log.warning("the MCP server %r had stopped: starting it again", spec.name)
+        raise AssertionError("unreachable")
+
+    async def reap_idle(self, now: float | None = None) -> None:
+        """Stop mcp.json servers no request has used for ``mcp.idle_timeout`` seconds."""
+        idle = self._idle_timeout()
+        if idle <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        for name, (_, connection) in list(self._live.items()):
+            if connection.holders or now - connection.last_used < idle:
+                continue
+            lock = self._locks.setdefault(name, asyncio.Lock())
+            async with lock:
+                if self._live.get(name, (None, None))[1] is not connection or connection.holders:
+                    continue
+                del self._live[name]
+            log.info("stopping the MCP server %r: unused for %g s (mcp.idle_timeout)", name, idle)
+            await connection.close()
+
+    async def run_reaper(self, interval: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap_idle()
+            except Exception:
+                log.exception("stopping idle MCP servers failed")
 
     async def ephemeral(
         self, label: str, checked: CheckedUrl, headers: Mapping[str, str]
@@ -462,10 +511,11 @@ class McpServers:
             if not with_tools:
                 return item
             try:
-                _, tools = await self.plugin_tools(spec)
+                connection, tools = await self.plugin_tools(spec)
             except PluginConnectionError as err:
                 item["error"] = err.message
                 return item
+            connection.release()
             item["tools"] = [
                 {"name": tool.name, "description": tool.description or ""} for tool in tools
             ]

@@ -581,3 +581,70 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
         lines = dict(line.split(": ", 1) for line in block.splitlines())
         events.append((lines["event"], json.loads(lines["data"])))
     return events
+
+
+def _gone(pid: int, within: float = 15.0) -> bool:
+    import os
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.model
+async def test_an_idle_mcp_json_server_is_stopped_and_starts_again_when_needed(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    from lms.api.state import MCP
+
+    servers = client.app[MCP]
+    status, body = await chat(client, tokens["mcp"], [plugin("tiktoken", "server_pid")])
+    assert status == 200, body
+    first_pid = int(json.loads(tool_calls(body)[0]["output"])[0]["text"])
+    await servers.reap_idle(now=time.monotonic() + 5)  # not idle long enough: kept
+    assert not _gone(first_pid, within=0.2)
+    await servers.reap_idle(now=time.monotonic() + 10_000)  # mcp.idle_timeout is 600 s
+    assert _gone(first_pid)
+    status, body = await chat(client, tokens["mcp"], [plugin("tiktoken", "server_pid")])
+    assert status == 200, body
+    assert int(json.loads(tool_calls(body)[0]["output"])[0]["text"]) != first_pid
+
+
+async def test_a_server_in_use_is_never_stopped_as_idle(
+    client: TestClient,  # type: ignore[type-arg]
+    home: Path,
+) -> None:
+    from lms.api.state import MCP
+
+    servers = client.app[MCP]
+    connection, tools = await servers.plugin_tools(servers.spec("tiktoken"))
+    assert tools
+    await servers.reap_idle(now=time.monotonic() + 10_000)
+    assert not connection.broken  # held by "a request": kept
+    connection.release()
+    await servers.reap_idle(now=time.monotonic() + 10_000)
+    assert connection.broken
+
+
+async def test_idle_timeout_zero_keeps_servers(
+    client: TestClient,  # type: ignore[type-arg]
+    home: Path,
+) -> None:
+    from lms.api.state import MCP
+
+    write_settings(
+        home,
+        auth={"required": True},
+        mcp={"allow_mcp_json": True, "idle_timeout": 0},
+    )
+    servers = client.app[MCP]
+    connection, _ = await servers.plugin_tools(servers.spec("tiktoken"))
+    connection.release()
+    await servers.reap_idle(now=time.monotonic() + 10_000)
+    assert not connection.broken
