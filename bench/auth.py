@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import harness
 
 
 def write_auth(home: Path, on: bool) -> None:
@@ -68,18 +70,9 @@ def main() -> int:
     from lms.auth.registry import Registry
 
     _, token = Registry().create("bench")
-    env = {**os.environ, "LMS_HOME": str(home)}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "lms.daemon", "--serve", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    daemon = harness.start("lmsa", home=home)
+    port = daemon.port
     try:
-        assert daemon.stdout is not None
-        banner = daemon.stdout.readline()
-        port = int(banner.split("http://127.0.0.1:")[1].split()[0])
         good = {"Authorization": f"Bearer {token}"}
         timed_requests(port, 200, good)  # warm-up
         off: list[float] = []
@@ -125,8 +118,8 @@ def main() -> int:
             f"p99 {sorted(served)[int(len(served) * 0.99)] * 1000:.2f} ms"
         )
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
+        daemon.stop()
+        shutil.rmtree(home, ignore_errors=True)
     return 0
 
 

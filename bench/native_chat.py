@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+import harness
 
 MODEL = "google/gemma-3-270m"
 QUESTION = "Tell me about the history of Paris."
@@ -49,22 +47,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=96)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="lmsn"))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LMS_")},
-        "LMS_HOME": str(home),
-        "LMS_MODELS_PARALLEL": "1",
-    }
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "lms.daemon", "--serve", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    served = harness.start("lmsn", {"LMS_MODELS_PARALLEL": "1"})
+    port = served.port
     try:
-        assert daemon.stdout is not None
-        port = int(daemon.stdout.readline().split("http://127.0.0.1:")[1].split()[0])
         native_body = {
             "model": MODEL,
             "input": QUESTION,
@@ -106,8 +91,7 @@ def main() -> int:
             f"{statistics.median(ttft) * 1000:+.1f} ms"
         )
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
+        served.stop()
     return 0
 
 

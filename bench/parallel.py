@@ -16,17 +16,17 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 from importlib import metadata
 from pathlib import Path
+
+import harness
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -149,25 +149,11 @@ def main() -> int:
     loads = [int(c) for c in args.clients.split(",")]
 
     server_bin = build_llama_server()
-    home = Path(tempfile.mkdtemp(prefix="lmsp"))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LMS_")},
-        "LMS_HOME": str(home),
-        "LMS_MODELS_PARALLEL": "8",
-    }
-    lms_proc = subprocess.Popen(
-        [sys.executable, "-m", "lms.daemon", "--serve", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    served = harness.start("lmsp", {"LMS_MODELS_PARALLEL": "8"})
+    lms_port = served.port
     llama_proc = None
     try:
-        assert lms_proc.stdout is not None
-        banner = lms_proc.stdout.readline()
-        lms_port = int(banner.split("http://127.0.0.1:")[1].split()[0])
-        model_path = next((home / "data" / "models").rglob("*.gguf"))
+        model_path = next(served.models_dir.rglob("*.gguf"))
         llama_port = free_port()
         threads = str(os.cpu_count())
         llama_proc = subprocess.Popen(
@@ -224,12 +210,10 @@ def main() -> int:
                 flush=True,
             )
     finally:
-        lms_proc.terminate()
-        lms_proc.wait(timeout=60)
+        served.stop()
         if llama_proc is not None:
             llama_proc.terminate()
             llama_proc.wait(timeout=60)
-        shutil.rmtree(home, ignore_errors=True)
     return 0
 
 

@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+import harness
 
 PROMPT = "The history of the city of Paris begins"
 MODEL = "google/gemma-3-270m"
@@ -85,20 +82,9 @@ def main() -> int:
 
     import lmstudio
 
-    home = Path(tempfile.mkdtemp(prefix="lmsb"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LMS_", "LMSTUDIO_"))}
-    env["LMS_HOME"] = str(home)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "lms.daemon", "--serve", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    served = harness.start("lmsb")
+    port = served.port
     try:
-        assert daemon.stdout is not None
-        banner = daemon.stdout.readline()  # "lms is serving on http://127.0.0.1:PORT ..."
-        port = int(banner.split("http://127.0.0.1:")[1].split()[0])
         with lmstudio.Client(api_host=f"localhost:{port}") as client:
             model = client.llm.model(MODEL)  # loads it
             sdk_round(model, 8)  # warm-up, both paths
@@ -126,9 +112,7 @@ def main() -> int:
             f"http {statistics.median(ttft_http) * 1000:.1f} ms (medians)"
         )
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-        shutil.rmtree(home, ignore_errors=True)
+        served.stop()
     return 0
 
 

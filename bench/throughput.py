@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import harness
 
 PROMPT = "The history of the city of Paris begins"
 
@@ -82,22 +82,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="lmsb"))
-    env = {**os.environ, "LMS_HOME": str(home)}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "lms.daemon", "--serve", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    served = harness.start("lmsb")
+    env, port = served.env, served.port
     try:
-        assert daemon.stdout is not None
-        banner = daemon.stdout.readline()  # "lms is serving on http://127.0.0.1:PORT ..."
-        port = int(banner.split("http://127.0.0.1:")[1].split()[0])
         from lms.inference import defaultmodel
 
-        model_path = defaultmodel.default_model_path(home / "data" / "models")
+        model_path = defaultmodel.default_model_path(served.models_dir)
         from llama_cpp import Llama
 
         from lms.inference.engine import LoadOptions
@@ -140,8 +130,7 @@ def main() -> int:
         status_ms = wall([lms_cmd, "daemon", "status"], env) * 1000
         print(f"`lms daemon status` wall time: {status_ms:.0f} ms (median of 5)")
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
+        served.stop()
     return 0
 
 

@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from lms.protocol import DaemonStatus, ServerStatus
 log = logging.getLogger("lms.daemon")
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+REAP_SECONDS = 5.0  # how often idle models and MCP servers are looked for
 
 
 @dataclass
@@ -274,8 +275,10 @@ class Daemon:
         await web.UnixSite(control, str(self.socket_path)).start()
         os.chmod(self.socket_path, 0o600)
         self._control = control
-        reaper = asyncio.create_task(self.manager.run_reaper())
-        mcp_reaper = asyncio.create_task(self.mcp.run_reaper())
+        reaper = asyncio.create_task(_every(REAP_SECONDS, self.manager.reap_idle, "idle unload"))
+        mcp_reaper = asyncio.create_task(
+            _every(REAP_SECONDS, self.mcp.reap_idle, "stopping idle MCP servers")
+        )
         flusher = asyncio.create_task(self._flush_usage_forever())
         try:
             await asyncio.to_thread(defaultmodel.ensure_default_model, paths.models_dir())
@@ -298,6 +301,16 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             log.info("stopped")
+
+
+async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run ``work`` every ``seconds`` until cancelled; a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await work()
+        except Exception:
+            log.exception("%s failed", what)
 
 
 def _record_cors(on: bool) -> None:

@@ -449,14 +449,6 @@ class ModelManager:
                     log.info("unloaded %s after %ss idle", identifier, instance.ttl)
         return expired
 
-    async def run_reaper(self, interval: float = 5.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.reap_idle()
-            except Exception:
-                log.exception("idle unload failed")
-
     async def close(self) -> None:
         await self.unload_all()
 

@@ -463,14 +463,6 @@ class McpServers:
             log.info("stopping the MCP server %r: unused for %g s (mcp.idle_timeout)", name, idle)
             await connection.close()
 
-    async def run_reaper(self, interval: float = 5.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.reap_idle()
-            except Exception:
-                log.exception("stopping idle MCP servers failed")
-
     async def ephemeral(
         self, label: str, checked: CheckedUrl, headers: Mapping[str, str]
     ) -> McpConnection:

@@ -23,15 +23,15 @@ FORBIDDEN = (
 
 def _loaded_after(code: str, *args: str) -> list[str]:
     probe = f"import sys\n{code}\nimport json\nprint(json.dumps(sorted(sys.modules)))\n"
-    env = dict(os.environ, LMS_HOME=tempfile.mkdtemp(prefix="lms"))
-    done = subprocess.run(
-        [sys.executable, "-c", probe, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="lms") as home:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, LMS_HOME=home),
+            timeout=60,
+            check=False,
+        )
     assert done.returncode == 0, done.stderr
     modules: list[str] = json.loads(done.stdout.splitlines()[-1])
     return modules
@@ -64,15 +64,15 @@ def test_running_a_command_loads_no_server_side_module() -> None:
 
 
 def test_python_dash_m_lms_is_the_cli() -> None:
-    env = dict(os.environ, LMS_HOME=tempfile.mkdtemp(prefix="lms"))
-    done = subprocess.run(
-        [sys.executable, "-m", "lms", "--version"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="lms") as home:
+        done = subprocess.run(
+            [sys.executable, "-m", "lms", "--version"],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, LMS_HOME=home),
+            timeout=60,
+            check=False,
+        )
     assert done.returncode == 0, done.stderr
     import lms
 
