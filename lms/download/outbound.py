@@ -302,6 +302,13 @@ class OutboundSession:
     ) -> aiohttp.ClientResponse:
         try:
             return await session.get(checked.url, headers=headers, allow_redirects=False)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise UpstreamError(
+                f"the certificate of {checked.host}:{checked.port} is not trusted for"
+                f" {shown_url(checked.url)}: {exc.certificate_error}",
+                hint="a private CA can be trusted through SSL_CERT_FILE in the daemon's"
+                " environment (restart it with: lms daemon stop)",
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(
                 f"cannot connect to {checked.host}:{checked.port} for {shown_url(checked.url)}:"

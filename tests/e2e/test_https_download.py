@@ -1,0 +1,203 @@
+"""`lms get` over HTTPS: a real TLS server on loopback with a certificate for ``localhost`` from a
+CA made in the test. The daemon trusts that CA only through ``SSL_CERT_FILE`` (as a machine
+with a corporate CA would), so the certificate check is OpenSSL's own, against the URL's name —
+although the connection goes to the address the outbound rule pinned.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import http.server
+import ipaddress
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+LMS = str(Path(sys.executable).with_name("lms"))
+FILE = "/acme/tiny/resolve/main/tiny-Q8_0.gguf"
+
+
+@dataclass
+class Pki:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("lms test CA"))
+        .issuer_name(_name("lms test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pki = Pki(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    pki.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    pki.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pki
+
+
+@pytest.fixture
+def https_url(
+    pki: Pki, make_gguf: Callable[..., bytes], tmp_path: Path
+) -> Iterator[tuple[str, bytes]]:
+    """``https://localhost:PORT`` serving one small GGUF at :data:`FILE`, and its bytes."""
+    body = make_gguf(tmp_path / "tiny.gguf", tensor_bytes=256 * 1024)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != FILE:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.cert, pki.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://localhost:{server.server_address[1]}", body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def download_home() -> Iterator[Path]:
+    """An LMS_HOME of its own (its models folder is written to) with private URLs allowed."""
+    root = Path(tempfile.mkdtemp(prefix="lmsh"))
+    config = root / "config"
+    config.mkdir(mode=0o700)
+    (config / "config.toml").write_text("[models]\nallow_private_urls = true\n")
+    try:
+        yield root
+    finally:
+        pid_file = root / "run" / "lms.pid"
+        if pid_file.exists():
+            subprocess.run(
+                [LMS, "daemon", "stop"], env=_env(root, None), capture_output=True, timeout=60
+            )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _env(home: Path, ca: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LMS_", "SSL_CERT_"))}
+    env.update(LMS_HOME=str(home), NO_COLOR="1")
+    if ca is not None:
+        env["SSL_CERT_FILE"] = str(ca)
+    return env
+
+
+def test_get_over_https_verifies_the_certificate_by_name(
+    download_home: Path, https_url: tuple[str, bytes], pki: Pki
+) -> None:
+    base, body = https_url
+    done = subprocess.run(
+        [LMS, "get", base + FILE, "--sha256", hashlib.sha256(body).hexdigest()],
+        env=_env(download_home, pki.ca),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "acme/tiny"
+    placed = download_home / "data" / "models" / "acme" / "tiny" / "tiny-Q8_0.gguf"
+    assert placed.read_bytes() == body
+
+
+def test_an_untrusted_certificate_fails_clearly_and_leaves_no_model(
+    download_home: Path, https_url: tuple[str, bytes]
+) -> None:
+    base, _ = https_url
+    done = subprocess.run(
+        [LMS, "get", base + FILE],
+        env=_env(download_home, None),  # the system's CAs only: our test CA is unknown
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "certificate" in done.stderr and "not trusted" in done.stderr, done.stderr
+    assert "SSL_CERT_FILE" in done.stderr  # the hint
+    assert not (download_home / "data" / "models" / "acme" / "tiny" / "tiny-Q8_0.gguf").exists()
