@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import client as control
+from lms import starter
 from lms.cli import completers, render
 from lms.errors import InvalidRequestError, from_code
 
@@ -75,7 +76,7 @@ def chat(
             hint='give one with -p "..." or on stdin (echo "..." | lms chat)',
         )
     daemon = control.ControlClient()
-    control.ensure_daemon(client=daemon, announce=render.note)
+    starter.ensure_daemon(client=daemon, announce=render.note)
     model = model or _default_model(daemon)
     messages: list[dict[str, str]] = [{"role": "system", "content": system or DEFAULT_SYSTEM}]
     options = {"model": model, "ttl": ttl, "temperature": temperature, "max_tokens": max_tokens}

@@ -8,6 +8,7 @@ import typer
 
 import lms
 from lms import client as control
+from lms import starter
 from lms.cli import render
 from lms.errors import DaemonNotRunningError, LmsError
 from lms.protocol import DaemonStatus, ServerStatus
@@ -43,7 +44,7 @@ def server_line(server: ServerStatus) -> str:
 @app.command()
 def up(json_output: JsonOption = False) -> None:
     """Start the daemon in the background (nothing to do if it already runs)."""
-    outcome = control.ensure_daemon(announce=render.note)
+    outcome = starter.ensure_daemon(announce=render.note)
     status = outcome.status
     if json_output:
         render.emit_json(_running_doc(status, started=outcome.started))

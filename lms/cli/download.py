@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from lms import client as control
+from lms import starter
 from lms.cli import render
 from lms.errors import InvalidParameterError, LmsError, NotFoundError, from_code
 from lms.protocol import DownloadJob
@@ -76,7 +77,7 @@ def get(
     command again. Loopback and private addresses are refused unless
     models.allow_private_urls is on. Prints the model key.
     """
-    control.ensure_daemon(announce=_announce)
+    starter.ensure_daemon(announce=_announce)
     client = control.ControlClient()
     job = client.download(source, sha256=sha256, size=size, publisher=publisher, name=name)
     key = job.get("model_key", "")
@@ -202,7 +203,7 @@ def import_model(
         if not typer.confirm(f"Move {path} into the models folder?", default=False, err=True):
             render.note("nothing was imported")
             raise typer.Exit(1)
-    control.ensure_daemon(announce=_announce)
+    starter.ensure_daemon(announce=_announce)
     client = control.ControlClient()
     with render.spinner(f"Importing {path.name}..."):
         result = client.import_model(str(path), mode=mode, publisher=publisher, name=name)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import client as control
+from lms import starter
 from lms.cli import render
 
 app = typer.Typer(no_args_is_help=True, help="Live logs of the daemon.")
@@ -39,7 +40,7 @@ def stream(
     Never a secret: requests are logged by token id.
     """
     daemon = control.ControlClient()
-    control.ensure_daemon(client=daemon, announce=render.note)
+    starter.ensure_daemon(client=daemon, announce=render.note)
     sources = [s.value for s in (source or list(Source))]
     events = daemon.stream_logs(sources)
     try:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import client as control
+from lms import starter
 from lms.cli import render
 
 app = typer.Typer(no_args_is_help=True, help="MCP servers clients may use (mcp.json).")
@@ -36,7 +37,7 @@ def list_servers(
     """
     if tools:
         daemon = control.ControlClient()
-        control.ensure_daemon(client=daemon, announce=render.note)
+        starter.ensure_daemon(client=daemon, announce=render.note)
         doc = daemon.mcp_servers(tools=True)
     else:
         from lms.mcp import config as mcp_config  # only here: `import lms.cli` stays light

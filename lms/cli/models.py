@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import client as control
-from lms import paths
+from lms import paths, starter
 from lms.cli import completers, render
 from lms.errors import InvalidParameterError
 from lms.modelfolder import scan_model_files
@@ -90,7 +90,7 @@ def _model_row(model: dict[str, Any] | ModelEntry) -> list[str]:
 
 def ps(json_output: JsonOption = False) -> None:
     """List loaded instances: status, queued requests, context, TTL left (starts the daemon)."""
-    control.ensure_daemon(announce=_announce)
+    starter.ensure_daemon(announce=_announce)
     instances = sorted(control.ControlClient().instances(), key=lambda i: i["identifier"])
     if json_output:
         render.emit_json(instances)
@@ -169,7 +169,7 @@ def load(
 
     With --embedding any model loads in embedding mode (mean pooling); embedding models always do.
     """
-    control.ensure_daemon(announce=_announce)
+    starter.ensure_daemon(announce=_announce)
     client = control.ControlClient()
     with render.spinner(f"Loading {model}..."):
         instance = client.load(
@@ -211,7 +211,7 @@ def unload(
     """
     if identifier is not None and all_instances:
         raise InvalidParameterError("give an identifier or --all, not both")
-    control.ensure_daemon(announce=_announce)
+    starter.ensure_daemon(announce=_announce)
     client = control.ControlClient()
     if identifier is None and not all_instances:
         loaded = [i["identifier"] for i in client.instances()]

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import client as control
-from lms import config
+from lms import config, starter
 from lms.cli import render
 from lms.cli.daemon import server_line
 from lms.errors import (
@@ -136,12 +136,12 @@ def start(
             flags.append("--cors" if cors else "--no-cors")
         if tls is not None:
             flags += ["--tls-cert", tls[0], "--tls-key", tls[1]]
-        argv = control.daemon_command(flags)
+        argv = starter.daemon_command(flags)
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(argv[0], argv)
 
-    control.ensure_daemon(announce=render.note)
+    starter.ensure_daemon(announce=render.note)
     client = control.ControlClient()
     before = client.server_status()
     status = client.server_start(

@@ -1,4 +1,4 @@
-"""A stand-in daemon process for tests of ``lms.client.ensure_daemon`` (start-up plumbing only).
+"""A stand-in daemon process for tests of ``lms.starter.ensure_daemon`` (start-up plumbing only).
 
 It follows the daemon's start-up contract: ``--ready-fd N`` gets one JSON line, the pid file is
 held under an flock (a second one exits 6), ``POST /shutdown`` makes it exit. ``FAKE_DAEMON_MODE``

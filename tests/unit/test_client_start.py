@@ -1,4 +1,4 @@
-"""lms.client.ensure_daemon: spawning, the ready line, racing CLIs (with a stand-in daemon)."""
+"""lms.starter.ensure_daemon: spawning, the ready line, racing CLIs (with a stand-in daemon)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lms import client as control
-from lms import errors, paths
+from lms import errors, paths, starter
 from lms.errors import ExitCode
 
 FAKE_DAEMON = Path(__file__).resolve().parents[1] / "cli" / "fake_daemon.py"
@@ -39,7 +39,7 @@ def fake_daemon_command(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     def command(extra: Sequence[str] = ()) -> list[str]:
         return [sys.executable, str(FAKE_DAEMON), *extra]
 
-    monkeypatch.setattr(control, "daemon_command", command)
+    monkeypatch.setattr(starter, "daemon_command", command)
 
 
 def _stop_daemon() -> None:
@@ -63,11 +63,11 @@ def _spawns(home: Path) -> list[str]:
 @pytest.mark.usefixtures("fake_daemon_command")
 def test_starts_a_daemon_once_then_finds_it_running(home: Path) -> None:
     messages: list[str] = []
-    first = control.ensure_daemon(announce=messages.append)
+    first = starter.ensure_daemon(announce=messages.append)
     assert first.started is True
     assert messages == ["starting the daemon..."]
     assert first.status["pid"] != os.getpid()
-    second = control.ensure_daemon(announce=messages.append)
+    second = starter.ensure_daemon(announce=messages.append)
     assert second.started is False
     assert second.status["pid"] == first.status["pid"]
     assert messages == ["starting the daemon..."]
@@ -83,12 +83,12 @@ def test_starts_a_daemon_once_then_finds_it_running(home: Path) -> None:
 @pytest.mark.usefixtures("fake_daemon_command")
 def test_racing_clis_end_on_one_daemon(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_DAEMON_DELAY", "0.3")
-    results: list[control.DaemonStart] = []
+    results: list[starter.DaemonStart] = []
     failures: list[BaseException] = []
 
     def start() -> None:
         try:
-            results.append(control.ensure_daemon())
+            results.append(starter.ensure_daemon())
         except BaseException as exc:
             failures.append(exc)
 
@@ -118,7 +118,7 @@ def test_a_daemon_that_loses_the_lock_race_connects_to_the_winner(
         while not control.is_pid_lock_held():
             assert time.monotonic() < deadline, "the winner never took the lock"
             time.sleep(0.02)
-        outcome = control.ensure_daemon()
+        outcome = starter.ensure_daemon()
         assert outcome.status["pid"] == winner.pid
         assert len(_spawns(home)) == 2
     finally:
@@ -133,7 +133,7 @@ def test_a_start_failure_is_rebuilt_from_the_ready_line(
 ) -> None:
     monkeypatch.setenv("FAKE_DAEMON_MODE", "fail")
     with pytest.raises(errors.PortInUseError) as caught:
-        control.ensure_daemon()
+        starter.ensure_daemon()
     assert caught.value.message == "port 1234 is in use"
     assert caught.value.exit_code == ExitCode.CONFLICT
     assert str(paths.daemon_log()) in (caught.value.hint or "")
@@ -146,7 +146,7 @@ def test_a_daemon_dying_without_a_word_is_reported(
     monkeypatch.setenv("FAKE_DAEMON_MODE", "die")
     started = time.monotonic()
     with pytest.raises(errors.LmsError, match=r"failed to start \(exit code 7\)") as caught:
-        control.ensure_daemon()
+        starter.ensure_daemon()
     assert str(paths.daemon_log()) in (caught.value.hint or "")
     # Exit 7 is not a lost lock race: no reason to wait for another daemon.
     assert time.monotonic() - started < 3
@@ -164,4 +164,4 @@ def test_an_unsafe_runtime_dir_is_refused_before_spawning(
 
     monkeypatch.setattr(os, "posix_spawn", no_spawn)
     with pytest.raises(errors.UnsafePathError, match="0755"):
-        control.ensure_daemon()
+        starter.ensure_daemon()
