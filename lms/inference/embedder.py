@@ -36,7 +36,6 @@ import contextlib
 import ctypes
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from lms.errors import (
     ShuttingDownError,
 )
 from lms.inference.engine import LoadOptions, load_model
+from lms.inference.worker import STOP, ModelWorker
 
 log = logging.getLogger("lms.embedder")
 
@@ -105,9 +105,6 @@ class _Job:
             self.loop.call_soon_threadsafe(deliver)
 
 
-_STOP = object()
-
-
 def _ggml_get_name() -> Callable[[ctypes.c_void_p], bytes | None] | None:
     """``ggml_get_name`` from the ggml library llama_cpp loaded, or None when not found."""
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
@@ -137,7 +134,7 @@ class _HeadSkipper:
         return False  # got it: stop computing the rest of the graph (the LM head)
 
 
-class Embedder:
+class Embedder(ModelWorker):
     """A model loaded in embedding mode, with its context and worker thread.
 
     Build it with :meth:`load`; call :meth:`embed` from the event loop; :meth:`close` frees it.
@@ -163,12 +160,9 @@ class Embedder:
         self.n_ctx = min(ctx.n_ctx(), options.context_length)
         self._memory = llama_cpp.llama_get_memory(ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, MAX_SEQUENCES)
-        self._jobs: queue.Queue[Any] = queue.Queue()
         self._active = 0
-        self._closed = False
         self.status: Literal["idle", "computing_embedding"] = "idle"
-        self._thread = threading.Thread(target=self._run, name=f"embedder:{path.name}", daemon=True)
-        self._thread.start()
+        self._start_worker(f"embedder:{path.name}")
 
     @classmethod
     def load(
@@ -219,10 +213,6 @@ class Embedder:
     # --- called from the event loop ---------------------------------------------------------
 
     @property
-    def queued(self) -> int:
-        return self._jobs.qsize()
-
-    @property
     def active(self) -> int:
         return self._active
 
@@ -248,17 +238,6 @@ class Embedder:
         finally:
             job.cancelled = True  # a client that left: the worker skips the job if not started
 
-    def close(self) -> None:
-        """Stop the worker (queued calls fail) and free the model (blocking)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._jobs.put(_STOP)
-        self._thread.join()
-        llama_cpp.llama_batch_free(self._batch)
-        self._ctx.close()
-        self._model.close()
-
     # --- worker thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -267,7 +246,7 @@ class Embedder:
             jobs: list[_Job] = []
             item = self._jobs.get()
             while True:
-                if item is _STOP:
+                if item is STOP:
                     stopping = True
                     break
                 if not item.cancelled:

@@ -22,7 +22,6 @@ import codecs
 import ctypes
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from lms.inference.generation import (
 )
 from lms.inference.promptcache import PromptCache
 from lms.inference.sampling import SamplingParams, StopMatcher
+from lms.inference.worker import STOP, ModelWorker
 
 __all__ = [
     "Engine",
@@ -89,9 +89,6 @@ class _Sequence:
     @property
     def in_prefill(self) -> bool:
         return self.prefilled < len(self.generation.prompt_tokens)
-
-
-_STOP = object()
 
 
 def _silence_llama_logs() -> None:
@@ -132,7 +129,7 @@ def load_model(path: Path, progress: Callable[[float], None] | None = None) -> A
         ) from exc
 
 
-class Engine:
+class Engine(ModelWorker):
     """A loaded GGUF model with its context and worker thread. Build it with :meth:`load`."""
 
     def __init__(
@@ -151,19 +148,16 @@ class Engine:
         self.n_ctx = ctx.n_ctx()
         self.n_ctx_per_seq = self.n_ctx // options.parallel
         self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, options.parallel)
-        self._jobs: queue.Queue[Any] = queue.Queue()
         self._slots: list[_Sequence | None] = [None] * options.parallel
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self._chooser = Chooser(self._vocab, self.n_vocab)
         self._cache = PromptCache(options.parallel)
         self._outbox: list[tuple[Generation, Item]] = []  # handed over once per step
-        self._closed = False
         #: Called on the event loop with every submitted generation (logs, metrics).
         self.observer: Callable[[Generation], None] | None = None
         self.status: Literal["idle", "processing_prompt", "generating"] = "idle"
-        self._thread = threading.Thread(target=self._run, name=f"engine:{path.name}", daemon=True)
-        self._thread.start()
+        self._start_worker(f"engine:{path.name}")
 
     @classmethod
     def load(
@@ -198,10 +192,6 @@ class Engine:
         return cls(path, options, model, ctx)
 
     # --- called from the event loop ---------------------------------------------------------
-
-    @property
-    def queued(self) -> int:
-        return self._jobs.qsize()
 
     @property
     def active(self) -> int:
@@ -250,17 +240,6 @@ class Engine:
         self._jobs.put(generation)
         return generation
 
-    def close(self) -> None:
-        """Cancel everything, stop the worker and free the model (blocking)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._jobs.put(_STOP)
-        self._thread.join()
-        llama_cpp.llama_batch_free(self._batch)
-        self._ctx.close()
-        self._model.close()
-
     # --- worker thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -306,7 +285,7 @@ class Engine:
                 job = self._jobs.get(block=idle)
             except queue.Empty:
                 return True
-            if job is _STOP:
+            if job is STOP:
                 return False
             if job.is_cancelled:
                 self._emit(job, GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
