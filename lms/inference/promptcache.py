@@ -30,13 +30,22 @@ class _Entry:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    """How many leading tokens ``a`` and ``b`` share.
+
+    Slices compare in C: a whole match costs one comparison, a mismatch a binary search of
+    them, where a loop over a long chat's 30k tokens in Python would hold up the decode step.
+    """
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    same, differs = 0, n  # a[:same] == b[:same] and a[:differs] != b[:differs]
+    while differs - same > 1:
+        middle = (same + differs) // 2
+        if a[same:middle] == b[same:middle]:
+            same = middle
+        else:
+            differs = middle
+    return same
 
 
 class PromptCache:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from abc import ABC, abstractmethod
 from typing import Any
 
 import llama_cpp
@@ -14,7 +15,7 @@ from llama_cpp import _internals as internals
 STOP = object()
 
 
-class ModelWorker:
+class ModelWorker(ABC):
     """Base of :class:`~lms.inference.engine.Engine` and :class:`~lms.inference.embedder.Embedder`.
 
     A subclass sets ``_model``, ``_ctx`` and ``_batch``, implements :meth:`_run` (the worker
@@ -32,8 +33,9 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The worker thread: take jobs until :data:`STOP`, then fail what is left."""
 
     @property
     def queued(self) -> int:

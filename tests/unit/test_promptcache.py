@@ -67,3 +67,12 @@ def test_a_taken_slot_is_no_longer_offered_until_kept_again() -> None:
 def test_no_free_slot_is_a_programming_error() -> None:
     with pytest.raises(ValueError):
         PromptCache(1).choose([], [1], None)
+
+
+def test_common_prefix_finds_every_first_difference() -> None:
+    base = list(range(100))
+    for at in range(100):
+        other = base.copy()
+        other[at] = -1
+        assert common_prefix(base, other) == at
+    assert common_prefix(base, base[:37]) == 37
