@@ -30,40 +30,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
-from lms import storage
-from lms.auth import registry, tokens
-from lms.auth.permissions import Permission
-from lms.auth.record import TokenRecord
+from token_list import populate  # the same 1,000 tokens as the token-list benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LMS = str(BIN / "lms")
 TARGET_MS = 250.0
-
-
-def populate(home: Path, count: int) -> None:
-    os.environ["LMS_HOME"] = str(home)
-    now = datetime.now(UTC).replace(microsecond=0)
-    records = []
-    for i in range(count):
-        token_id, full = tokens.generate()
-        records.append(
-            TokenRecord(
-                id=token_id,
-                name=f"token-{i:05d}",
-                hash=tokens.hash_token(full),
-                permissions=frozenset({Permission.INFERENCE}),
-                models=(),
-                created_at=now,
-            )
-        )
-    state = registry.RegistryState(generation=count, records=tuple(records))
-    path = registry.Registry().path
-    storage.write_atomic(path, registry.dump(state), mode=0o600)
-    assert len(registry.read(path).records) == count
 
 
 def timed(argv: list[str], env: dict[str, str], expect_lines: int | None = None) -> float:
