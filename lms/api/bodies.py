@@ -98,4 +98,5 @@ def sampling(body: Mapping[str, Any], *, max_token_fields: tuple[str, ...]) -> S
         seed=seed,
         stop=stop_strings(body),
         max_tokens=max_tokens(body, *max_token_fields),
+        cache_prompt=bool(get(body, "cache_prompt", bool, True)),
     )

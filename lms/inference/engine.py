@@ -291,7 +291,10 @@ class Engine(ModelWorker):
                 self._emit(job, GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
                 continue
             free = [i for i, seq in enumerate(self._slots) if seq is None]
-            slot, reuse = self._cache.choose(free, job.prompt_tokens, job.scope)
+            # Without cache_prompt, no prefix counts: an empty or least recently used slot is
+            # taken, and the slots holding useful cells keep them.
+            wanted = job.prompt_tokens if job.params.cache_prompt else []
+            slot, reuse = self._cache.choose(free, wanted, job.scope)
             reuse = self._keep_prefix(slot, reuse)
             try:
                 self._slots[slot] = self._start_sequence(job, slot, reuse)

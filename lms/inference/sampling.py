@@ -22,6 +22,9 @@ class SamplingParams:
     # GBNF text (llama.cpp's grammar format, root rule ``root``) the output must match. The
     # grammar masks the logits before any other stage, greedy included.
     grammar: str | None = None
+    # False: decode the whole prompt even when a slot holds a shared prefix (llama.cpp server's
+    # ``cache_prompt``), so the output cannot depend on which requests ran before.
+    cache_prompt: bool = True
 
     @property
     def is_greedy(self) -> bool:

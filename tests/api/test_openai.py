@@ -155,3 +155,26 @@ async def test_jit_load_shows_instance(client: TestClient) -> None:  # type: ign
     instances = native["models"][0]["loaded_instances"]
     assert [i["id"] for i in instances] == [MODEL]
     assert instances[0]["config"]["context_length"] == 4096
+
+
+async def test_cache_prompt_false_decodes_the_whole_prompt(client: TestClient) -> None:  # type: ignore[type-arg]
+    payload = {"model": MODEL, "prompt": "A list of rivers: the Nile,", "max_tokens": 4}
+    payload["temperature"] = 0
+    first = await (await client.post("/v1/completions", json=payload)).json()
+    warm = await (await client.post("/v1/completions", json=payload)).json()
+    cold = await client.post("/v1/completions", json={**payload, "cache_prompt": False})
+    cold_body = await cold.json()
+    prompt_tokens = first["usage"]["prompt_tokens"]
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert warm["usage"]["prompt_tokens_details"]["cached_tokens"] == prompt_tokens - 1
+    assert cold_body["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert cold_body["choices"][0]["text"] == first["choices"][0]["text"]  # same batch shapes
+
+
+async def test_cache_prompt_must_be_a_boolean(client: TestClient) -> None:  # type: ignore[type-arg]
+    response = await client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "x", "cache_prompt": "no"}
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["param"] == "cache_prompt"

@@ -76,3 +76,10 @@ def test_common_prefix_finds_every_first_difference() -> None:
         other[at] = -1
         assert common_prefix(base, other) == at
     assert common_prefix(base, base[:37]) == 37
+
+
+def test_an_empty_prompt_wants_no_prefix_and_spares_the_cached_slots() -> None:
+    cache = PromptCache(2)
+    cache.keep(0, [1, 2, 3], None)
+    assert cache.choose([0, 1], [], None) == (1, 0)  # cache_prompt off: the empty slot
+    assert cache.cached(0) == 3
