@@ -245,6 +245,7 @@ class MessagesRequest:
             top_k=top_k,
             max_tokens=max_tokens,
             grammar=call_grammar(forced) if forced else None,
+            cache_prompt=bool(bodies.get(body, "cache_prompt", bool, True)),  # as on /v1/*
         )
         return cls(
             model=model,

@@ -109,3 +109,11 @@ def test_errors_name_the_field_as_the_client_wrote_it() -> None:
         MessagesRequest.parse(body(tools=[{"name": "x", "input_schema": {"type": "string"}}]))
     assert info.value.param == "tools[0].input_schema"
     assert "'tools[0].input_schema'" in info.value.message
+
+
+def test_cache_prompt_is_read_as_on_the_openai_routes() -> None:
+    assert MessagesRequest.parse(body()).params.cache_prompt is True
+    assert MessagesRequest.parse(body(cache_prompt=False)).params.cache_prompt is False
+    with pytest.raises(InvalidParameterError) as info:
+        MessagesRequest.parse(body(cache_prompt="off"))
+    assert info.value.param == "cache_prompt"
