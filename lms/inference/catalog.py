@@ -104,6 +104,12 @@ def read_metadata(path: Path, *, key: str | None = None) -> ModelFile:
     key = key or f"{LOCAL_PUBLISHER}/{path.stem}"
     publisher, _, rest = key.partition("/")
     name = rest.partition("@")[0]
+    # Every header fact but the name carries over as is (the name becomes display_name).
+    carried = {
+        f.name: getattr(facts, f.name)
+        for f in dataclasses.fields(facts)
+        if f.name != "general_name"
+    }
     return ModelFile(
         key=key,
         publisher=publisher,
@@ -111,17 +117,7 @@ def read_metadata(path: Path, *, key: str | None = None) -> ModelFile:
         path=path,
         size_bytes=st.st_size,
         display_name=facts.general_name or name,
-        architecture=facts.architecture,
-        params_string=facts.params_string,
-        quantization=facts.quantization,
-        bits_per_weight=facts.bits_per_weight,
-        max_context_length=facts.max_context_length,
-        chat_template=facts.chat_template,
-        trained_for_tool_use=facts.trained_for_tool_use,
-        vision=facts.vision,
-        bos_token=facts.bos_token,
-        eos_token=facts.eos_token,
-        type=facts.type,
+        **carried,
     )
 
 

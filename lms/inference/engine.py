@@ -40,7 +40,7 @@ from lms.errors import (
     ModelLoadError,
     ShuttingDownError,
 )
-from lms.inference.choice import Chooser, json_schema_grammar
+from lms.inference.choice import Chooser
 from lms.inference.generation import (
     FinishReason,
     Generation,
@@ -61,7 +61,6 @@ __all__ = [
     "GenerationResult",
     "LoadOptions",
     "PromptProgress",
-    "json_schema_grammar",
     "load_model",
 ]
 
