@@ -282,6 +282,27 @@ class ShuttingDownError(LmsError):
     anthropic_type = "overloaded_error"
 
 
+class ServerBusyError(LmsError):
+    """An instance's queue is full: retry after ``Retry-After`` seconds (503)."""
+
+    code = "server_busy"
+    status = 503
+    type = "unavailable"
+    anthropic_type = "overloaded_error"
+
+
+class StorageFullError(LmsError):
+    """The data directory's disk is full (or over quota): nothing was stored (507).
+
+    The CLI's message names the path; the HTTP body does not (it is the server's business).
+    """
+
+    code = "storage_full"
+    status = 507
+    type = "storage_full"
+    anthropic_type = "api_error"
+
+
 # --- models ------------------------------------------------------------------------------------
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from lms import payload
 from lms.errors import InvalidJsonError, InvalidParameterError, MissingParameterError
 from lms.inference.sampling import SamplingParams
 
@@ -16,12 +17,18 @@ T = TypeVar("T")
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
 
 
+#: Bodies larger than this are decoded on a worker thread, not on the event loop.
+_DECODE_INLINE_BYTES = 64 * 1024
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, decoded within :mod:`lms.payload`'s bounds (depth, numbers,
+    valid Unicode); a large body is decoded off the event loop."""
     raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidJsonError(f"the request body is not valid JSON: {exc}") from None
+    if len(raw) > _DECODE_INLINE_BYTES:
+        body = await asyncio.to_thread(payload.loads, raw)
+    else:
+        body = payload.loads(raw)
     if not isinstance(body, dict):
         raise InvalidJsonError("the request body must be a JSON object")
     return body
