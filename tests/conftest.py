@@ -70,3 +70,67 @@ def make_gguf() -> Callable[..., bytes]:
 
 
 # --- end of the small GGUF block ---------------------------------------------------------------
+
+
+# --- no process outlives the run ---------------------------------------------------------------
+# Every process a test starts (the `lms` CLI, the daemons it spawns, MCP servers, file servers)
+# inherits PYTEST_LMS_RUN from this session, even when it detaches into its own session. When the
+# run ends, any live process still carrying the marker is a leak: it is listed, stopped (by its
+# pid, never by name) and the run fails, whatever the tests said.
+
+_RUN_MARKER = "PYTEST_LMS_RUN"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        os.environ.setdefault(_RUN_MARKER, f"{os.getpid()}-{os.urandom(4).hex()}")
+
+
+def _marked_processes(marker: str) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process whose environment holds the run's marker."""
+    needle = f"{_RUN_MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            status = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if status.rsplit(")", 1)[-1].split()[0] == "Z":
+            continue  # a zombie holds no resources; its parent reaps it
+        if needle in environ.split(b"\0"):
+            found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import contextlib
+    import signal
+    import time
+
+    marker = os.environ.get(_RUN_MARKER)
+    if not marker or not Path("/proc/self/environ").exists():
+        return
+    # Processes stopped by a test's last teardown may still be exiting: give them a moment.
+    deadline = time.monotonic() + 10
+    leaked = _marked_processes(marker)
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leaked = _marked_processes(marker)
+    if not leaked:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "processes that outlived the run (stopped now)", red=True)
+    for pid, cmdline in leaked:
+        if reporter is not None:
+            reporter.write_line(f"LEAKED PROCESS {pid}: {cmdline}", red=True)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- end of the process block ------------------------------------------------------------------

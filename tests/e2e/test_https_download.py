@@ -155,9 +155,10 @@ def download_home() -> Iterator[Path]:
     finally:
         pid_file = root / "run" / "lms.pid"
         if pid_file.exists():
-            subprocess.run(
-                [LMS, "daemon", "stop"], env=_env(root, None), capture_output=True, timeout=60
+            stopped = subprocess.run(
+                [LMS, "daemon", "down"], env=_env(root, None), capture_output=True, timeout=60
             )
+            assert stopped.returncode == 0, stopped.stderr  # a daemon left running is a leak
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -2,7 +2,8 @@
 
 ``python -m lms.cli.docgen`` writes the shell completion scripts (``completions/lms.bash``,
 ``completions/_lms``, ``completions/lms.fish``), the man pages (``man/lms.1``,
-``man/lms-<group>.1``) and the command reference of ``README.md`` (between its markers). All are
+``man/lms-<group>.1``), and the command reference and settings table of ``README.md`` (between
+their markers). All are
 committed; ``--check`` (and a test) fails when they differ from what the code would write.
 
 Not imported by ``lms.cli``: only the generator and the tests pay for it.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lms.cli.docgen import bash, fish, manpage, reference, tree, zsh
+from lms.cli.docgen import bash, fish, manpage, reference, settings, tree, zsh
 
 __all__ = ["COMPLETIONS_DIR", "MAN_DIR", "README", "generate", "stale"]
 
@@ -22,7 +23,7 @@ README = "README.md"
 
 
 def generate(root_dir: Path) -> dict[Path, str]:
-    """Every generated file (README.md with its reference block replaced) under ``root_dir``."""
+    """Every generated file (README.md with its generated blocks replaced) under ``root_dir``."""
     root = tree.build()
     files = {
         Path(COMPLETIONS_DIR, "lms.bash"): bash.render(root),
@@ -33,7 +34,8 @@ def generate(root_dir: Path) -> dict[Path, str]:
         files[Path(MAN_DIR, name)] = text
     readme = root_dir / README
     if readme.exists():
-        files[Path(README)] = reference.replace(readme.read_text(), reference.render(root))
+        text = reference.replace(readme.read_text(), reference.render(root))
+        files[Path(README)] = settings.replace(text)
     return {root_dir / path: text for path, text in files.items()}
 
 

@@ -25,18 +25,25 @@ def render(root: Command) -> str:
     return "\n".join(lines)
 
 
-def extract(readme: str) -> str | None:
-    """The reference block of ``readme``, markers included, or None when it has none."""
-    start = readme.find(BEGIN)
-    end = readme.find(END, start)
-    if start < 0 or end < 0:
+def extract(readme: str, begin: str = BEGIN, end: str = END) -> str | None:
+    """The block of ``readme`` between ``begin`` and ``end`` (by default the command reference),
+    markers included, or None when it has none."""
+    start = readme.find(begin)
+    stop = readme.find(end, start)
+    if start < 0 or stop < 0:
         return None
-    return readme[start : end + len(END)]
+    return readme[start : stop + len(end)]
+
+
+def replace_block(readme: str, begin: str, end: str, block: str) -> str:
+    """``readme`` with its ``begin`` ... ``end`` block replaced by ``block`` (ValueError if it
+    has none)."""
+    current = extract(readme, begin, end)
+    if current is None:
+        raise ValueError(f"the README has no {begin!r} ... {end!r} block")
+    return readme.replace(current, block, 1)
 
 
 def replace(readme: str, block: str) -> str:
-    """``readme`` with its reference block replaced by ``block`` (ValueError if it has none)."""
-    current = extract(readme)
-    if current is None:
-        raise ValueError(f"the README has no {BEGIN!r} ... {END!r} block")
-    return readme.replace(current, block, 1)
+    """``readme`` with its command reference replaced by ``block``."""
+    return replace_block(readme, BEGIN, END, block)
