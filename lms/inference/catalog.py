@@ -10,7 +10,7 @@ Hidden entries (a name starting with ``.``, as our own temp files do) and partia
 skipped; so are multimodal projector files (``mmproj*``, architecture ``clip``), which are not
 models on their own.
 
-Metadata is read from the GGUF header (:mod:`lms.inference.ggufheader`: a memory map, no weights
+Metadata is read from the GGUF header (:mod:`lms.ggufheader`: a memory map, no weights
 are read) and cached in-process by (path, size, mtime_ns), so repeated discovery costs a ``stat``
 per file. The bundled default model is :mod:`lms.inference.defaultmodel`.
 """
@@ -28,7 +28,7 @@ from typing import Literal
 
 from lms import paths
 from lms.errors import ModelLoadError, ModelNotFoundError
-from lms.inference.ggufheader import HeaderFacts, parse_header
+from lms.ggufheader import HeaderFacts, parse_header
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,10 @@ import gguf
 import numpy as np
 import pytest
 
+from lms import ggufheader
 from lms.errors import ModelLoadError, ModelNotFoundError
-from lms.inference import catalog, defaultmodel, ggufheader
+from lms.ggufheader import format_params, is_tool_template
+from lms.inference import catalog, defaultmodel
 from lms.inference.catalog import (
     ModelFile,
     discover,
@@ -27,7 +29,6 @@ from lms.inference.catalog import (
     resolve,
 )
 from lms.inference.defaultmodel import DEFAULT_MODEL_KEY, ensure_default_model
-from lms.inference.ggufheader import format_params, is_tool_template
 
 TOOL_TEMPLATE = (
     "{% if tools %}{{ tools | tojson }}{% endif %}"
@@ -570,3 +571,17 @@ def test_header_reader_agrees_with_gguf_reader(tmp_path: Path) -> None:
         assert header.kv[key] == field.contents(), key
     assert header.n_params == sum(int(t.n_elements) for t in reference.tensors) == 22
     assert header.n_bytes == sum(int(t.n_bytes) for t in reference.tensors) == 74
+
+
+def test_the_format_tables_agree_with_the_gguf_package() -> None:
+    # lms.ggufheader carries its own copy of the tables (the CLI must not import numpy): every
+    # entry must be the reference's.
+    for raw, (name, block, size) in ggufheader.GGML_TYPES.items():
+        ggml_type = gguf.GGMLQuantizationType(raw)
+        assert (ggml_type.name, *gguf.GGML_QUANT_SIZES[ggml_type]) == (name, block, size)
+    for raw, name in ggufheader.FILE_TYPES.items():
+        reference = gguf.LlamaFileType(raw).name
+        assert reference.removeprefix("MOSTLY_").removeprefix("ALL_") == name
+    assert ggufheader.GGUF_MAGIC == gguf.GGUF_MAGIC
+    assert ggufheader.GGUF_DEFAULT_ALIGNMENT == gguf.GGUF_DEFAULT_ALIGNMENT
+    assert gguf.PoolingType(ggufheader.POOLING_NONE) is gguf.PoolingType.NONE

@@ -1,7 +1,10 @@
 """The GGUF header reader: what a model file says about itself, without reading its weights.
 
-The catalog (:mod:`lms.inference.catalog`) calls :func:`parse_header` on each GGUF file it finds
-and caches the result; nothing here knows where a file sits in the models folder.
+The daemon's catalog (:mod:`lms.inference.catalog`) calls :func:`parse_header` on each GGUF file
+it finds and caches the result; nothing here knows where a file sits in the models folder. It is
+standard library only (the format's few tables are below), so the CLI can read a header with the
+daemon down at the cost of a memory map: the ``gguf`` package would pull in numpy, which alone
+costs more than the CLI's start-up budget. The tests cross-check it against ``gguf``'s reader.
 """
 
 from __future__ import annotations
@@ -34,7 +37,33 @@ EMBEDDING_ARCHITECTURES = frozenset(
 _TOOLS_VARIABLE = re.compile(r"\btools\b")
 _JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
 _TOOL_HANDLING = re.compile(r"tool_call|['\"](?:tool|ipython)['\"]")
-# GGUF value types (gguf.GGUFValueType) and their struct codes.
+# The format's tables, as llama.cpp's ggml.h and llama.h number them.
+GGUF_MAGIC = 0x46554747  # b"GGUF", little-endian
+GGUF_DEFAULT_ALIGNMENT = 32
+POOLING_NONE = 0
+#: ggml tensor type → (name, elements per block, bytes per block).
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    **{0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20)},
+    **{6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40)},
+    **{10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144)},
+    **{13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292)},
+    **{16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98)},
+    **{19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110)},
+    **{22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2)},
+    **{26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56)},
+    **{30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66)},
+    **{39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18)},
+}
+#: ``general.file_type`` → the quantization it names (llama_ftype without its MOSTLY_ prefix).
+FILE_TYPES: dict[int, str] = {
+    **{0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1"},
+    **{10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M"},
+    **{16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S"},
+    **{22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M"},
+    **{28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0"},
+    **{37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0"},
+}
+# GGUF value types and their struct codes.
 _SCALAR_CODES = {
     **{0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?"},
     **{10: "Q", 11: "q", 12: "d"},
@@ -90,18 +119,16 @@ def parse_header(path: Path, size: int) -> HeaderFacts:
 class GgufHeader:
     """The key/value metadata and tensor table of a GGUF file, read from a memory map.
 
-    The ``gguf`` package supplies the format's tables; its ``GGUFReader`` is not used because
-    it builds a numpy view per vocabulary entry: 13-16 s for the default model's 262k-token
-    vocabulary, against ~0.1 s here. Arrays are skipped (only the token list's offsets are
+    Not the ``gguf`` package's ``GGUFReader``: besides numpy, it builds a numpy view per
+    vocabulary entry: 13-16 s for the default model's 262k-token vocabulary, against ~0.1 s
+    here. Arrays are skipped (only the token list's offsets are
     kept, to name the BOS/EOS tokens) and every length is checked against the file size.
     """
 
     def __init__(self, buf: mmap.mmap) -> None:
-        import gguf
-
         self.buf, self.size, self.pos = buf, len(buf), 0
         magic, version = struct.unpack_from("<II", buf, 0)
-        if magic != gguf.GGUF_MAGIC:
+        if magic != GGUF_MAGIC:
             raise ValueError("not a GGUF file")
         self.order = ">" if version & 0xFFFF == 0 else "<"
         self.pos = 4
@@ -124,19 +151,20 @@ class GgufHeader:
                 raise ValueError(f"a tensor has {n_dims} dimensions")
             elements = math.prod(self.scalar("Q") for _ in range(n_dims))
             tensors.append((self.scalar("I"), elements, self.scalar("Q")))
-        alignment = self.kv.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+        alignment = self.kv.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"general.alignment {alignment!r} is not a power of two")
         data_start = -(-self.pos // alignment) * alignment
         self.n_params = self.n_bytes = end = 0
         self.bytes_by_type: dict[str, int] = {}
         for raw_type, elements, offset in tensors:
-            ggml_type = gguf.GGMLQuantizationType(raw_type)
-            block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+            if raw_type not in GGML_TYPES:
+                raise ValueError(f"a tensor has the unknown type {raw_type}")
+            type_name, block, type_size = GGML_TYPES[raw_type]
             n_bytes = elements * type_size // block
             self.n_params += elements
             self.n_bytes += n_bytes
-            self.bytes_by_type[ggml_type.name] = self.bytes_by_type.get(ggml_type.name, 0) + n_bytes
+            self.bytes_by_type[type_name] = self.bytes_by_type.get(type_name, 0) + n_bytes
             end = max(end, data_start + offset + n_bytes)
         if end > self.size:
             raise ValueError(f"its tensor data ends at byte {end} but the file has {self.size}")
@@ -196,8 +224,6 @@ class GgufHeader:
 
 
 def _facts_from(header: GgufHeader) -> HeaderFacts:
-    import gguf
-
     def text(key: str) -> str | None:
         found = header.kv.get(key)
         return found if isinstance(found, str) and found else None
@@ -210,7 +236,7 @@ def _facts_from(header: GgufHeader) -> HeaderFacts:
         key.startswith(f"{arch}.vision.") for key in header.kv
     )
     is_embedding = arch in EMBEDDING_ARCHITECTURES or (
-        isinstance(pooling, int) and pooling != gguf.PoolingType.NONE
+        isinstance(pooling, int) and pooling != POOLING_NONE
     )
     n_params = header.n_params
     return HeaderFacts(
@@ -230,15 +256,8 @@ def _facts_from(header: GgufHeader) -> HeaderFacts:
 
 
 def _quantization(file_type: Any, bytes_by_type: dict[str, int]) -> str | None:
-    import gguf
-
-    if isinstance(file_type, int):
-        try:
-            name = gguf.LlamaFileType(file_type).name
-        except ValueError:
-            name = ""
-        if name and name != "GUESSED":
-            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    if isinstance(file_type, int) and file_type in FILE_TYPES:
+        return FILE_TYPES[file_type]
     return max(bytes_by_type, key=lambda t: bytes_by_type[t]) if bytes_by_type else None
 
 
