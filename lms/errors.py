@@ -318,12 +318,6 @@ class ContextOverflowError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
-class GenerationCancelledError(LmsError):
-    code = "generation_cancelled"
-    status = 499
-    type = "cancelled"
-
-
 class NotImplementedYetError(LmsError):
     """A documented feature this version of lms does not offer yet."""
 
@@ -331,11 +325,6 @@ class NotImplementedYetError(LmsError):
     status = 501
     type = "not_implemented"
     anthropic_type = "invalid_request_error"
-
-
-class InterruptedByUserError(LmsError):
-    code = "interrupted"
-    exit_code = ExitCode.INTERRUPTED
 
 
 # --- outbound connections and downloads ---------------------------------------------------------

@@ -313,10 +313,3 @@ async def connect(request: web.Request, admitted: Sequence[Admitted]) -> Toolbox
     if not toolbox.offered:
         log.info("MCP integrations of %s %s offer no allowed tool", request.method, request.path)
     return toolbox
-
-
-async def open_toolbox(request: web.Request, wanted: Sequence[Integration]) -> Toolbox | None:
-    """:func:`admit` then :func:`connect`; None when the request asks for no MCP server."""
-    if not wanted:
-        return None
-    return await connect(request, await admit(request, wanted))
