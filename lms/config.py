@@ -44,6 +44,7 @@ class Settings:
     models_ttl: int = 3600
     models_context_length: int = 4096
     models_parallel: int = 4
+    models_max_context_length: int = 32768
 
     def get(self, key: str) -> Any:
         return getattr(self, SETTINGS[key].field)
@@ -194,6 +195,13 @@ SETTINGS: dict[str, Setting] = {
             int,
             "requests a loaded model serves at once (continuous batching)",
             check=_check_parallel,
+        ),
+        Setting(
+            "models.max_context_length",
+            int,
+            "the largest context length a load may ask for (any client, any path)",
+            security=True,
+            check=_check_context,
         ),
     ]
 }

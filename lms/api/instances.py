@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from lms.api.security import check_model, model_filter
+from lms.api.security import TOKEN, check_model, model_filter
 from lms.api.state import MANAGER
+from lms.auth.permissions import Permission
 from lms.errors import ModelNotFoundError
 from lms.inference import catalog
 from lms.inference.manager import Instance, InstanceType, model_query
@@ -26,13 +27,16 @@ class Target:
 async def target(request: web.Request, query: str, *, kind: InstanceType = "llm") -> Target:
     """Resolve ``query`` (identifier or model key) and check it against the token's allowlist.
 
-    The allowlist applies to the resolved model key, never to the name the client chose. An
-    unknown model gets 404 listing only the models this token may use. ``kind`` is the mode the
-    route needs (``embedding`` for /v1/embeddings).
+    The allowlist applies to the resolved model key, never to the name the client chose, and
+    names resolve among the models this token may use: a model or instance outside the
+    allowlist answers exactly like a missing one (404 listing only the models this token may
+    use). ``kind`` is the mode the route needs (``embedding`` for /v1/embeddings).
     """
     manager = request.app[MANAGER]
     allowed = model_filter(request)
     instance = manager.find_instance(query)
+    if instance is not None and not allowed(instance.model.key):
+        instance = None
     if instance is not None:
         key = instance.model.key
         if instance.type != kind and query == key:
@@ -40,15 +44,18 @@ async def target(request: web.Request, query: str, *, kind: InstanceType = "llm"
                 (i for i in manager.instances() if i.model.key == key and i.type == kind), None
             )
     else:
-        models = await manager.models()
+        models = [m for m in await manager.models() if allowed(m.key)]
         try:
             key = catalog.resolve(model_query(query, kind), models).key
         except ModelNotFoundError as err:
-            visible = [m.key for m in models if allowed(m.key)]
+            if "ambiguous" in err.message:
+                raise
+            visible = [m.key for m in models]
             raise ModelNotFoundError(
                 f'model "{query}" not found. Available models: {", ".join(visible) or "(none)"}',
                 param="model",
                 hint=err.hint,
+                data={"available_models": visible},
             ) from None
         instance = next(
             (i for i in manager.instances() if i.model.key == key and i.type == kind), None
@@ -70,13 +77,21 @@ async def acquire(
     """The instance for ``query``, loading it just in time when needed.
 
     ``kind`` is the mode the route needs; an identifier of an instance of the other mode is
-    refused with 400 (see :meth:`ModelManager.acquire`).
+    refused with 400 (see :meth:`ModelManager.acquire`). ``ttl`` and ``context_length`` are
+    checked against their bounds on every request, before resolution; a ``context_length``
+    above ``models.context_length`` needs the ``models`` permission (403 without it).
     """
+    manager = request.app[MANAGER]
+    record = request.get(TOKEN)
+    may_widen = record is None or Permission.MODELS in record.permissions
+    manager.check_request(ttl=ttl, context_length=context_length, may_widen_context=may_widen)
     found = resolved or await target(request, query, kind=kind)
-    return await request.app[MANAGER].acquire(
+    return await manager.acquire(
         found.instance.identifier if found.instance else found.key,
         ttl=ttl,
         context_length=context_length,
         progress=progress,
         kind=kind,
+        allowed=model_filter(request),
+        may_widen_context=may_widen,
     )

@@ -25,9 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lms import paths
+from lms import limits, paths
 from lms.config import MAX_PARALLEL, Settings
-from lms.errors import ConflictError, InstanceNotFoundError, InvalidRequestError, ModelNotFoundError
+from lms.errors import (
+    ConflictError,
+    InstanceNotFoundError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+)
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
@@ -38,6 +44,9 @@ from lms.logstream import LogHub
 from lms.protocol import InstanceEntry
 
 log = logging.getLogger("lms.models")
+
+#: Which model keys a caller may see and use (a token's allowlist); None: every model.
+ModelFilter = Callable[[str], bool]
 
 InstanceType = Literal["llm", "embedding"]
 #: The identifier suffix of an embedding instance of an llm model.
@@ -218,8 +227,45 @@ class ModelManager:
         """Every downloaded model (metadata read off the event loop)."""
         return await asyncio.to_thread(catalog.discover, self._models_dir())
 
-    async def resolve(self, query: str) -> ModelFile:
-        return catalog.resolve(query, await self.models())
+    async def resolve(self, query: str, allowed: ModelFilter | None = None) -> ModelFile:
+        """The downloaded model ``query`` names, among the models ``allowed`` lets the caller
+        use: a model outside it is not found, exactly like a missing one, and the error lists
+        only allowed models."""
+        models = await self.models()
+        if allowed is not None:
+            models = [m for m in models if allowed(m.key)]
+        return catalog.resolve(query, models)
+
+    def check_request(
+        self,
+        *,
+        ttl: int | None = None,
+        context_length: int | None = None,
+        may_widen_context: bool = True,
+        context_param: str = "context_length",
+    ) -> None:
+        """Refuse a load request's ``ttl`` or ``context_length`` past its bounds (400 naming
+        the field; see :mod:`lms.limits`).
+
+        ``may_widen_context`` says whether the caller may ask for more context than
+        ``models.context_length`` (a token with the ``models`` permission, or no token at
+        all); without it, more is refused with 403. ``models.max_context_length`` bounds
+        everyone.
+        """
+        if ttl is not None:
+            limits.check_ttl(ttl)
+        if context_length is None:
+            return
+        settings = self._settings()
+        limits.check_context_length(
+            context_length, settings.models_max_context_length, context_param
+        )
+        if not may_widen_context and context_length > settings.models_context_length:
+            raise PermissionDeniedError(
+                f"'{context_param}' above {settings.models_context_length}"
+                " (models.context_length) needs a token with the models permission",
+                param=context_param,
+            )
 
     def instances(self) -> list[Instance]:
         return sorted(self._instances.values(), key=lambda i: i.identifier)
@@ -238,6 +284,9 @@ class ModelManager:
         context_length: int | None = None,
         progress: Callable[[float], None] | None = None,
         kind: InstanceType = "llm",
+        allowed: ModelFilter | None = None,
+        may_widen_context: bool = True,
+        context_param: str = "context_length",
     ) -> Instance:
         """The instance that serves an inference request for ``query``, JIT-loading it.
 
@@ -246,8 +295,20 @@ class ModelManager:
         the load (0..1, from the loading thread). ``kind`` is the mode the request needs: a
         model key finds (or loads) an instance of that kind; an identifier naming an instance
         of the other kind is refused (400), unless it is also the model key.
+
+        ``ttl`` and ``context_length`` are checked on every request (:meth:`check_request`),
+        loading or not. ``allowed`` limits what ``query`` may name: an instance or model
+        outside it is not found, exactly like a missing one.
         """
+        self.check_request(
+            ttl=ttl,
+            context_length=context_length,
+            may_widen_context=may_widen_context,
+            context_param=context_param,
+        )
         instance = self._instances.get(query)
+        if instance is not None and allowed is not None and not allowed(instance.model.key):
+            instance = None
         if instance is not None and instance.type != kind:
             if query != instance.model.key:
                 raise InvalidRequestError(
@@ -257,7 +318,7 @@ class ModelManager:
                 )
             instance = None
         if instance is None:
-            model = await self.resolve(model_query(query, kind))
+            model = await self.resolve(model_query(query, kind), allowed)
             if kind == "llm" and model.type == "embedding":
                 raise InvalidRequestError(
                     f'"{model.key}" is an embedding model: it serves /v1/embeddings only',
@@ -323,6 +384,8 @@ class ModelManager:
         embedding: bool | None = None,
         progress: Callable[[float], None] | None = None,
         parallel: int | None = None,
+        allowed: ModelFilter | None = None,
+        context_param: str = "context_length",
     ) -> Instance:
         """An explicit load (``lms load``, ``POST /api/v1/models/load``): a new instance.
 
@@ -332,16 +395,18 @@ class ModelManager:
         ``embedding`` loads it in embedding mode; None means "as the model's type says" (an
         embedding model loads in embedding mode, any other as an llm). ``progress`` hears about
         the load (0..1, from the loading thread).
+
+        ``ttl``, ``context_length`` and ``identifier`` are checked first (:mod:`lms.limits`);
+        ``allowed`` limits which models ``query`` may name (see :meth:`resolve`).
         """
-        if context_length is not None and context_length < 16:
-            raise InvalidRequestError("context_length must be at least 16", param="context_length")
-        if ttl is not None and ttl < 1:
-            raise InvalidRequestError("ttl must be at least 1 second", param="ttl")
+        self.check_request(ttl=ttl, context_length=context_length, context_param=context_param)
+        if identifier is not None:
+            limits.check_identifier(identifier)
         if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
             raise InvalidRequestError(
                 f"parallel must be between 1 and {MAX_PARALLEL}", param="parallel"
             )
-        model = await self.resolve(query)
+        model = await self.resolve(query, allowed)
         async with self._lock:
             if identifier is not None and identifier in self._instances:
                 raise ConflictError(f'an instance named "{identifier}" is already loaded')
@@ -440,17 +505,27 @@ class ModelManager:
 
     async def reap_idle(self, now: float | None = None) -> list[str]:
         """Unload instances whose idle TTL has run out; returns their identifiers."""
-        expired = [i.identifier for i in self.instances() if i.ttl_left(now) == 0.0]
+        expired = [i.identifier for i in self.instances() if _is_expired(i, now)]
         for identifier in expired:
             async with self._lock:
                 instance = self._instances.get(identifier)
-                if instance is not None and instance.ttl_left(now) == 0.0:
+                if instance is not None and _is_expired(instance, now):
                     await self._unload_locked(identifier)
                     log.info("unloaded %s after %ss idle", identifier, instance.ttl)
         return expired
 
     async def close(self) -> None:
         await self.unload_all()
+
+
+def _is_expired(instance: Instance, now: float | None) -> bool:
+    # Every load path bounds the TTL; should an absurd one slip in anyway, that instance is
+    # skipped (and said so) rather than making every pass of the reaper raise.
+    try:
+        return instance.ttl_left(now) == 0.0
+    except (ArithmeticError, TypeError, ValueError):
+        log.warning("instance %s has an unusable ttl; it is not unloaded", instance.identifier)
+        return False
 
 
 def model_query(query: str, kind: InstanceType) -> str:
