@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from lms.api.security import TOKEN, check_model, model_filter
+from lms.api.security import TOKEN, check_model, model_filter, refuse
 from lms.api.state import MANAGER
 from lms.auth.permissions import Permission
-from lms.errors import ModelNotFoundError
+from lms.errors import ModelNotFoundError, PermissionDeniedError
 from lms.inference import catalog
 from lms.inference.manager import Instance, InstanceType, model_query
 
@@ -84,7 +84,12 @@ async def acquire(
     manager = request.app[MANAGER]
     record = request.get(TOKEN)
     may_widen = record is None or Permission.MODELS in record.permissions
-    manager.check_request(ttl=ttl, context_length=context_length, may_widen_context=may_widen)
+    try:
+        manager.check_request(ttl=ttl, context_length=context_length, may_widen_context=may_widen)
+    except PermissionDeniedError as err:
+        if record is not None:
+            refuse(request, err, record.id)  # audited like the gate's own refusals
+        raise
     found = resolved or await target(request, query, kind=kind)
     return await manager.acquire(
         found.instance.identifier if found.instance else found.key,
