@@ -45,7 +45,8 @@ def ttl_from_milliseconds(value: object, param: str = "ttlMs") -> int:
     """
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise InvalidParameterError(f"'{param}' must be a number of milliseconds", param=param)
-    if not math.isfinite(value) or not 0 < value <= MAX_TTL_SECONDS * 1000:
+    finite = isinstance(value, int) or math.isfinite(value)  # math.isfinite(10**400) raises
+    if not finite or not 0 < value <= MAX_TTL_SECONDS * 1000:
         raise InvalidParameterError(
             f"'{param}' must be more than 0 and at most {MAX_TTL_SECONDS * 1000} milliseconds"
             " (30 days)",
