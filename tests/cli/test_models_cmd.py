@@ -185,6 +185,24 @@ def test_load_rejects_bad_numbers(runner: CliRunner, args: list[str]) -> None:
     assert runner.invoke(app, args).exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--ttl", "2592001"], "'--ttl' must be between 1 and 2592000 seconds (30 days)"),
+        (["--ttl", "9" * 401], "'--ttl' must be between 1 and 2592000 seconds (30 days)"),
+        (["--identifier", "a\x07b"], "'--identifier' must be printable text"),
+        (["--identifier", "x" * 129], "'--identifier' must be 1 to 128 characters long"),
+    ],
+)
+def test_load_refuses_out_of_bounds_ttl_and_identifier_before_the_daemon(
+    runner: CliRunner, fake_daemon: FakeControlServer, args: list[str], says: str
+) -> None:
+    result = runner.invoke(app, ["load", "pub/m", *args])
+    assert result.exit_code == 2, result.stderr
+    assert says in result.stderr
+    assert not [r for r in fake_daemon.requests if r[1] == "/instances/load"]
+
+
 def test_unload_identifier_and_all_together_is_bad_usage(runner: CliRunner) -> None:
     result = runner.invoke(app, ["unload", "x", "--all"])
     assert result.exit_code == 2
