@@ -10,7 +10,7 @@ from aiohttp import web
 from lms.api.security import TOKEN, check_model, model_filter, refuse
 from lms.api.state import MANAGER
 from lms.auth.permissions import Permission
-from lms.errors import ModelNotFoundError, PermissionDeniedError
+from lms.errors import ModelNotAllowedError, ModelNotFoundError, PermissionDeniedError
 from lms.inference import catalog
 from lms.inference.manager import Instance, InstanceType, model_query
 
@@ -44,10 +44,12 @@ async def target(request: web.Request, query: str, *, kind: InstanceType = "llm"
                 (i for i in manager.instances() if i.model.key == key and i.type == kind), None
             )
     else:
-        models = [m for m in await manager.models() if allowed(m.key)]
+        every = await manager.models()
+        models = [m for m in every if allowed(m.key)]
         try:
             key = catalog.resolve(model_query(query, kind), models).key
         except ModelNotFoundError as err:
+            audit_hidden(request, query, every)
             if "ambiguous" in err.message:
                 raise
             visible = [m.key for m in models]
@@ -62,6 +64,21 @@ async def target(request: web.Request, query: str, *, kind: InstanceType = "llm"
         )
     check_model(request, key)
     return Target(query, key, instance)
+
+
+def audit_hidden(request: web.Request, query: str, every: list[catalog.ModelFile]) -> None:
+    """Write to the audit log (only there) that ``query`` named a model or instance the token
+    may not use: the client got the same 404 as for a missing one."""
+    record = request.get(TOKEN)
+    if record is None:
+        return
+    manager = request.app[MANAGER]
+    try:
+        found = manager.find_instance(query) is not None or bool(catalog.resolve(query, every))
+    except ModelNotFoundError:
+        found = False
+    if found:
+        refuse(request, ModelNotAllowedError(f'"{query}" is outside the allowlist'), record.id)
 
 
 async def acquire(

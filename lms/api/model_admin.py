@@ -14,11 +14,16 @@ from typing import Any
 from aiohttp import web
 
 from lms import limits, protocol
-from lms.api import bodies
+from lms.api import bodies, instances
 from lms.api.security import check_model, model_filter
 from lms.api.state import DOWNLOADS, MANAGER
 from lms.download.jobs import Job
-from lms.errors import InstanceNotFoundError, InvalidParameterError, MissingParameterError
+from lms.errors import (
+    InstanceNotFoundError,
+    InvalidParameterError,
+    MissingParameterError,
+    ModelNotFoundError,
+)
 from lms.inference.manager import Instance
 
 routes = web.RouteTableDef()
@@ -57,7 +62,11 @@ async def load(request: web.Request) -> web.Response:
     manager.check_request(ttl=ttl, context_length=context_length)
     if identifier is not None:
         limits.check_identifier(identifier)
-    model = await manager.resolve(query, allowed)
+    try:
+        model = await manager.resolve(query, allowed)
+    except ModelNotFoundError:
+        instances.audit_hidden(request, query, await manager.models())
+        raise
     check_model(request, model.key)
     instance = await manager.load(
         model.key,
@@ -86,6 +95,8 @@ async def unload(request: web.Request) -> web.Response:
     allowed = model_filter(request)
     instance = manager.find_instance(instance_id)
     if instance is None or not allowed(instance.model.key):
+        if instance is not None:
+            instances.audit_hidden(request, instance_id, [])
         visible = [i.identifier for i in manager.instances() if allowed(i.model.key)]
         loaded = ", ".join(visible) or "none"
         raise InstanceNotFoundError(

@@ -177,6 +177,9 @@ async def test_allowlist_filters_and_refuses(
     )
     assert by_name.status == 404
     assert "google/" not in (await by_name.json())["error"]["message"]
+    # The owner still sees, in the audit log only, that the token asked for a hidden model.
+    reasons = [e["reason"] for e in audit.read() if e.get("event") == "request_refused"]
+    assert reasons == ["model_not_allowed"]  # one line per token, route and reason per interval
 
 
 @pytest.mark.model
