@@ -11,9 +11,11 @@ import pytest
 from fake_control import FakeControlServer, instance_doc
 from typer.testing import CliRunner
 
+from lms import client as control
 from lms import paths
 from lms.cli import app
 from lms.cli.models import scan_model_files
+from lms.errors import InvalidParameterError
 
 pytestmark = pytest.mark.usefixtures("lms_home")
 
@@ -252,3 +254,22 @@ def test_unload_all_and_unknown(runner: CliRunner, fake_daemon: FakeControlServe
     unknown = runner.invoke(app, ["unload", "zzz"])
     assert unknown.exit_code == 5
     assert "no instance 'zzz'" in unknown.stderr
+
+
+@pytest.mark.usefixtures("running_daemon")
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("ttl", 2_592_001, "'ttl' must be between 1 and 2592000 seconds"),
+        ("ttl", 10**30, "'ttl'"),
+        ("identifier", "a\x00b", "'identifier' must be printable text"),
+        ("identifier", "\ud800", "'identifier'"),
+        ("identifier", "x" * 129, "'identifier' must be 1 to 128 characters"),
+        ("context_length", 1_000_000_000, "'context_length' must be between 16 and 32768"),
+    ],
+)
+def test_the_control_socket_bounds_loads_too(field: str, value: Any, says: str) -> None:
+    with pytest.raises(InvalidParameterError) as info:
+        control.ControlClient().load("google/gemma-3-270m", **{field: value})
+    assert says in info.value.message
+    assert control.ControlClient().instances() == []
