@@ -23,6 +23,7 @@ import tomli_w
 
 from lms import paths, storage
 from lms.errors import ConfigBrokenError, SettingError
+from lms.limits import MAX_TTL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,11 @@ def _check_non_negative(value: int) -> None:
 def _check_timeout(value: int) -> None:
     if not 1 <= value <= 3600:
         raise ValueError("must be between 1 and 3600 seconds")
+
+
+def _check_ttl(value: int) -> None:
+    if not 0 <= value <= MAX_TTL_SECONDS:
+        raise ValueError(f"must be between 0 and {MAX_TTL_SECONDS} seconds (30 days)")
 
 
 def _check_context(value: int) -> None:
@@ -185,7 +191,7 @@ SETTINGS: dict[str, Setting] = {
             "models.ttl",
             int,
             "idle seconds before a JIT-loaded model unloads (0: never)",
-            check=_check_non_negative,
+            check=_check_ttl,
         ),
         Setting(
             "models.context_length", int, "default context length of a load", check=_check_context

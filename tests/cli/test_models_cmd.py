@@ -1,4 +1,5 @@
-"""``lms ls | ps | load | unload`` against no daemon and against a FakeControlServer."""
+"""``lms ls | ps | load | unload`` against no daemon and against a FakeControlServer; the load
+bounds also against the real daemon's control socket."""
 
 from __future__ import annotations
 
