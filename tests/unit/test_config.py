@@ -128,7 +128,7 @@ def test_max_context_length_is_file_only(monkeypatch: pytest.MonkeyPatch) -> Non
     assert config.setting("models.max_context_length").env_var is None
     monkeypatch.setenv("LMS_MODELS_MAX_CONTEXT_LENGTH", "1048576")
     assert config.load().models_max_context_length == 32768
-    with pytest.raises(SettingError, match="only be set in config.toml"):
+    with pytest.raises(SettingError, match=r"only be set in config\.toml"):
         config.load({"models.max_context_length": 1048576})
     config.set_value("models.max_context_length", "2048")
     assert config.load().models_max_context_length == 2048
