@@ -355,6 +355,10 @@ async def test_context_length_of_an_sdk_load_is_bounded(
         {"code": "invalid_parameter", "param": "contextLength"},
     ]
     assert manager.instances() == []
+    refused = [
+        (e["route"], e["reason"]) for e in audit.read() if e.get("event") == "request_refused"
+    ]
+    assert refused == [("/llm:getOrLoad", "insufficient_permissions")]
     await ws.close()
 
 

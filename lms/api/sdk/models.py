@@ -33,6 +33,7 @@ from lms.errors import (
     InvalidParameterError,
     MissingParameterError,
     ModelNotFoundError,
+    PermissionDeniedError,
 )
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
@@ -235,9 +236,14 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
     context_length = kvconfig.load_settings(parameter.get("loadConfigStack"), kind)
     ttl = kvconfig.ttl_seconds(parameter.get("loadTtlMs"), "loadTtlMs")
     widen = may_widen_context(channel)
-    channel.manager.check_request(
-        context_length=context_length, may_widen_context=widen, context_param="contextLength"
-    )
+    try:
+        channel.manager.check_request(
+            context_length=context_length, may_widen_context=widen, context_param="contextLength"
+        )
+    except PermissionDeniedError as err:
+        if channel.record is not None:  # audited like the gate's own refusals
+            channel.gate.refused(channel.endpoint, err, channel.record.id)
+        raise
     instance = match_loaded(channel, kind, {"identifier": name})
     if instance is not None:
         channel.check_model(instance.model.key)
