@@ -23,6 +23,7 @@ import tomli_w
 
 from lms import paths, storage
 from lms.errors import ConfigBrokenError, SettingError
+from lms.limits import MAX_TTL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Settings:
     models_ttl: int = 3600
     models_context_length: int = 4096
     models_parallel: int = 4
+    models_max_context_length: int = 32768
 
     def get(self, key: str) -> Any:
         return getattr(self, SETTINGS[key].field)
@@ -94,6 +96,11 @@ def _check_non_negative(value: int) -> None:
 def _check_timeout(value: int) -> None:
     if not 1 <= value <= 3600:
         raise ValueError("must be between 1 and 3600 seconds")
+
+
+def _check_ttl(value: int) -> None:
+    if not 0 <= value <= MAX_TTL_SECONDS:
+        raise ValueError(f"must be between 0 and {MAX_TTL_SECONDS} seconds (30 days)")
 
 
 def _check_context(value: int) -> None:
@@ -184,7 +191,7 @@ SETTINGS: dict[str, Setting] = {
             "models.ttl",
             int,
             "idle seconds before a JIT-loaded model unloads (0: never)",
-            check=_check_non_negative,
+            check=_check_ttl,
         ),
         Setting(
             "models.context_length", int, "default context length of a load", check=_check_context
@@ -194,6 +201,13 @@ SETTINGS: dict[str, Setting] = {
             int,
             "requests a loaded model serves at once (continuous batching)",
             check=_check_parallel,
+        ),
+        Setting(
+            "models.max_context_length",
+            int,
+            "the largest context length a load may ask for (any client, any path)",
+            security=True,
+            check=_check_context,
         ),
     ]
 }

@@ -1,7 +1,10 @@
 """Model management on the native API: load, unload, download and its status (reference §2.7-2.10).
 
-All four routes need the ``models`` permission (the route table in ``lms.auth.permissions``);
-load and unload also check the token's model allowlist against the resolved model key.
+All four routes need the ``models`` permission (the route table in ``lms.auth.permissions``).
+Load and unload resolve names among the models the token may use: a model or instance outside
+its allowlist answers exactly like a missing one (404), and the lists in those errors name only
+what the token may use. ``ttl``, ``identifier`` and ``context_length`` are bounded by the
+manager (docs/LIMITS.md).
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
-from lms import protocol
-from lms.api import bodies
-from lms.api.security import check_model
+from lms import limits, protocol
+from lms.api import bodies, instances
+from lms.api.security import check_model, model_filter
 from lms.api.state import DOWNLOADS, MANAGER
 from lms.download.jobs import Job
-from lms.errors import InstanceNotFoundError, InvalidParameterError, MissingParameterError
+from lms.errors import (
+    InstanceNotFoundError,
+    InvalidParameterError,
+    MissingParameterError,
+    ModelNotFoundError,
+)
 from lms.inference.manager import Instance
 
 routes = web.RouteTableDef()
@@ -48,17 +56,25 @@ async def load(request: web.Request) -> web.Response:
     echo = bodies.get(body, "echo_load_config", bool, False)
     for name, kind in _IGNORED_LOAD_FIELDS:
         bodies.get(body, name, kind)
-    if identifier is not None and not identifier.strip():
-        raise InvalidParameterError("'identifier' must not be empty", param="identifier")
+    parallel = bodies.get(body, "parallel", int)
     manager = request.app[MANAGER]
-    model = await manager.resolve(query)
+    allowed = model_filter(request)
+    manager.check_request(ttl=ttl, context_length=context_length)
+    if identifier is not None:
+        limits.check_identifier(identifier)
+    try:
+        model = await manager.resolve(query, allowed)
+    except ModelNotFoundError:
+        instances.audit_hidden(request, query, await manager.models())
+        raise
     check_model(request, model.key)
     instance = await manager.load(
         model.key,
         context_length=context_length,
         ttl=ttl,
         identifier=identifier,
-        parallel=bodies.get(body, "parallel", int),
+        parallel=parallel,
+        allowed=allowed,
     )
     answer: dict[str, Any] = {
         "type": instance.model.type,
@@ -76,9 +92,13 @@ async def unload(request: web.Request) -> web.Response:
     body = await bodies.read_json(request)
     instance_id = bodies.require(body, "instance_id", str)
     manager = request.app[MANAGER]
+    allowed = model_filter(request)
     instance = manager.find_instance(instance_id)
-    if instance is None:
-        loaded = ", ".join(i.identifier for i in manager.instances()) or "none"
+    if instance is None or not allowed(instance.model.key):
+        if instance is not None:
+            instances.audit_hidden(request, instance_id, [])
+        visible = [i.identifier for i in manager.instances() if allowed(i.model.key)]
+        loaded = ", ".join(visible) or "none"
         raise InstanceNotFoundError(
             f'no loaded instance "{instance_id}" (loaded: {loaded})', param="instance_id"
         )

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import client as control
-from lms import paths, starter
+from lms import limits, paths, starter
 from lms.cli import completers, render
 from lms.errors import InvalidParameterError
 from lms.modelfolder import scan_model_files
@@ -136,13 +136,19 @@ def load(
     ttl: Annotated[
         int | None,
         typer.Option(
-            "--ttl", metavar="SECONDS", min=1, help="Unload after this many idle seconds."
+            "--ttl",
+            metavar="SECONDS",
+            min=1,
+            help="Unload after this many idle seconds (at most 2592000, 30 days).",
         ),
     ] = None,
     identifier: Annotated[
         str | None,
         typer.Option(
-            "--identifier", metavar="ID", help="Name of the instance in the API (default: the key)."
+            "--identifier",
+            metavar="ID",
+            help="Name of the instance in the API (default: the key); 1 to 128 printable"
+            " characters.",
         ),
     ] = None,
     parallel: Annotated[
@@ -169,6 +175,10 @@ def load(
 
     With --embedding any model loads in embedding mode (mean pooling); embedding models always do.
     """
+    if ttl is not None:
+        limits.check_ttl(ttl, "--ttl")
+    if identifier is not None:
+        limits.check_identifier(identifier, "--identifier")
     starter.ensure_daemon(announce=_announce)
     client = control.ControlClient()
     with render.spinner(f"Loading {model}..."):

@@ -20,183 +20,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
 
-from lms import paths
+from lms import limits, paths
 from lms.config import MAX_PARALLEL, Settings
-from lms.errors import ConflictError, InstanceNotFoundError, InvalidRequestError, ModelNotFoundError
+from lms.errors import (
+    ConflictError,
+    InstanceNotFoundError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+)
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
-from lms.inference.engine import Engine, Generation, GenerationResult, LoadOptions
+from lms.inference.engine import Engine, LoadOptions
+from lms.inference.instance import EMBEDDING_SUFFIX as EMBEDDING_SUFFIX
+from lms.inference.instance import Instance as Instance
+from lms.inference.instance import InstanceType as InstanceType
+from lms.inference.instance import PredictionLog
 from lms.inference.templates import ChatFormatter
-from lms.inference.tools import Tool, template_inputs
 from lms.logstream import LogHub
-from lms.protocol import InstanceEntry
 
 log = logging.getLogger("lms.models")
 
-InstanceType = Literal["llm", "embedding"]
-#: The identifier suffix of an embedding instance of an llm model.
-EMBEDDING_SUFFIX = ":embedding"
-
-
-@dataclass
-class Instance:
-    """A model loaded under an identifier, with the engine (llm) or embedder that serves it."""
-
-    identifier: str
-    model: ModelFile
-    backend: Engine | Embedder
-    formatter: ChatFormatter
-    ttl: int | None
-    jit: bool
-    load_time: float
-    loaded_at: float = field(default_factory=time.time)
-    last_used_at: float = field(default_factory=time.time)
-
-    def touch(self) -> None:
-        self.last_used_at = time.time()
-
-    @property
-    def type(self) -> InstanceType:
-        return "embedding" if isinstance(self.backend, Embedder) else "llm"
-
-    @property
-    def engine(self) -> Engine:
-        """The generation engine; InvalidRequestError (400) on an embedding instance."""
-        if isinstance(self.backend, Embedder):
-            raise InvalidRequestError(
-                f'"{self.identifier}" is loaded in embedding mode: it serves /v1/embeddings only',
-                param="model",
-            )
-        return self.backend
-
-    @property
-    def embedder(self) -> Embedder:
-        """The embedding engine; InvalidRequestError (400) on an llm instance."""
-        if not isinstance(self.backend, Embedder):
-            raise InvalidRequestError(
-                f'"{self.identifier}" is not loaded in embedding mode', param="model"
-            )
-        return self.backend
-
-    @property
-    def context_length(self) -> int:
-        """Tokens one request may use: a sequence's share of an llm context, or the
-        embedding context."""
-        backend = self.backend
-        return backend.n_ctx if isinstance(backend, Embedder) else backend.n_ctx_per_seq
-
-    def load_config(self) -> dict[str, Any]:
-        """``config`` of this instance in ``GET /api/v1/models`` (reference §2.6): only
-        ``context_length`` for an embedding instance."""
-        backend = self.backend
-        if isinstance(backend, Embedder):
-            return {"context_length": backend.n_ctx}
-        return {
-            "context_length": backend.n_ctx_per_seq,
-            "eval_batch_size": backend.options.batch_size,
-            "parallel": backend.options.parallel,
-            "flash_attention": backend.options.flash_attention,
-        }
-
-    @property
-    def is_busy(self) -> bool:
-        return self.backend.active > 0 or self.backend.queued > 0
-
-    @property
-    def template_handles_tools(self) -> bool:
-        """Whether the chat template takes ``tools`` and tool messages as they are (our own
-        fallbacks and GGUF templates trained for tool use) rather than written into the text."""
-        return self.formatter.kind != "gguf" or self.model.trained_for_tool_use
-
-    def chat_text(self, messages: list[dict[str, Any]], tools: Sequence[Tool] = ()) -> str:
-        """A chat rendered with the model's template, ready for the answer (no BOS).
-
-        Tool calls and results in ``messages`` (OpenAI shape) and the offered ``tools`` reach
-        the template as it can take them (see :func:`lms.inference.tools.template_inputs`).
-        """
-        prepared, offered = template_inputs(
-            messages, tools, template_handles_tools=self.template_handles_tools
-        )
-        return self.formatter.render(prepared, add_generation_prompt=True, tools=offered)
-
-    def chat_prompt(
-        self, messages: list[dict[str, Any]], tools: Sequence[Tool] = ()
-    ) -> tuple[list[int], tuple[str, ...]]:
-        """Tokens of :meth:`chat_text`, and the template's stop strings."""
-        text = self.chat_text(messages, tools)
-        return self.engine.tokenize(text), tuple(self.formatter.stop_strings)
-
-    def ttl_left(self, now: float | None = None) -> float | None:
-        if not self.ttl:
-            return None
-        if self.is_busy:
-            return float(self.ttl)
-        return max(0.0, self.ttl - ((now or time.time()) - self.last_used_at))
-
-    def entry(self) -> InstanceEntry:
-        return {
-            "identifier": self.identifier,
-            "model_key": self.model.key,
-            "type": self.type,
-            "status": self.backend.status,
-            "queued": self.backend.queued,
-            "context_length": self.context_length,
-            "parallel": None
-            if isinstance(self.backend, Embedder)
-            else self.backend.options.parallel,
-            "ttl_seconds": self.ttl,
-            "ttl_left_seconds": self.ttl_left(),
-            "jit": self.jit,
-            "loaded_at": self.loaded_at,
-            "last_used_at": self.last_used_at,
-            "load_time_seconds": round(self.load_time, 3),
-            "size_bytes": self.model.size_bytes,
-        }
-
-
-class _PredictionLog:
-    """Publishes each prediction's formatted input and its output (``lms log stream``)."""
-
-    def __init__(self, hub: LogHub, instance: Instance) -> None:
-        self.hub = hub
-        self.instance = instance
-
-    def __call__(self, generation: Generation) -> None:
-        if not self.hub.wants("model"):
-            return
-        self.hub.publish(
-            "model",
-            {
-                "type": "llm.prediction.input",
-                "modelIdentifier": self.instance.identifier,
-                "modelPath": str(self.instance.model.path),
-                "input": self.instance.engine.detokenize(generation.prompt_tokens, special=True),
-            },
-        )
-        generation.on_done = self.finished
-
-    def finished(self, generation: Generation, result: GenerationResult) -> None:
-        self.hub.publish(
-            "model",
-            {
-                "type": "llm.prediction.output",
-                "modelIdentifier": self.instance.identifier,
-                "output": generation.output_text,
-                "stats": {
-                    "stopReason": result.finish_reason,
-                    "promptTokensCount": result.prompt_tokens,
-                    "predictedTokensCount": result.completion_tokens,
-                    "tokensPerSecond": round(result.tokens_per_second, 2),
-                    "timeToFirstTokenSec": round(result.time_to_first_token, 3),
-                },
-            },
-        )
+#: Which model keys a caller may see and use (a token's allowlist); None: every model.
+ModelFilter = Callable[[str], bool]
 
 
 class ModelManager:
@@ -218,8 +68,45 @@ class ModelManager:
         """Every downloaded model (metadata read off the event loop)."""
         return await asyncio.to_thread(catalog.discover, self._models_dir())
 
-    async def resolve(self, query: str) -> ModelFile:
-        return catalog.resolve(query, await self.models())
+    async def resolve(self, query: str, allowed: ModelFilter | None = None) -> ModelFile:
+        """The downloaded model ``query`` names, among the models ``allowed`` lets the caller
+        use: a model outside it is not found, exactly like a missing one, and the error lists
+        only allowed models."""
+        models = await self.models()
+        if allowed is not None:
+            models = [m for m in models if allowed(m.key)]
+        return catalog.resolve(query, models)
+
+    def check_request(
+        self,
+        *,
+        ttl: int | None = None,
+        context_length: int | None = None,
+        may_widen_context: bool = True,
+        context_param: str = "context_length",
+    ) -> None:
+        """Refuse a load request's ``ttl`` or ``context_length`` past its bounds (400 naming
+        the field; see :mod:`lms.limits`).
+
+        ``may_widen_context`` says whether the caller may ask for more context than
+        ``models.context_length`` (a token with the ``models`` permission, or no token at
+        all); without it, more is refused with 403. ``models.max_context_length`` bounds
+        everyone.
+        """
+        if ttl is not None:
+            limits.check_ttl(ttl)
+        if context_length is None:
+            return
+        settings = self._settings()
+        limits.check_context_length(
+            context_length, settings.models_max_context_length, context_param
+        )
+        if not may_widen_context and context_length > settings.models_context_length:
+            raise PermissionDeniedError(
+                f"'{context_param}' above {settings.models_context_length}"
+                " (models.context_length) needs a token with the models permission",
+                param=context_param,
+            )
 
     def instances(self) -> list[Instance]:
         return sorted(self._instances.values(), key=lambda i: i.identifier)
@@ -238,6 +125,9 @@ class ModelManager:
         context_length: int | None = None,
         progress: Callable[[float], None] | None = None,
         kind: InstanceType = "llm",
+        allowed: ModelFilter | None = None,
+        may_widen_context: bool = True,
+        context_param: str = "context_length",
     ) -> Instance:
         """The instance that serves an inference request for ``query``, JIT-loading it.
 
@@ -246,8 +136,20 @@ class ModelManager:
         the load (0..1, from the loading thread). ``kind`` is the mode the request needs: a
         model key finds (or loads) an instance of that kind; an identifier naming an instance
         of the other kind is refused (400), unless it is also the model key.
+
+        ``ttl`` and ``context_length`` are checked on every request (:meth:`check_request`),
+        loading or not. ``allowed`` limits what ``query`` may name: an instance or model
+        outside it is not found, exactly like a missing one.
         """
+        self.check_request(
+            ttl=ttl,
+            context_length=context_length,
+            may_widen_context=may_widen_context,
+            context_param=context_param,
+        )
         instance = self._instances.get(query)
+        if instance is not None and allowed is not None and not allowed(instance.model.key):
+            instance = None
         if instance is not None and instance.type != kind:
             if query != instance.model.key:
                 raise InvalidRequestError(
@@ -257,7 +159,7 @@ class ModelManager:
                 )
             instance = None
         if instance is None:
-            model = await self.resolve(model_query(query, kind))
+            model = await self.resolve(model_query(query, kind), allowed)
             if kind == "llm" and model.type == "embedding":
                 raise InvalidRequestError(
                     f'"{model.key}" is an embedding model: it serves /v1/embeddings only',
@@ -323,6 +225,8 @@ class ModelManager:
         embedding: bool | None = None,
         progress: Callable[[float], None] | None = None,
         parallel: int | None = None,
+        allowed: ModelFilter | None = None,
+        context_param: str = "context_length",
     ) -> Instance:
         """An explicit load (``lms load``, ``POST /api/v1/models/load``): a new instance.
 
@@ -332,16 +236,18 @@ class ModelManager:
         ``embedding`` loads it in embedding mode; None means "as the model's type says" (an
         embedding model loads in embedding mode, any other as an llm). ``progress`` hears about
         the load (0..1, from the loading thread).
+
+        ``ttl``, ``context_length`` and ``identifier`` are checked first (:mod:`lms.limits`);
+        ``allowed`` limits which models ``query`` may name (see :meth:`resolve`).
         """
-        if context_length is not None and context_length < 16:
-            raise InvalidRequestError("context_length must be at least 16", param="context_length")
-        if ttl is not None and ttl < 1:
-            raise InvalidRequestError("ttl must be at least 1 second", param="ttl")
+        self.check_request(ttl=ttl, context_length=context_length, context_param=context_param)
+        if identifier is not None:
+            limits.check_identifier(identifier)
         if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
             raise InvalidRequestError(
                 f"parallel must be between 1 and {MAX_PARALLEL}", param="parallel"
             )
-        model = await self.resolve(query)
+        model = await self.resolve(query, allowed)
         async with self._lock:
             if identifier is not None and identifier in self._instances:
                 raise ConflictError(f'an instance named "{identifier}" is already loaded')
@@ -398,7 +304,7 @@ class ModelManager:
             load_time=time.perf_counter() - started,
         )
         if self._hub is not None and isinstance(backend, Engine):
-            backend.observer = _PredictionLog(self._hub, instance)
+            backend.observer = PredictionLog(self._hub, instance)
         self._instances[identifier] = instance
         log.info(
             "loaded %s as %s (%s, context %d, %.2fs)",
@@ -440,17 +346,27 @@ class ModelManager:
 
     async def reap_idle(self, now: float | None = None) -> list[str]:
         """Unload instances whose idle TTL has run out; returns their identifiers."""
-        expired = [i.identifier for i in self.instances() if i.ttl_left(now) == 0.0]
+        expired = [i.identifier for i in self.instances() if _is_expired(i, now)]
         for identifier in expired:
             async with self._lock:
                 instance = self._instances.get(identifier)
-                if instance is not None and instance.ttl_left(now) == 0.0:
+                if instance is not None and _is_expired(instance, now):
                     await self._unload_locked(identifier)
                     log.info("unloaded %s after %ss idle", identifier, instance.ttl)
         return expired
 
     async def close(self) -> None:
         await self.unload_all()
+
+
+def _is_expired(instance: Instance, now: float | None) -> bool:
+    # Every load path bounds the TTL; should an absurd one slip in anyway, that instance is
+    # skipped (and said so) rather than making every pass of the reaper raise.
+    try:
+        return instance.ttl_left(now) == 0.0
+    except (ArithmeticError, TypeError, ValueError):
+        log.warning("instance %s has an unusable ttl; it is not unloaded", instance.identifier)
+        return False
 
 
 def model_query(query: str, kind: InstanceType) -> str:

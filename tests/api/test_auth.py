@@ -163,13 +163,23 @@ async def test_allowlist_filters_and_refuses(
     response = await client.post(
         "/v1/completions", json={"model": MODEL, "prompt": "x"}, headers=bearer(other)
     )
-    assert response.status == 403
-    assert (await response.json())["error"]["code"] == "model_not_allowed"
     missing = await client.post(
         "/v1/completions", json={"model": "nobody/nothing", "prompt": "x"}, headers=bearer(other)
     )
-    assert missing.status == 404
-    assert MODEL not in (await missing.json())["error"]["message"]  # only what it may use
+    # A model outside the allowlist answers exactly like a missing one.
+    assert (response.status, missing.status) == (404, 404)
+    hidden, absent = (await response.json())["error"], (await missing.json())["error"]
+    assert hidden["code"] == absent["code"] == "model_not_found"
+    assert hidden["message"] == absent["message"].replace("nobody/nothing", MODEL)
+    assert MODEL not in absent["message"]  # only what it may use
+    by_name = await client.post(
+        "/v1/completions", json={"model": "gemma-3-270m", "prompt": "x"}, headers=bearer(other)
+    )
+    assert by_name.status == 404
+    assert "google/" not in (await by_name.json())["error"]["message"]
+    # The owner still sees, in the audit log only, that the token asked for a hidden model.
+    reasons = [e["reason"] for e in audit.read() if e.get("event") == "request_refused"]
+    assert reasons == ["model_not_allowed"]  # one line per token, route and reason per interval
 
 
 @pytest.mark.model
@@ -252,3 +262,48 @@ async def test_broken_registry_fails_closed(
     body: dict[str, Any] = await response.json()
     assert body["error"]["code"] == "configuration_broken"
     assert (await client.get("/health")).status == 200
+
+
+@pytest.mark.parametrize(
+    ("token", "context_length", "status", "code"),
+    [
+        ("inference", 1_000_000_000, 400, "invalid_parameter"),  # over models.max_context_length
+        ("all", 1_000_000_000, 400, "invalid_parameter"),
+        ("inference", 8192, 403, "insufficient_permissions"),  # over models.context_length
+        ("inference", 4, 400, "invalid_parameter"),
+    ],
+)
+async def test_context_length_of_a_jit_load_is_bounded(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+    token: str,
+    context_length: int,
+    status: int,
+    code: str,
+) -> None:
+    response = await client.post(
+        "/api/v1/chat",
+        json={"model": MODEL, "input": "x", "context_length": context_length},
+        headers=bearer(tokens[token]),
+    )
+    error = (await response.json())["error"]
+    assert (response.status, error["code"], error["param"]) == (status, code, "context_length")
+    listed = await (await client.get("/api/v1/models", headers=bearer(tokens["all"]))).json()
+    assert [m["loaded_instances"] for m in listed["models"]] == [[]]
+
+
+@pytest.mark.model
+async def test_a_models_token_may_widen_the_context_of_a_jit_load(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    response = await client.post(
+        "/api/v1/chat",
+        json={"model": MODEL, "input": "x", "context_length": 8192, "max_output_tokens": 1},
+        headers=bearer(tokens["all"]),
+    )
+    assert response.status == 200, await response.text()
+    listed = await (await client.get("/api/v1/models", headers=bearer(tokens["all"]))).json()
+    assert [i["config"]["context_length"] for i in listed["models"][0]["loaded_instances"]] == [
+        8192
+    ]

@@ -205,5 +205,5 @@ async def test_auth_refusals(client: Client, lms_home: Path) -> None:
 
     assert await status(None) == (401, "missing_api_key")
     assert await status(listing) == (403, "insufficient_permissions")
-    assert await status(other) == (403, "model_not_allowed")
+    assert await status(other) == (404, "model_not_found")  # outside the allowlist: missing
     assert (await status(good))[0] == 200

@@ -70,6 +70,17 @@ async def test_load_then_unload(client: TestClient) -> None:  # type: ignore[typ
         ("load", {"model": MODEL, "echo_load_config": "yes"}, 400, "echo_load_config"),
         ("load", {"model": MODEL, "flash_attention": 1}, 400, "flash_attention"),
         ("load", {"model": MODEL, "identifier": " "}, 400, "identifier"),
+        ("load", {"model": MODEL, "identifier": ""}, 400, "identifier"),
+        ("load", {"model": MODEL, "identifier": "\ud800"}, 400, "identifier"),
+        ("load", {"model": MODEL, "identifier": "a\u0007b"}, 400, "identifier"),
+        ("load", {"model": MODEL, "identifier": "line\nbreak"}, 400, "identifier"),
+        ("load", {"model": MODEL, "identifier": "x" * 129}, 400, "identifier"),
+        ("load", {"model": MODEL, "ttl": -5}, 400, "ttl"),
+        ("load", {"model": MODEL, "ttl": 30 * 86400 + 1}, 400, "ttl"),
+        ("load", {"model": MODEL, "ttl": 2**62}, 400, "ttl"),
+        ("load", {"model": MODEL, "ttl": 1.5}, 400, "ttl"),
+        ("load", {"model": MODEL, "context_length": 1_000_000_000}, 400, "context_length"),
+        ("load", {"model": MODEL, "parallel": 17}, 400, "parallel"),
         ("load", {"model": "nobody/nothing"}, 404, "model"),
         ("unload", {}, 400, "instance_id"),
         ("unload", {"instance_id": ["x"]}, 400, "instance_id"),
@@ -101,13 +112,23 @@ async def test_load_checks_the_token_allowlist(
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("[auth]\nrequired = true\n")
 
-    refused = await client.post(
-        "/api/v1/models/load",
-        json={"model": MODEL},
-        headers={"Authorization": f"Bearer {elsewhere}"},
-    )
-    assert refused.status == 403
-    assert (await refused.json())["error"]["code"] == "model_not_allowed"
+    async def load_as_elsewhere(model: str) -> tuple[int, dict[str, Any]]:
+        response = await client.post(
+            "/api/v1/models/load",
+            json={"model": model},
+            headers={"Authorization": f"Bearer {elsewhere}"},
+        )
+        return response.status, (await response.json())["error"]
+
+    # A model outside the allowlist answers exactly like a missing one, and names no other.
+    status, hidden = await load_as_elsewhere(MODEL)
+    missing_status, missing = await load_as_elsewhere("nobody/nothing")
+    assert (status, missing_status) == (404, 404)
+    assert hidden["code"] == missing["code"] == "model_not_found"
+    assert hidden["message"] == missing["message"].replace("nobody/nothing", MODEL)
+    assert hidden.keys() == missing.keys()
+    status, by_name = await load_as_elsewhere("gemma-3-270m")
+    assert status == 404 and "google/" not in by_name["message"]
     lacking = await client.post(
         "/api/v1/models/load",
         json={"model": MODEL},
@@ -117,3 +138,34 @@ async def test_load_checks_the_token_allowlist(
     assert "models" in (await lacking.json())["error"]["message"]
     config.write_text("[auth]\nrequired = false\n")
     assert await loaded_ids(client) == []
+
+
+@pytest.mark.model
+async def test_unload_hides_instances_outside_the_allowlist(
+    client: TestClient,  # type: ignore[type-arg]
+    lms_home: Path,
+) -> None:
+    loaded = await client.post(
+        "/api/v1/models/load", json={"model": MODEL, "identifier": "secret", "context_length": 256}
+    )
+    assert loaded.status == 200, await loaded.json()
+    _, elsewhere = Registry().create("elsewhere", permissions={Permission.MODELS}, models=["x/*"])
+    config = lms_home / "config" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[auth]\nrequired = true\n")
+    headers = {"Authorization": f"Bearer {elsewhere}"}
+
+    async def unload_as_elsewhere(instance_id: str) -> tuple[int, dict[str, Any]]:
+        response = await client.post(
+            "/api/v1/models/unload", json={"instance_id": instance_id}, headers=headers
+        )
+        return response.status, (await response.json())["error"]
+
+    status, hidden = await unload_as_elsewhere("secret")
+    missing_status, missing = await unload_as_elsewhere("nothing")
+    assert (status, missing_status) == (404, 404)
+    assert hidden["code"] == missing["code"] == "instance_not_found"
+    assert hidden["message"] == missing["message"].replace("nothing", "secret")
+    assert "(loaded: none)" in hidden["message"]
+    config.write_text("[auth]\nrequired = false\n")
+    assert await loaded_ids(client) == ["secret"]

@@ -20,6 +20,7 @@ from lms.api.sdk import session as sdk_session
 from lms.auth import audit
 from lms.auth.permissions import Permission
 from lms.auth.registry import Registry
+from lms.inference.manager import ModelManager
 
 MODEL = "google/gemma-3-270m"
 GUEST = {"authVersion": 1, "clientIdentifier": "guest:abc", "clientPasskey": "def"}
@@ -259,9 +260,7 @@ async def test_allowlist_filters_listings_and_refuses_models(
         {"type": "channelCreate", "endpoint": "getOrLoad", "channelId": 4,
          "creationParameter": {"identifier": MODEL}}
     )  # fmt: skip
-    refused = await frame(ws)
-    assert refused["type"] == "channelError"
-    assert refused["error"]["errorData"]["code"] == "model_not_allowed"
+    hidden = await frame(ws)
     await ws.send_json(
         {"type": "channelCreate", "endpoint": "getOrLoad", "channelId": 5,
          "creationParameter": {"identifier": "nobody/nothing"}}
@@ -269,6 +268,97 @@ async def test_allowlist_filters_listings_and_refuses_models(
     missing = await frame(ws)
     assert missing["error"]["displayData"]["code"] == "generic.pathNotFound"
     assert MODEL not in json.dumps(missing)  # only what this token may use is listed
+    # A model outside the allowlist answers exactly like a missing one.
+    assert hidden["type"] == "channelError"
+    hidden.pop("channelId"), missing.pop("channelId")
+    assert json.dumps(hidden) == json.dumps(missing).replace("nobody/nothing", MODEL)
+    await ws.close()
+
+
+async def test_loaded_instances_outside_the_allowlist_are_invisible(
+    client: Client, tokens: dict[str, str], manager: ModelManager
+) -> None:
+    await manager.load(MODEL, identifier="secret", context_length=256)
+    ws = await connect(client, "/llm", packet(tokens["other"]))
+    assert (await call(ws, "listLoaded"))["result"] == []
+    replies = []
+    for call_id, name in enumerate(["secret", "nothing"], start=1):
+        spec = {"specifier": {"type": "query", "query": {"identifier": name}}}
+        info = await call(ws, "getModelInfo", spec, call_id=call_id)
+        unload = await call(ws, "unloadModel", {"identifier": name}, call_id=10 + call_id)
+        replies.append((info["error"], unload["error"]))
+    (info_hidden, unload_hidden), (info_missing, unload_missing) = replies
+    assert info_hidden["errorData"]["code"] == "model_not_found"
+    assert json.dumps(info_hidden) == json.dumps(info_missing).replace("nothing", "secret")
+    assert json.dumps(unload_hidden) == json.dumps(unload_missing).replace("nothing", "secret")
+    assert [i.identifier for i in manager.instances()] == ["secret"]
+    await ws.close()
+
+
+def load_frame(channel_id: int, endpoint: str, **extra: Any) -> str:
+    """A channelCreate as text: ``extra`` values are written as given, so ``NaN`` can be sent."""
+    fields = "".join(f', "{name}": {value}' for name, value in extra.items())
+    key = "modelKey" if endpoint == "loadModel" else "identifier"
+    return (
+        f'{{"type": "channelCreate", "endpoint": "{endpoint}", "channelId": {channel_id},'
+        f' "creationParameter": {{"{key}": "{MODEL}"{fields}}}}}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "name", "value"),
+    [
+        ("loadModel", "ttlMs", "NaN"),
+        ("loadModel", "ttlMs", "Infinity"),
+        ("loadModel", "ttlMs", "-Infinity"),
+        ("loadModel", "ttlMs", "1e300"),
+        ("loadModel", "ttlMs", str(30 * 86400 * 1000 + 1)),
+        ("loadModel", "ttlMs", "0"),
+        ("loadModel", "ttlMs", str(10**401)),
+        ("getOrLoad", "loadTtlMs", "NaN"),
+        ("getOrLoad", "loadTtlMs", "1e300"),
+        ("loadModel", "identifier", '"\\ud800"'),
+        ("loadModel", "identifier", '"a\\u0000b"'),
+        ("loadModel", "identifier", '"tab\\there"'),
+        ("loadModel", "identifier", '"' + "x" * 129 + '"'),
+        ("loadModel", "identifier", '""'),
+    ],
+)
+async def test_bad_load_parameters_get_a_clear_error(
+    client: Client, manager: ModelManager, endpoint: str, name: str, value: str
+) -> None:
+    ws = await connect(client, "/llm")
+    await ws.send_str(load_frame(3, endpoint, **{name: value}))
+    refused = await frame(ws)
+    assert refused["type"] == "channelError" and refused["channelId"] == 3, refused
+    assert refused["error"]["errorData"] == {"code": "invalid_parameter", "param": name}
+    assert manager.instances() == []
+    assert (await call(ws, "listLoaded"))["result"] == []  # the socket still answers
+    await ws.close()
+
+
+async def test_context_length_of_an_sdk_load_is_bounded(
+    client: Client, tokens: dict[str, str], manager: ModelManager
+) -> None:
+    ws = await connect(client, "/llm", packet(tokens["inference"]))
+    refusals = []
+    for channel_id, length in enumerate([8192, 1_000_000_000], start=1):
+        fields = [{"key": "llm.load.contextLength", "value": length}]
+        stack = {"layers": [{"layerName": "apiOverride", "config": {"fields": fields}}]}
+        await ws.send_json(
+            {"type": "channelCreate", "endpoint": "getOrLoad", "channelId": channel_id,
+             "creationParameter": {"identifier": MODEL, "loadConfigStack": stack}}
+        )  # fmt: skip
+        refusals.append((await frame(ws))["error"]["errorData"])
+    assert refusals == [
+        {"code": "insufficient_permissions", "param": "contextLength"},
+        {"code": "invalid_parameter", "param": "contextLength"},
+    ]
+    assert manager.instances() == []
+    refused = [
+        (e["route"], e["reason"]) for e in audit.read() if e.get("event") == "request_refused"
+    ]
+    assert refused == [("/llm:getOrLoad", "insufficient_permissions")]
     await ws.close()
 
 

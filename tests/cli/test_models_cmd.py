@@ -1,4 +1,5 @@
-"""``lms ls | ps | load | unload`` against no daemon and against a FakeControlServer."""
+"""``lms ls | ps | load | unload`` against no daemon and against a FakeControlServer; the load
+bounds also against the real daemon's control socket."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import pytest
 from fake_control import FakeControlServer, instance_doc
 from typer.testing import CliRunner
 
+from lms import client as control
 from lms import paths
 from lms.cli import app
 from lms.cli.models import scan_model_files
+from lms.errors import InvalidParameterError
 
 pytestmark = pytest.mark.usefixtures("lms_home")
 
@@ -185,6 +188,24 @@ def test_load_rejects_bad_numbers(runner: CliRunner, args: list[str]) -> None:
     assert runner.invoke(app, args).exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--ttl", "2592001"], "'--ttl' must be between 1 and 2592000 seconds (30 days)"),
+        (["--ttl", "9" * 401], "'--ttl' must be between 1 and 2592000 seconds (30 days)"),
+        (["--identifier", "a\x07b"], "'--identifier' must be printable text"),
+        (["--identifier", "x" * 129], "'--identifier' must be 1 to 128 characters long"),
+    ],
+)
+def test_load_refuses_out_of_bounds_ttl_and_identifier_before_the_daemon(
+    runner: CliRunner, fake_daemon: FakeControlServer, args: list[str], says: str
+) -> None:
+    result = runner.invoke(app, ["load", "pub/m", *args])
+    assert result.exit_code == 2, result.stderr
+    assert says in result.stderr
+    assert not [r for r in fake_daemon.requests if r[1] == "/instances/load"]
+
+
 def test_unload_identifier_and_all_together_is_bad_usage(runner: CliRunner) -> None:
     result = runner.invoke(app, ["unload", "x", "--all"])
     assert result.exit_code == 2
@@ -234,3 +255,22 @@ def test_unload_all_and_unknown(runner: CliRunner, fake_daemon: FakeControlServe
     unknown = runner.invoke(app, ["unload", "zzz"])
     assert unknown.exit_code == 5
     assert "no instance 'zzz'" in unknown.stderr
+
+
+@pytest.mark.usefixtures("running_daemon")
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("ttl", 2_592_001, "'ttl' must be between 1 and 2592000 seconds"),
+        ("ttl", 10**30, "'ttl'"),
+        ("identifier", "a\x00b", "'identifier' must be printable text"),
+        ("identifier", "\ud800", "'identifier'"),
+        ("identifier", "x" * 129, "'identifier' must be 1 to 128 characters"),
+        ("context_length", 1_000_000_000, "'context_length' must be between 16 and 32768"),
+    ],
+)
+def test_the_control_socket_bounds_loads_too(field: str, value: Any, says: str) -> None:
+    with pytest.raises(InvalidParameterError) as info:
+        control.ControlClient().load("google/gemma-3-270m", **{field: value})
+    assert says in info.value.message
+    assert control.ControlClient().instances() == []

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from lms import config
-from lms.errors import ConflictError, InstanceNotFoundError, ModelNotFoundError
+from lms import config, limits
+from lms.errors import (
+    ConflictError,
+    InstanceNotFoundError,
+    InvalidParameterError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+)
 from lms.inference.manager import ModelManager
 
 pytestmark = pytest.mark.model
@@ -90,3 +96,96 @@ async def test_unknown_model(manager: ModelManager) -> None:
     with pytest.raises(ModelNotFoundError) as info:
         await manager.acquire("nobody/nothing")
     assert "google/gemma-3-270m" in info.value.message
+
+
+@pytest.mark.parametrize("ttl", [0, -1, limits.MAX_TTL_SECONDS + 1, 10**400, True])
+async def test_ttl_out_of_bounds_is_refused_on_every_path(manager: ModelManager, ttl: int) -> None:
+    with pytest.raises(InvalidParameterError) as jit:
+        await manager.acquire("google/gemma-3-270m", ttl=ttl)
+    assert jit.value.param == "ttl"
+    with pytest.raises(InvalidParameterError) as explicit:
+        await manager.load("google/gemma-3-270m", ttl=ttl)
+    assert explicit.value.param == "ttl"
+    assert manager.instances() == []
+
+
+async def test_the_longest_ttl_is_accepted(manager: ModelManager) -> None:
+    instance = await manager.acquire("google/gemma-3-270m", ttl=limits.MAX_TTL_SECONDS)
+    assert instance.ttl == limits.MAX_TTL_SECONDS
+    assert instance.ttl_left(now=instance.last_used_at) == limits.MAX_TTL_SECONDS
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    ["", "\ud800", "a\x00b", "a\nb", "tab\there", "\u202eevil", "x" * 129, " lead", "trail "],
+)
+async def test_bad_identifiers_are_refused(manager: ModelManager, identifier: str) -> None:
+    with pytest.raises(InvalidParameterError) as info:
+        await manager.load("google/gemma-3-270m", identifier=identifier)
+    assert info.value.param == "identifier"
+    assert manager.instances() == []
+
+
+async def test_printable_identifiers_up_to_128_characters_load(manager: ModelManager) -> None:
+    longest = "é" * 127 + "x"
+    instance = await manager.load("google/gemma-3-270m", identifier=longest, context_length=256)
+    assert instance.identifier == longest
+    spaced = await manager.load("google/gemma-3-270m", identifier="my model", context_length=256)
+    assert [i.identifier for i in manager.instances()] == sorted([longest, spaced.identifier])
+
+
+async def test_context_length_ceiling_and_permission(manager: ModelManager) -> None:
+    with pytest.raises(InvalidParameterError) as huge:
+        await manager.acquire("google/gemma-3-270m", context_length=1_000_000_000)
+    assert huge.value.param == "context_length"
+    assert "32768" in huge.value.message
+    config.set_value("models.max_context_length", "2048")
+    with pytest.raises(InvalidParameterError) as over:
+        await manager.load(
+            "google/gemma-3-270m", context_length=4096, context_param="contextLength"
+        )
+    assert over.value.param == "contextLength"
+    config.set_value("models.max_context_length", "32768")
+    with pytest.raises(PermissionDeniedError) as narrow:
+        await manager.acquire("google/gemma-3-270m", context_length=8192, may_widen_context=False)
+    assert narrow.value.param == "context_length"
+    assert "models permission" in narrow.value.message
+    assert manager.instances() == []
+    instance = await manager.acquire(
+        "google/gemma-3-270m", context_length=4096, may_widen_context=False
+    )
+    assert instance.context_length == 4096
+
+
+async def test_reaper_pass_survives_an_absurd_ttl(manager: ModelManager) -> None:
+    broken = await manager.load("google/gemma-3-270m", identifier="broken", context_length=256)
+    broken.ttl = 10**401  # cannot come through a load; the reaper must still not raise
+    await manager.load("google/gemma-3-270m", identifier="short", context_length=256, ttl=1)
+    assert await manager.reap_idle(now=time.time() + 10) == ["short"]
+    assert [i.identifier for i in manager.instances()] == ["broken"]
+
+
+async def test_names_resolve_among_allowed_models_only(
+    manager: ModelManager, models_dir: Path, default_model_path: Path
+) -> None:
+    third = models_dir / "third" / "gemma-3-270m"
+    third.mkdir(parents=True)
+    (third / default_model_path.name).symlink_to(default_model_path)
+
+    def google_only(key: str) -> bool:
+        return key.startswith("google/")
+
+    with pytest.raises(ModelNotFoundError, match="ambiguous"):
+        await manager.resolve("gemma-3-270m")
+    assert (await manager.resolve("gemma-3-270m", google_only)).key == "google/gemma-3-270m"
+    with pytest.raises(ModelNotFoundError) as hidden:
+        await manager.resolve("other/gemma-copy", google_only)
+    with pytest.raises(ModelNotFoundError) as missing:
+        await manager.resolve("other/nothing", google_only)
+    assert hidden.value.message == missing.value.message.replace(
+        "other/nothing", "other/gemma-copy"
+    )
+    assert "third/" not in hidden.value.message and "other/" not in str(hidden.value.data)
+    await manager.acquire("other/gemma-copy")
+    with pytest.raises(ModelNotFoundError):
+        await manager.acquire("other/gemma-copy", allowed=google_only)

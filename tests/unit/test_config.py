@@ -37,6 +37,8 @@ def test_defaults() -> None:
         ("server.cors_origins", '["http://a"]', ("http://a",)),
         ("server.bind", "0.0.0.0", "0.0.0.0"),
         ("models.ttl", "0", 0),
+        ("models.ttl", "2592000", 2592000),
+        ("models.max_context_length", "65536", 65536),
     ],
 )
 def test_parse_text(key: str, text: str, value: object) -> None:
@@ -53,6 +55,10 @@ def test_parse_text(key: str, text: str, value: object) -> None:
         ("server.cors_origins", "*"),
         ("server.cors_origins", "evil"),
         ("models.context_length", "8"),
+        ("models.ttl", "2592001"),
+        ("models.ttl", "9" * 401),
+        ("models.max_context_length", "8"),
+        ("models.max_context_length", "1048577"),
         ("no.such_key", "1"),
     ],
 )
@@ -116,3 +122,13 @@ def test_unset_returns_to_default() -> None:
     config.set_value("models.ttl", "60")
     config.unset_value("models.ttl")
     assert config.load().models_ttl == 3600
+
+
+def test_max_context_length_is_file_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config.setting("models.max_context_length").env_var is None
+    monkeypatch.setenv("LMS_MODELS_MAX_CONTEXT_LENGTH", "1048576")
+    assert config.load().models_max_context_length == 32768
+    with pytest.raises(SettingError, match=r"only be set in config\.toml"):
+        config.load({"models.max_context_length": 1048576})
+    config.set_value("models.max_context_length", "2048")
+    assert config.load().models_max_context_length == 2048

@@ -8,11 +8,11 @@ decoding...) are ignored, as LM Studio ignores keys it does not know.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lms import limits
 from lms.errors import InvalidParameterError, NotImplementedYetError
 from lms.inference.sampling import SamplingParams
 from lms.inference.structured import schema_grammar
@@ -63,13 +63,11 @@ def load_settings(stack: Any, kind: str) -> int | None:
 
 
 def ttl_seconds(milliseconds: Any, param: str) -> int | None:
+    """An SDK TTL in milliseconds as whole seconds (None: absent); NaN, the infinities, zero,
+    negatives and more than 30 days are refused naming ``param`` (:mod:`lms.limits`)."""
     if milliseconds is None:
         return None
-    if not isinstance(milliseconds, int | float) or isinstance(milliseconds, bool):
-        raise InvalidParameterError(f"'{param}' must be a number of milliseconds", param=param)
-    if milliseconds <= 0:
-        raise InvalidParameterError(f"'{param}' must be positive", param=param)
-    return max(1, math.ceil(milliseconds / 1000))
+    return limits.ttl_from_milliseconds(milliseconds, param)
 
 
 @dataclass

@@ -8,8 +8,10 @@ Resolution of the SDK's model specifiers (reference §5.2): an instance referenc
 instance; a query's ``identifier`` is matched against loaded instances of the namespace — exact
 identifier, then model key, then name, then a case-insensitive prefix of the model's path — and,
 when nothing loaded matches, against downloaded models (a just-in-time load, as on the HTTP
-routes). The token's allowlist applies to the resolved model key, and "not found" errors list
-only what the token may use.
+routes). Names resolve only among the models the token may use: an instance or model outside
+its allowlist answers exactly like a missing one, and "not found" or "ambiguous" errors list
+only what the token may use. Load TTLs, identifiers and context lengths are bounded
+(:mod:`lms.limits`, docs/LIMITS.md).
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from lms import limits
 from lms.api.sdk import kvconfig, records, wire
 from lms.api.sdk.calls import Call, Channel, Endpoint, channel, rpc
 from lms.api.sdk.records import Kind
 from lms.api.state import CONFIG
+from lms.auth.permissions import Permission
 from lms.errors import (
     ConflictError,
     InstanceNotFoundError,
     InvalidParameterError,
     MissingParameterError,
     ModelNotFoundError,
+    PermissionDeniedError,
 )
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
@@ -46,13 +51,19 @@ def kind_of(call: Call) -> Kind:
 
 
 def loaded(call: Call, kind: Kind) -> list[Instance]:
-    """Instances of ``kind`` in load order: the SDK's ``model()`` without a key takes the first."""
-    found = [i for i in call.manager.instances() if i.type == kind]
+    """Instances of ``kind`` the token may use, in load order: the SDK's ``model()`` without a
+    key takes the first."""
+    found = [i for i in call.manager.instances() if i.type == kind and call.allows(i.model.key)]
     return sorted(found, key=lambda i: i.loaded_at)
 
 
 def visible(call: Call, kind: Kind) -> list[str]:
-    return [i.identifier for i in loaded(call, kind) if call.allows(i.model.key)]
+    return [i.identifier for i in loaded(call, kind)]
+
+
+def may_widen_context(call: Call) -> bool:
+    """Whether the caller may load with more context than ``models.context_length``."""
+    return call.record is None or Permission.MODELS in call.record.permissions
 
 
 def text_param(parameter: Any, name: str) -> str:
@@ -95,7 +106,7 @@ def match_loaded(call: Call, kind: Kind, query: dict[str, Any]) -> Instance | No
 async def downloaded(call: Call, name: str, kind: Kind) -> ModelFile:
     """The downloaded model ``name`` means (key, name, or a path prefix); the error lists only
     the models the token may use."""
-    models = await call.manager.models()
+    models = [m for m in await call.manager.models() if call.allows(m.key)]
     try:
         return catalog.resolve(model_query(name, kind), models)
     except ModelNotFoundError as err:
@@ -103,9 +114,8 @@ async def downloaded(call: Call, name: str, kind: Kind) -> ModelFile:
         by_path = [m for m in models if records.model_path(m).lower().startswith(lowered)]
         if by_path and "/" in name:
             return by_path[0]
-        allowed = [m.key for m in models if call.allows(m.key)]
         message = None if "ambiguous" not in err.message else err.message
-        raise wire.path_not_found(name, allowed, message) from None
+        raise wire.path_not_found(name, [m.key for m in models], message) from None
 
 
 def _specifier(parameter: Any, name: str) -> dict[str, Any]:
@@ -152,7 +162,7 @@ async def instance_for(
                 raise wire.no_model_matching(query, visible(call, kind))
             model = await downloaded(call, wanted, kind)
             call.check_model(model.key)
-            instance = await call.manager.acquire(model.key, kind=kind)
+            instance = await call.manager.acquire(model.key, kind=kind, allowed=call.allows)
     call.check_model(instance.model.key)
     instance.touch()
     return instance
@@ -223,6 +233,17 @@ async def get_load_config(call: Call, parameter: Any) -> dict[str, Any]:
 async def get_or_load(channel: Channel, parameter: Any) -> None:
     kind = kind_of(channel)
     name = text_param(parameter, "identifier")
+    context_length = kvconfig.load_settings(parameter.get("loadConfigStack"), kind)
+    ttl = kvconfig.ttl_seconds(parameter.get("loadTtlMs"), "loadTtlMs")
+    widen = may_widen_context(channel)
+    try:
+        channel.manager.check_request(
+            context_length=context_length, may_widen_context=widen, context_param="contextLength"
+        )
+    except PermissionDeniedError as err:
+        if channel.record is not None:  # audited like the gate's own refusals
+            channel.gate.refused(channel.endpoint, err, channel.record.id)
+        raise
     instance = match_loaded(channel, kind, {"identifier": name})
     if instance is not None:
         channel.check_model(instance.model.key)
@@ -231,8 +252,6 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
         return
     model = await downloaded(channel, name, kind)
     channel.check_model(model.key)
-    context_length = kvconfig.load_settings(parameter.get("loadConfigStack"), kind)
-    ttl = kvconfig.ttl_seconds(parameter.get("loadTtlMs"), "loadTtlMs")
     planned = model.key + (":embedding" if kind == "embedding" and model.type == "llm" else "")
     info = records.model_info(model, kind)
     await channel.send({"type": "startLoading", "identifier": planned, "info": info})
@@ -245,7 +264,14 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
         channel,
         "loadProgress",
         lambda report: channel.manager.acquire(
-            model.key, ttl=ttl, context_length=context_length, progress=report, kind=kind
+            model.key,
+            ttl=ttl,
+            context_length=context_length,
+            progress=report,
+            kind=kind,
+            allowed=channel.allows,
+            may_widen_context=widen,
+            context_param="contextLength",
         ),
     )
     await channel.finish({"type": "loadSuccess", "info": records.instance_info(instance)})
@@ -253,15 +279,17 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
 
 async def load_model(channel: Channel, parameter: Any) -> None:
     kind = kind_of(channel)
-    model = await downloaded(channel, text_param(parameter, "modelKey"), kind)
-    channel.check_model(model.key)
+    key = text_param(parameter, "modelKey")
     identifier = parameter.get("identifier")
-    if identifier is not None and (not isinstance(identifier, str) or not identifier.strip()):
-        raise InvalidParameterError("'identifier' must be a non-empty string", param="identifier")
-    if identifier is not None and channel.manager.find_instance(identifier) is not None:
-        raise ConflictError(f'a model instance with the identifier "{identifier}" already exists')
+    if identifier is not None:
+        identifier = limits.check_identifier(identifier)
     context_length = kvconfig.load_settings(parameter.get("loadConfigStack"), kind)
     ttl = kvconfig.ttl_seconds(parameter.get("ttlMs"), "ttlMs")
+    channel.manager.check_request(context_length=context_length, context_param="contextLength")
+    model = await downloaded(channel, key, kind)
+    channel.check_model(model.key)
+    if identifier is not None and channel.manager.find_instance(identifier) is not None:
+        raise ConflictError(f'a model instance with the identifier "{identifier}" already exists')
     await channel.send({"type": "resolved", "info": records.model_info(model, kind)})
     instance = await loading(
         channel,
@@ -273,6 +301,8 @@ async def load_model(channel: Channel, parameter: Any) -> None:
             identifier=identifier,
             embedding=kind == "embedding",
             progress=report,
+            allowed=channel.allows,
+            context_param="contextLength",
         ),
     )
     await channel.finish({"type": "success", "info": records.instance_info(instance)})
