@@ -31,7 +31,7 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: SQLite's primary result code SQLITE_FULL (``sqlite3`` is not imported here: the CLI's start-up
 #: would pay for it).
 _SQLITE_FULL = 13
-STORAGE_FULL_MESSAGE = "the disk holding the server's data is full: nothing was stored"
+STORAGE_FULL_MESSAGE = "no space left on the disk: nothing was stored"
 
 
 def is_full(exc: BaseException) -> bool:
