@@ -424,7 +424,12 @@ def test_a_client_leaving_mid_embedding_batch_leaves_the_daemon_up(daemon_home: 
     home = daemon_home
     url = _start_server(home)
     pid = home.daemon_pid()
-    texts = [f"sentence number {n} about the weather in a small town" for n in range(600)]
+    # About 2,000 tokens: long enough to be seen computing, short enough for a busy CI machine.
+    texts = [
+        f"sentence {n}: the weather in a small town by the sea was mild, with a light breeze"
+        " and a few clouds in the afternoon"
+        for n in range(64)
+    ]
     connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=300)
     try:
         connection.request(
