@@ -46,13 +46,13 @@ def is_full(exc: BaseException) -> bool:
     return False
 
 
-def full_error(path: Path) -> StorageFullError:
-    """The StorageFullError for a write to ``path`` (the path only in the hint and the data)."""
-    return StorageFullError(
-        STORAGE_FULL_MESSAGE,
-        hint=f"free some space on the disk holding {path}, then try again",
-        data={"path": str(path)},
-    )
+def full_error(path: Path, *, needed: int | None = None) -> StorageFullError:
+    """The StorageFullError for a write to ``path`` (the path only in the hint and the data);
+    ``needed``: the bytes a write found missing before it started."""
+    hint = f"free some space on the disk holding {path}, then try again"
+    if needed is not None:
+        hint = f"{needed} bytes are needed in {path}: free some space, then try again"
+    return StorageFullError(STORAGE_FULL_MESSAGE, hint=hint, data={"path": str(path)})
 
 
 @contextlib.contextmanager

@@ -155,11 +155,8 @@ class Transfer:
         return offset, total
 
     def _free_check(self, folder: Path, needed: int) -> None:
-        free = shutil.disk_usage(folder).free
-        if needed > free:
-            raise DownloadError(
-                f"not enough disk space in {folder}: {needed} bytes needed, {free} free"
-            )
+        if needed > shutil.disk_usage(folder).free:
+            raise storage.full_error(folder, needed=needed)
 
     async def _receive(
         self, job: Job, response: aiohttp.ClientResponse, partial: Path, offset: int

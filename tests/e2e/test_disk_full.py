@@ -6,9 +6,12 @@ nothing stored before is lost, and once space is freed everything works again.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
-from collections.abc import Iterator
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,9 @@ from typing import Any
 import pytest
 from conftest import Home
 from fulldisk import SmallDisk, small_tmpfs
-from http_calls import post, sse_events, stop_daemon
+from http_calls import post, sse_events, stop_daemon, wait_until
 
 MODEL = "google/gemma-3-270m"
-pytestmark = pytest.mark.model
 
 
 @dataclass
@@ -64,6 +66,7 @@ def _assert_storage_full_envelope(status: int, body: bytes, root: Path) -> None:
     assert str(root).encode() not in body  # the server's paths are its own business
 
 
+@pytest.mark.model
 def test_a_full_disk_refuses_every_write_clearly_and_loses_nothing(full_home: FullHome) -> None:
     home, disk, url = full_home.home, full_home.disk, full_home.url
     root = disk.root
@@ -131,6 +134,7 @@ def test_a_full_disk_refuses_every_write_clearly_and_loses_nothing(full_home: Fu
     assert status == 200, body
 
 
+@pytest.mark.model
 @pytest.mark.xfail(
     strict=True,
     reason="/v1/responses streams end without an error event when storing fails: needs the"
@@ -151,3 +155,90 @@ def test_a_responses_stream_ends_with_an_error_event_when_storing_fails(
     assert dict(events)["error"]["code"] == "storage_full"
     assert "response.completed" not in kinds
     assert str(disk.root).encode() not in body
+
+
+class _GgufServer:
+    """Serves one GGUF at ``/acme/{name}/resolve/main/{name}-Q8_0.gguf``: with a Content-Length
+    for ``sized`` (the daemon checks the free space first), without one (the body ends with the
+    connection) for ``unsized`` (only the writes find the disk full)."""
+
+    def __init__(self, body: bytes) -> None:
+        owner_body = body
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                if "/sized/" in self.path:
+                    self.send_header("Content-Length", str(len(owner_body)))
+                self.end_headers()
+                self.wfile.write(owner_body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        port = self.server.server_address[1]
+        return f"http://127.0.0.1:{port}/acme/{name}/resolve/main/{name}-Q8_0.gguf"
+
+    def __enter__(self) -> _GgufServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=60)
+
+
+def _job(url: str, job_id: str) -> tuple[dict[str, Any], bytes]:
+    with urllib.request.urlopen(f"{url}/api/v1/models/download/status/{job_id}") as answer:
+        raw = answer.read()
+    return json.loads(raw), raw
+
+
+def test_lms_get_onto_a_full_disk_fails_clearly_then_works_once_space_is_freed(
+    make_gguf: Callable[..., bytes], tmp_path: Path, default_models_dir: Path
+) -> None:
+    body = make_gguf(tmp_path / "tiny.gguf", tensor_bytes=1 << 20)
+    with small_tmpfs("32m") as disk, _GgufServer(body) as files:
+        root = disk.root
+        (root / "config").mkdir(mode=0o700)
+        (root / "config" / "config.toml").write_text("[models]\nallow_private_urls = true\n")
+        # The models folder is on the small disk; the default model (which the daemon makes
+        # sure of at start) stays where the session put it.
+        (root / "data" / "models").mkdir(mode=0o700, parents=True)
+        (root / "data" / "models" / "google").symlink_to(default_models_dir / "google")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
+        env.update(LMS_HOME=str(root), NO_COLOR="1")
+        home = Home(root, env)
+        try:
+            started = home.lms("server", "start", "--port", "0")
+            assert started.returncode == 0, started.stderr
+            url = home.server_url()
+            disk.fill()
+            for name in ("sized", "unsized"):
+                got = home.lms("get", files.url(name))
+                assert got.returncode == 1, got.stderr
+                assert "lms: no space left on the disk" in got.stderr
+                assert str(root / "data" / "models" / "acme" / name) in got.stderr
+                assert not (root / "data" / "models" / "acme" / name).exists()
+
+            status, raw = post(f"{url}/api/v1/models/download", {"model": files.url("unsized")})
+            assert status == 200, raw
+            job_id = json.loads(raw)["job_id"]
+            wait_until(lambda: _job(url, job_id)[0]["status"] != "downloading", what="job ended")
+            job, raw = _job(url, job_id)
+            assert job["status"] == "failed"
+            assert job["error"]["code"] == "storage_full" and "hint" not in job["error"]
+            assert str(root).encode() not in raw  # the public API never shows the server's paths
+
+            disk.free()
+            got = home.lms("get", files.url("sized"))
+            assert got.returncode == 0, got.stderr
+            placed = root / "data" / "models" / "acme" / "sized" / "sized-Q8_0.gguf"
+            assert placed.read_bytes() == body
+        finally:
+            stop_daemon(home)
