@@ -368,14 +368,18 @@ def test_kill_9_at_a_stored_chat_write_keeps_the_chat_store(daemon_home: Home) -
             tracer.kill()
             tracer.wait()
 
-    with sqlite3.connect(chats) as db:  # the hot journal is rolled back on this first open
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert db.execute("SELECT id FROM responses").fetchall() == [(stored,)]
-    db.close()
-    url = _start_server(home)
+    assert Path(f"{chats}-journal").exists()  # killed mid-commit: a hot journal is left
+    url = _start_server(home)  # the new daemon's first open rolls it back
     status, body = _chat(url, input="And now?", previous_response_id=stored)
     assert status == 200, body
-    assert json.loads(body)["response_id"].startswith("resp_")
+    added = json.loads(body)["response_id"]
+    db = sqlite3.connect(chats)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = db.execute("SELECT id FROM responses ORDER BY rowid").fetchall()
+    finally:
+        db.close()
+    assert rows == [(stored,), (added,)]
 
 
 # --- clients that leave ---------------------------------------------------------------------
