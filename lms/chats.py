@@ -5,6 +5,9 @@ response id is a point in a conversation: continuing from an older id branches i
 old responses (the store is bounded) never breaks a newer one. A response belongs to the token
 that created it (``None`` with auth off); any other caller gets "not found", exactly as if the
 id did not exist. Blocking SQLite calls: run them off the event loop.
+
+A full disk raises StorageFullError (``storage.guard_full``) and the failed insert is rolled
+back: every response stored before stays readable.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lms import paths
+from lms import paths, storage
 from lms.errors import InvalidParameterError, PreviousResponseNotFoundError
 
 DEFAULT_LIMIT = 2000
@@ -55,20 +58,21 @@ class ChatStore:
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         path = self.path
-        paths.ensure_dir(path.parent)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(path, timeout=10)
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS responses ("
-                " id TEXT PRIMARY KEY, owner TEXT, model TEXT NOT NULL,"
-                " created_at REAL NOT NULL, messages TEXT NOT NULL, output TEXT NOT NULL)"
-            )
-            with conn:
-                yield conn
-        finally:
-            conn.close()
+        with storage.guard_full(path):
+            paths.ensure_dir(path.parent)
+            if not path.exists():
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            conn = sqlite3.connect(path, timeout=10)
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS responses ("
+                    " id TEXT PRIMARY KEY, owner TEXT, model TEXT NOT NULL,"
+                    " created_at REAL NOT NULL, messages TEXT NOT NULL, output TEXT NOT NULL)"
+                )
+                with conn:
+                    yield conn
+            finally:
+                conn.close()
 
     def save(
         self,
@@ -79,7 +83,10 @@ class ChatStore:
         output: list[dict[str, Any]],
         response_id: str | None = None,
     ) -> str:
-        """Store a response (the conversation including its answer); returns its id."""
+        """Store a response (the conversation including its answer); returns its id.
+
+        StorageFullError when the disk is full (nothing of this response is stored).
+        """
         response_id = response_id or new_response_id()
         with self._connect() as conn:
             conn.execute(

@@ -48,7 +48,7 @@ def append(
     entry.update({key: _scrub(value) for key, value in fields.items()})
     line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     target = path or paths.audit_log()
-    with storage.locked(target):
+    with storage.locked(target), storage.guard_full(target):
         fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             # A writer killed mid-line leaves no newline: start on a fresh line so that only the

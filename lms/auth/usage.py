@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lms import paths
+from lms import paths, storage
+from lms.errors import StorageFullError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS token_usage (
@@ -134,16 +135,17 @@ class UsageStore:
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         path = self.path
-        paths.ensure_dir(path.parent)
-        # Create the file 0600 before sqlite does (it would use the umask).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        db = sqlite3.connect(path, timeout=10.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            yield db
-        finally:
-            db.close()
+        with storage.guard_full(path):
+            paths.ensure_dir(path.parent)
+            # Create the file 0600 before sqlite does (it would use the umask).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            db = sqlite3.connect(path, timeout=10.0)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(_SCHEMA)
+                yield db
+            finally:
+                db.close()
 
 
 class UsageBuffer:
@@ -207,7 +209,7 @@ class UsageBuffer:
             return 0
         try:
             self._store.apply(batch)
-        except (sqlite3.Error, OSError):
+        except (sqlite3.Error, OSError, StorageFullError):
             self.restore(batch)
             raise
         return len(batch)

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from lms import storage
 from lms.download import layout
 from lms.errors import InvalidParameterError, NotFoundError
 from lms.inference import catalog
@@ -113,10 +114,11 @@ def _copy_into_place(source: Path, target: Path) -> None:
     tmp = Path(tmp_name)
     try:
         os.close(fd)
-        shutil.copyfile(source, tmp)  # copy_file_range / sendfile where the kernel has them
-        with tmp.open("rb+") as out:
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
+        with storage.guard_full(target):
+            shutil.copyfile(source, tmp)  # copy_file_range / sendfile where the kernel has them
+            with tmp.open("rb+") as out:
+                os.fchmod(out.fileno(), 0o644)
+                os.fsync(out.fileno())
         catalog.read_metadata(tmp)  # the source may have changed while it was copied
         layout.place(tmp, target)
     except BaseException:

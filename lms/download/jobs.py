@@ -25,9 +25,10 @@ def _iso(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _error_json(err: LmsError) -> dict[str, str]:
+def _error_json(err: LmsError, *, include_path: bool) -> dict[str, str]:
     body = {"type": err.type, "code": err.code, "message": err.message}
-    if err.hint:
+    # A hint about a file of the server (a full disk names it) is for its owner's CLI only.
+    if err.hint and (include_path or "path" not in err.data):
         body["hint"] = err.hint
     return body
 
@@ -92,7 +93,7 @@ class Job:
         if self.status == "completed" and self.completed_at is not None:
             doc["completed_at"] = _iso(self.completed_at)
         if self.error is not None:
-            doc["error"] = _error_json(self.error)
+            doc["error"] = _error_json(self.error, include_path=include_path)
         if include_path:
             doc["path"] = str(self.target)
         return doc

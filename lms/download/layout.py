@@ -28,6 +28,7 @@ from pathlib import Path
 
 from yarl import URL
 
+from lms import storage
 from lms.errors import ConflictError, InvalidParameterError
 
 LOCAL_PUBLISHER = "local"
@@ -115,7 +116,8 @@ def make_dirs(target: Path) -> list[Path]:
     for folder in reversed([target.parent, *list(target.parent.parents)]):
         if not folder.exists():
             created.append(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with storage.guard_full(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
     return created
 
 
@@ -131,7 +133,8 @@ def place(source: Path, target: Path) -> None:
     an existing ``target``: hard link then unlink (a rename would overwrite). Raises
     ConflictError when ``target`` exists."""
     try:
-        os.link(source, target, follow_symlinks=False)
+        with storage.guard_full(target):
+            os.link(source, target, follow_symlinks=False)
     except FileExistsError:
         raise exists_error(target) from None
     except OSError as exc:

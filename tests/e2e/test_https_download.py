@@ -6,17 +6,20 @@ although the connection goes to the address the outbound rule pinned.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import http.server
 import ipaddress
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,13 +156,46 @@ def download_home() -> Iterator[Path]:
     try:
         yield root
     finally:
-        pid_file = root / "run" / "lms.pid"
-        if pid_file.exists():
-            stopped = subprocess.run(
-                [LMS, "daemon", "down"], env=_env(root, None), capture_output=True, timeout=60
-            )
-            assert stopped.returncode == 0, stopped.stderr  # a daemon left running is a leak
+        stopped = _stop_daemon(root)
         shutil.rmtree(root, ignore_errors=True)
+        assert stopped is None, stopped
+
+
+def _stop_daemon(root: Path) -> str | None:
+    """Stop the daemon `lms get` started (``lms daemon down``); what went wrong, else None.
+
+    Should ``down`` fail, the daemon is still ended (SIGTERM, then SIGKILL) so that no process
+    outlives the test, and the failure is reported.
+    """
+    pid_file = root / "run" / "lms.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    down = subprocess.run(
+        [LMS, "daemon", "down"], env=_env(root, None), capture_output=True, text=True, timeout=60
+    )
+    if down.returncode == 0 and _gone(pid, deadline=60):
+        return None
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        if _gone(pid, deadline=30):
+            break
+    return f"lms daemon down failed (exit {down.returncode}): {down.stderr.strip()}"
+
+
+def _gone(pid: int, deadline: float) -> bool:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        if state == "Z":  # exited; its parent (not this test) has yet to reap it
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _env(home: Path, ca: Path | None) -> dict[str, str]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fulldisk import small_tmpfs
 
 from lms import paths
 from lms.auth import audit, tokens
@@ -19,6 +20,7 @@ from lms.errors import (
     ExitCode,
     InvalidRequestError,
     NotFoundError,
+    StorageFullError,
 )
 
 
@@ -315,3 +317,30 @@ def test_duplicate_ids_in_file_are_broken(reg: Registry) -> None:
     path.write_text(text + "\n" + body.replace('name = "a"', 'name = "b"'))
     with pytest.raises(ConfigBrokenError, match="id used twice"):
         reg.list()
+
+
+def test_a_full_disk_refuses_a_write_and_leaves_tokens_toml_whole(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    with small_tmpfs() as disk:
+        monkeypatch.setenv("LMS_HOME", str(disk.root))
+        reg = Registry(clock=clock)
+        kept = [reg.create(name)[0] for name in ("ci", "laptop")]
+        before = reg.path.read_bytes()
+        disk.fill()
+        for change in (
+            lambda: reg.create("phone"),
+            lambda: reg.rotate("ci"),
+            lambda: reg.remove("laptop"),
+        ):
+            with pytest.raises(StorageFullError) as info:
+                change()
+            assert info.value.exit_code == ExitCode.FAILED
+            assert info.value.hint is not None and str(reg.path) in info.value.hint
+            assert reg.path.read_bytes() == before
+            assert not list(reg.path.parent.glob(".tokens.toml.*.tmp"))
+        assert [record.id for record in reg.list()] == [record.id for record in kept]
+        disk.free()
+        record, _ = reg.create("phone")
+        assert [r.name for r in reg.list()] == ["ci", "laptop", "phone"]
+        assert record.name == "phone"

@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from fulldisk import small_tmpfs
 
 from lms.chats import ChatStore
-from lms.errors import InvalidParameterError, PreviousResponseNotFoundError
+from lms.errors import InvalidParameterError, PreviousResponseNotFoundError, StorageFullError
 
 
 def save(store: ChatStore, owner: str | None, text: str) -> str:
@@ -54,3 +55,24 @@ def test_bounded_oldest_pruned(tmp_path: Path) -> None:
     with pytest.raises(PreviousResponseNotFoundError):
         store.load(ids[0], None)
     assert store.load(ids[4], None).messages[0]["content"] == "4"
+
+
+def test_a_full_disk_refuses_the_save_and_keeps_every_stored_response() -> None:
+    with small_tmpfs() as disk:
+        store = ChatStore(disk.root / "chats.sqlite3")
+        kept = [save(store, "tok1", f"answer {n}") for n in range(3)]
+        disk.fill()
+        with pytest.raises(StorageFullError) as info:
+            save(store, "tok1", "x" * 20_000)
+        err = info.value
+        assert (err.code, err.status) == ("storage_full", 507)
+        assert str(disk.root) not in err.message  # the HTTP body shows only the message
+        assert err.data == {"path": str(disk.root / "chats.sqlite3")}
+        assert err.hint is not None and str(disk.root / "chats.sqlite3") in err.hint
+        assert store.count() == 3
+        for n, response_id in enumerate(kept):
+            assert store.load(response_id, "tok1").messages[0]["content"] == f"answer {n}"
+        disk.free()
+        again = save(store, "tok1", "x" * 20_000)
+        assert store.load(again, "tok1").messages[0]["content"] == "x" * 20_000
+        assert store.count() == 4

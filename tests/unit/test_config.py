@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fulldisk import small_tmpfs
 
 from lms import config
-from lms.errors import ConfigBrokenError, ExitCode, SettingError
+from lms.errors import ConfigBrokenError, ExitCode, SettingError, StorageFullError
 
 
 @pytest.fixture(autouse=True)
@@ -132,3 +133,27 @@ def test_max_context_length_is_file_only(monkeypatch: pytest.MonkeyPatch) -> Non
         config.load({"models.max_context_length": 1048576})
     config.set_value("models.max_context_length", "2048")
     assert config.load().models_max_context_length == 2048
+
+
+def test_a_full_disk_refuses_set_and_unset_and_keeps_config_toml(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with small_tmpfs() as disk:
+        monkeypatch.setenv("LMS_HOME", str(disk.root))
+        config.set_value("server.port", "2000")
+        config.set_value("server.bind", "127.0.0.1")
+        path = disk.root / "config" / "config.toml"
+        before = path.read_bytes()
+        disk.fill()
+        for change in (
+            lambda: config.set_value("server.port", "3000"),
+            lambda: config.unset_value("server.port"),
+        ):
+            with pytest.raises(StorageFullError) as info:
+                change()
+            assert info.value.data == {"path": str(path)}
+            assert path.read_bytes() == before
+        assert config.load().server_port == 2000
+        disk.free()
+        config.set_value("server.port", "3000")
+        assert config.load().server_port == 3000
