@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 
@@ -84,3 +86,62 @@ async def test_listed_origin_without_cors_gets_no_cors_headers(
     response = await client.get("/v1/models", headers={"Origin": origin})
     assert response.status == 200
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::1].evil.example",
+        "[::1]evil",
+        "[::1]:80:80",
+        "[::1",
+        "[not-an-address]",
+        "localhost.evil",
+        "localhost:80:80",
+        "localhost:http",
+        "localhost:123456",
+        "localhost@evil.example",
+        "localhost/evil",
+        "evil.example#localhost",
+        "127.0.0.1.evil.example",
+        "::1",
+    ],
+)
+async def test_host_parsed_strictly(client: TestClient, host: str) -> None:  # type: ignore[type-arg]
+    response = await client.get("/health", headers={"Host": host})
+    assert response.status == 403, host
+    assert (await response.json())["error"]["code"] == "forbidden"
+
+
+async def _raw_get(port: int, head: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        data = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        writer.close()
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split(b" ")[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("host", [b"localhost\x01", b"local\x7fhost", b"localhost\x1b:80"])
+async def test_host_with_control_characters_refused(
+    client: TestClient,  # type: ignore[type-arg]
+    host: bytes,
+) -> None:
+    head = b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    status, body = await _raw_get(client.server.port or 0, head)
+    assert status in (400, 403), body  # aiohttp's parser may refuse it first
+    assert b"\x01" not in body and b"\x1b" not in body and b"\x7f" not in body
+
+
+async def test_echoed_input_is_redacted(client: TestClient) -> None:  # type: ignore[type-arg]
+    token = "sk-lm-abcd1234:" + "Z9" * 10
+    for response in (
+        await client.get(f"/v1/{token}/x?api_key={token}"),
+        await client.get("/v1/models", headers={"Origin": f"http://{token}"}),
+        await client.get("/v1/models", headers={"Host": f"{'Z9' * 10}.example"}),
+    ):
+        text = await response.text()
+        assert response.status in (403, 404), text
+        assert "Z9" * 10 not in text and "api_key" not in text
