@@ -11,6 +11,10 @@ no client can take every file descriptor.
   address and :data:`MAX_CONNECTIONS` in all, the latter also kept under the process's file
   descriptor limit minus :data:`FD_RESERVE` (models, logs, MCP servers, the control socket). A
   connection past a cap is answered ``503 server_busy`` and closed at once.
+
+A request aiohttp cannot parse (a control character in a header, a space before a colon, a bare
+LF, a line over 8190 bytes, ...) gets a JSON ``400 invalid_request`` envelope saying what kind of
+fault it is, never aiohttp's plain-text answer, which quotes the raw line (a token with it).
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ import ssl
 from collections import Counter
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from lms import protocol
 from lms.api.access import AccessLogger
-from lms.errors import ServerBusyError
+from lms.errors import InternalError, InvalidRequestError, LmsError, ServerBusyError
 
 log = logging.getLogger("lms.daemon")
 
@@ -113,6 +117,33 @@ def _peer_of(transport: asyncio.BaseTransport) -> str:
     return str(peername or "")
 
 
+_PARSE_FAULTS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.LineTooLong, "a request line or header is longer than 8190 bytes"),
+    (
+        http_exceptions.InvalidHeader,
+        "a header name or value holds a character HTTP does not allow",
+    ),
+    (http_exceptions.BadHttpMethod, "the request method is not a valid HTTP method"),
+    (
+        http_exceptions.BadStatusLine,
+        "the request line must be 'METHOD /path HTTP/1.1' followed by CRLF",
+    ),
+)
+
+
+def _parse_error(status: int, exc: BaseException | None) -> LmsError:
+    """The envelope of a request aiohttp refused before any handler ran (never quoting it)."""
+    if status >= 500:
+        return InternalError("internal error; see the daemon log")
+    for kind, message in _PARSE_FAULTS:
+        if isinstance(exc, kind):
+            return InvalidRequestError(f"malformed HTTP request: {message}")
+    return InvalidRequestError(
+        "malformed HTTP request: it is not valid HTTP/1.1 (headers end with CRLF, no spaces"
+        " before a colon, no control characters, no more than 128 headers)"
+    )
+
+
 class GuardedRequestHandler(web.RequestHandler):
     """aiohttp's connection handler, admitted by :class:`ConnectionLimits` first."""
 
@@ -144,6 +175,19 @@ class GuardedRequestHandler(web.RequestHandler):
     def eof_received(self) -> None:
         if self._peer is not None:
             super().eof_received()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it (redacted: daemon/logs.py)
+        err = _parse_error(status, exc)
+        response = web.json_response(protocol.api_error_body(err), status=status)
+        response.force_close()
+        return response
 
     def connection_lost(self, exc: BaseException | None) -> None:
         peer, self._peer = self._peer, None
