@@ -8,7 +8,8 @@ Anything that could be a secret is replaced before it is written anywhere (docs/
   ``Authorization``, ``x-api-key``, ``api_key``, ``passkey``, ``password``, ``secret`` and
   similar keys (``key: v``, ``key=v``, ``"key": "v"``);
 - any run of 20 or more letters and digits (a bare secret, possibly glued to an escape such as
-  ``\\x01`` by a ``repr``), except hexadecimal digests (32 hex digits or more).
+  ``\\x01`` by a ``repr``), except hexadecimal digests (32 hex digits or more) and words or
+  camelCase identifiers (``predictedTokensCount``).
 
 :func:`escape_controls` then makes one record one line: CR, LF and every other C0/C1 control
 character (and the Unicode line and paragraph separators) become visible escapes, so a ``%0a``
@@ -37,6 +38,9 @@ _KEYED = re.compile(
 )
 _LONG_RUN = re.compile(r"[A-Za-z0-9]{20,}")
 _DIGEST = re.compile(r"[0-9a-fA-F]{32,}")
+# A long word or camelCase identifier (``predictedTokensCount``): letters only, each capital
+# followed by lower case. A random secret has that shape with odds below one in ten million.
+_WORD = re.compile(r"[A-Z]?[a-z]+(?:[A-Z][a-z]+)*")
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -48,7 +52,7 @@ def _tokenish(match: re.Match[str]) -> str:
 
 def _long_run(match: re.Match[str]) -> str:
     run = match.group(0)
-    return run if _DIGEST.fullmatch(run) else PLACEHOLDER
+    return run if _DIGEST.fullmatch(run) or _WORD.fullmatch(run) else PLACEHOLDER
 
 
 def redact_secrets(text: str) -> str:

@@ -52,6 +52,7 @@ def test_ordinary_text_is_kept() -> None:
         "the Authorization header must use the Bearer scheme",
         "a basic question about model google/gemma-3-270m",
         "sha256 " + "0123456789abcdef" * 4,  # a digest is not a secret
+        '{"predictedTokensCount": 3, "word": "internationalization"}',  # nor are long words
         "refused POST /v1/chat/completions: invalid_api_key (token abcd1234)",
     ):
         assert redact(text) == text
