@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -39,12 +40,21 @@ async def _hello(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def _echo_socket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str(message.data)
+    return ws
+
+
 @pytest.fixture
 async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     total, per_peer, timeout = getattr(request, "param", (100, 3, TIMEOUT))
     app = web.Application()
     app.router.add_get("/", _hello)
     app.router.add_get("/slow", _slow)
+    app.router.add_get("/ws", _echo_socket)
     args = connections.handler_args(timeout)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, **args)
     await runner.setup()
@@ -137,6 +147,43 @@ async def test_a_request_longer_than_the_timeout_is_not_cut(served: Served) -> N
         assert status == 200 and json.loads(body) == {"ok": True}
     finally:
         writer.close()
+
+
+async def test_an_idle_websocket_outlives_the_timeout(served: Served) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://127.0.0.1:{served.port}/ws") as ws,
+    ):
+        await asyncio.sleep(TIMEOUT * 4)  # the behaviour under test: idle past the timeout
+        await ws.send_str("still here")
+        assert (await ws.receive(timeout=DEADLINE)).data == "still here"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"Authorization\x01: Bearer sk-lm-abcd1234:ABCDEFGHIJ0123456789",
+        b"Authorization : Bearer sk-lm-abcd1234:ABCDEFGHIJ0123456789",
+        b"Authorization: Bearer sk-lm-abcd1234:ABCDEFGHIJ0123456789\x7f",
+        b"X-Long: " + b"sk-lm-abcd1234:ABCDEFGHIJ0123456789" * 300,
+    ],
+)
+async def test_malformed_http_gets_a_json_envelope_quoting_nothing(
+    served: Served, line: bytes
+) -> None:
+    reader, writer = await _open(served.port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n" + line + b"\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), DEADLINE)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", data
+    assert b"application/json" in head
+    error = json.loads(body)["error"]
+    assert error["code"] == "invalid_request"
+    assert error["message"].startswith("malformed HTTP request: ")
+    assert b"ABCDEFGHIJ" not in body and b"sk-lm" not in body
 
 
 async def _wait_open(limits: connections.ConnectionLimits, count: int) -> None:
