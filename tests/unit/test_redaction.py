@@ -81,7 +81,7 @@ def test_redact_value_walks_json() -> None:
 def _log_through_daemon_handlers(tmp_path: Path, emit: logging.Logger) -> str:
     path = tmp_path / "daemon.log"
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    saved = root.handlers[:], root.level, threading.excepthook
     try:
         logs.setup(path, foreground=False)
         emit.warning("forged? %s", f"/x\n2026-01-01 00:00:00 WARNING lms.auth: FORGED {TOKEN}")
@@ -93,7 +93,7 @@ def _log_through_daemon_handlers(tmp_path: Path, emit: logging.Logger) -> str:
             handler.flush()
             handler.close()
     finally:
-        root.handlers[:], level = saved
+        root.handlers[:], level, threading.excepthook = saved
         root.setLevel(level)
         logging.captureWarnings(False)
     return path.read_text(encoding="utf-8")
