@@ -19,6 +19,7 @@ from lms.errors import (
     LmsError,
     MethodNotAllowedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     RouteNotFoundError,
     UnsupportedMediaTypeError,
 )
@@ -27,6 +28,11 @@ from lms.redaction import loggable_path, redact_secrets
 log = logging.getLogger("lms.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: A request body must arrive at MIN_BODY_RATE bytes/s on average after a grace period
+#: (docs/LIMITS.md); a slower one is cut with 408 instead of holding a connection and a handler.
+BODY_GRACE_SECONDS = 10.0
+MIN_BODY_RATE = 16 * 1024
 
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _CORS_HEADERS = "Authorization, Content-Type, x-api-key, anthropic-version, OpenAI-Beta"
@@ -166,7 +172,40 @@ async def defences(request: web.Request, handler: Handler) -> web.StreamResponse
             )
     if cors and origin is not None:
         request[CORS_ORIGIN] = origin
-    return await handler(request)
+    if request.method != "POST" or not request.body_exists:
+        return await handler(request)
+    watchdog = asyncio.ensure_future(_watch_body(request))
+    try:
+        return await handler(request)
+    finally:
+        watchdog.cancel()
+
+
+class _SlowBodyError(RequestTimeoutError, TimeoutError):
+    """RequestTimeoutError, set on the body stream. Being a TimeoutError too lets aiohttp's
+    lingering read after the 408 stop quietly and close the connection (anything else is
+    logged as an unhandled exception)."""
+
+
+async def _watch_body(request: web.Request) -> None:
+    """Until the body has arrived: past BODY_GRACE_SECONDS, at least MIN_BODY_RATE bytes/s on
+    average, or the handler's read fails with 408 and the connection is closed after the answer.
+    Nothing is read ahead: the token is still checked before any handler reads the body."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    content = request.content
+    while not content.is_eof():
+        received = content.total_bytes
+        remaining = started + BODY_GRACE_SECONDS + received / MIN_BODY_RATE - loop.time()
+        if remaining <= 0:
+            content.set_exception(
+                _SlowBodyError(
+                    f"the request body arrived slower than {MIN_BODY_RATE // 1024} KiB/s"
+                    f" ({received} bytes in {loop.time() - started:.0f} s)"
+                )
+            )
+            return
+        await asyncio.sleep(remaining)  # a deadline, not a readiness wait: then look again
 
 
 CORS_ORIGIN = web.RequestKey("cors_origin", str)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import time
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+
+from lms.api import middlewares
 
 
 def write_config(home: Path, text: str) -> None:
@@ -145,3 +150,41 @@ async def test_echoed_input_is_redacted(client: TestClient) -> None:  # type: ig
         text = await response.text()
         assert response.status in (403, 404), text
         assert "Z9" * 10 not in text and "api_key" not in text
+
+
+async def test_a_body_sent_too_slowly_gets_408_and_a_close(
+    client: TestClient,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(middlewares, "BODY_GRACE_SECONDS", 0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+        )
+        answer = b""
+        closed = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # one byte every 50 ms until the server answers
+            try:
+                writer.write(b" ")
+                await writer.drain()
+                chunk = await asyncio.wait_for(reader.read(65536), 0.05)
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            answer += chunk
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
