@@ -121,6 +121,13 @@ class PayloadTooLargeError(InvalidRequestError):
     status = 413
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """A request body arrived too slowly (408): see docs/LIMITS.md."""
+
+    code = "request_timeout"
+    status = 408
+
+
 class UnsupportedMediaTypeError(InvalidRequestError):
     code = "unsupported_media_type"
     status = 415

@@ -2,7 +2,9 @@
 
 Publishing is cheap when nobody listens (``wants`` lets callers skip building an event). Each
 subscriber has a bounded queue: a slow reader loses events (counted), never slows the server.
-Events never carry a secret: requests are logged by route and token *id* only.
+Events never carry a secret: requests are logged by route and token *id* only, and every string
+of every event is redacted (:func:`lms.redaction.redact`) before a subscriber sees it: a prompt
+that quotes a token shows ``sk-lm-<id>:***``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
+
+from lms.redaction import redact_value
 
 Source = Literal["server", "model"]
 SOURCES: tuple[Source, ...] = ("server", "model")
@@ -37,7 +41,11 @@ class LogHub:
     def publish(self, source: Source, event: dict[str, Any]) -> None:
         if not self._subscribers:
             return
-        stamped = {"timestamp": round(time.time() * 1000), "source": source, "data": event}
+        stamped = {
+            "timestamp": round(time.time() * 1000),
+            "source": source,
+            "data": redact_value(event),
+        }
         for subscription in self._subscribers:
             if source not in subscription.sources:
                 continue

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -16,25 +19,45 @@ from lms.errors import (
     LmsError,
     MethodNotAllowedError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     RouteNotFoundError,
     UnsupportedMediaTypeError,
 )
+from lms.redaction import loggable_path, redact_secrets
 
 log = logging.getLogger("lms.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: A request body must arrive at MIN_BODY_RATE bytes/s on average after a grace period
+#: (docs/LIMITS.md); a slower one is cut with 408 instead of holding a connection and a handler.
+BODY_GRACE_SECONDS = 10.0
+MIN_BODY_RATE = 16 * 1024
 
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 _CORS_HEADERS = "Authorization, Content-Type, x-api-key, anthropic-version, OpenAI-Beta"
 
 
 def error_response(request: web.Request, err: LmsError) -> web.Response:
-    """The error envelope of the API family of ``request``."""
+    """The error envelope of the API family of ``request``.
+
+    Messages may quote a client's input: whatever looks like a token or a secret is redacted
+    from the envelope, whichever handler raised it."""
     if request.path in protocol.ANTHROPIC_PATHS:
         body = protocol.anthropic_error_body(err)
     else:
         body = protocol.api_error_body(err)
-    return web.json_response(body, status=err.status, headers=err.headers)
+    return web.json_response(_redacted(body), status=err.status, headers=err.headers)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 @web.middleware
@@ -52,15 +75,17 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+        log.exception("internal error on %s %s", request.method, loggable_path(request.path))
         return error_response(request, InternalError("internal error; see the daemon log"))
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> LmsError | None:
     if exc.status == 404:
-        return RouteNotFoundError(f"unknown route: {request.method} {request.path}")
+        return RouteNotFoundError(f"unknown route: {request.method} {loggable_path(request.path)}")
     if exc.status == 405:
-        return MethodNotAllowedError(f"{request.method} is not allowed on {request.path}")
+        return MethodNotAllowedError(
+            f"{request.method} is not allowed on {loggable_path(request.path)}"
+        )
     if exc.status == 413:
         return PayloadTooLargeError(
             f"the request body is larger than {protocol.MAX_BODY_BYTES} bytes"
@@ -68,10 +93,34 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> LmsError | None
     return None
 
 
-def _host_name(host_header: str) -> str:
+# RFC 3986 §3.2.2 host (reg-name or IPv4: unreserved, sub-delims, pct-encoded; or a bracketed
+# IPv6 literal), then only an optional ":port" (RFC 9110 §7.2: Host = uri-host [ ":" port ]).
+_REG_NAME = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
+_PORT = re.compile(r"[0-9]{0,5}")
+
+
+def _host_name(host_header: str) -> str | None:
+    """The host of a Host header, lowercased (``[::1]`` keeps its brackets), or None when the
+    header is not exactly ``host [":" port]`` ("" when there is no Host header)."""
+    if not host_header:
+        return ""
     if host_header.startswith("["):
-        return host_header[: host_header.find("]") + 1].lower()
-    name = host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+        end = host_header.find("]")
+        if end < 0:
+            return None
+        literal, rest = host_header[1:end], host_header[end + 1 :]
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return None
+        name = f"[{literal}]"
+    else:
+        name, colon, port = host_header.partition(":")
+        rest = colon + port
+        if not _REG_NAME.fullmatch(name):
+            return None
+    if rest and not (rest.startswith(":") and _PORT.fullmatch(rest[1:])):
+        return None
     return name.lower()
 
 
@@ -83,15 +132,20 @@ async def defences(request: web.Request, handler: Handler) -> web.StreamResponse
     if listener.is_loopback:
         host = _host_name(request.headers.get("Host", ""))
         allowed = {h.lower() for h in settings.server_allowed_hosts}
+        if host is None:
+            raise ForbiddenRequestError(
+                "the Host header is malformed: a loopback server accepts only"
+                " 'name[:port]' or '[IPv6 address][:port]'"
+            )
         if host not in _LOOPBACK_HOSTS and host not in allowed:
             raise ForbiddenRequestError(
-                f"Host {host or '(none)'!r} is not accepted on a loopback server"
+                f"Host {loggable_path(host) or '(none)'!r} is not accepted on a loopback server"
                 " (add it with: lms config set server.allowed_hosts ...)"
             )
     origin = request.headers.get("Origin")
     if origin is not None and origin not in settings.server_cors_origins:
         raise ForbiddenRequestError(
-            f"requests from the web origin {origin!r} are refused"
+            f"requests from the web origin {loggable_path(origin)!r} are refused"
             " (allow it with: lms config set server.cors on and server.cors_origins ...)"
         )
     cors = settings.server_cors and origin is not None
@@ -118,7 +172,40 @@ async def defences(request: web.Request, handler: Handler) -> web.StreamResponse
             )
     if cors and origin is not None:
         request[CORS_ORIGIN] = origin
-    return await handler(request)
+    if request.method != "POST" or not request.body_exists:
+        return await handler(request)
+    watchdog = asyncio.ensure_future(_watch_body(request))
+    try:
+        return await handler(request)
+    finally:
+        watchdog.cancel()
+
+
+class _SlowBodyError(RequestTimeoutError, TimeoutError):
+    """RequestTimeoutError, set on the body stream. Being a TimeoutError too lets aiohttp's
+    lingering read after the 408 stop quietly and close the connection (anything else is
+    logged as an unhandled exception)."""
+
+
+async def _watch_body(request: web.Request) -> None:
+    """Until the body has arrived: past BODY_GRACE_SECONDS, at least MIN_BODY_RATE bytes/s on
+    average, or the handler's read fails with 408 and the connection is closed after the answer.
+    Nothing is read ahead: the token is still checked before any handler reads the body."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    content = request.content
+    while not content.is_eof():
+        received = content.total_bytes
+        remaining = started + BODY_GRACE_SECONDS + received / MIN_BODY_RATE - loop.time()
+        if remaining <= 0:
+            content.set_exception(
+                _SlowBodyError(
+                    f"the request body arrived slower than {MIN_BODY_RATE // 1024} KiB/s"
+                    f" ({received} bytes in {loop.time() - started:.0f} s)"
+                )
+            )
+            return
+        await asyncio.sleep(remaining)  # a deadline, not a readiness wait: then look again
 
 
 CORS_ORIGIN = web.RequestKey("cors_origin", str)

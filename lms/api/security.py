@@ -21,6 +21,7 @@ from lms.auth.record import TokenRecord
 from lms.auth.tokens import token_from_header
 from lms.errors import AuthError, InternalError, LmsError
 from lms.inference.generation import cache_scope
+from lms.redaction import loggable_path
 
 log = logging.getLogger("lms.auth")
 
@@ -81,13 +82,12 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
 def refuse(request: web.Request, err: LmsError, token_id: str | None = None) -> None:
     """Audit a refused request (never the token itself)."""
     token_id = token_id or err.data.get("token_id")
+    path = loggable_path(request.path)  # no query, no secret, one line (lms/redaction.py)
     try:
-        request.app[AUTH].refusals.record(token_id, request.method, request.path, err.code)
+        request.app[AUTH].refusals.record(token_id, request.method, path, err.code)
     except OSError:
         log.exception("cannot write the audit log")
-    log.info(
-        "refused %s %s: %s (token %s)", request.method, request.path, err.code, token_id or "none"
-    )
+    log.info("refused %s %s: %s (token %s)", request.method, path, err.code, token_id or "none")
 
 
 def check_model(request: web.Request, model_key: str) -> None:

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from lms import config, paths
-from lms.daemon import logs
+from lms.daemon import connections, logs
 from lms.daemon.lock import PidLock
 from lms.daemon.service import Daemon
 from lms.errors import ExitCode, LmsError
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lms daemon: {err.message}", file=sys.stderr)
         return int(err.exit_code)
     os.umask(0o077)
+    connections.raise_fd_limit()  # the API's connection cap keeps a reserve below it
     daemon = Daemon(overrides)
 
     def ready() -> None:

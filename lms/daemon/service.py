@@ -27,6 +27,7 @@ from lms.api.control_stream import add_stream_routes
 from lms.api.state import AuthGuard, Listener
 from lms.auth import audit
 from lms.config import ConfigWatcher
+from lms.daemon import connections
 from lms.download.downloader import DownloadManager
 from lms.errors import (
     ConfigBrokenError,
@@ -175,14 +176,20 @@ class Daemon:
                 logs=self.logs,
                 mcp=self.mcp,
             )
+            handler_args = connections.handler_args()
             runner = web.AppRunner(
                 app,
                 handler_cancellation=True,
                 shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-                access_log_format='%a "%r" %s %b %Tfs',
+                **handler_args,
             )
             await runner.setup()
-            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+            limits = connections.ConnectionLimits(
+                connections.connection_budget(), connections.MAX_CONNECTIONS_PER_PEER
+            )
+            await connections.GuardedSite(
+                runner, sock, limits=limits, handler_args=handler_args, ssl_context=ssl_context
+            ).start()
             self._server = _Server(runner, listener)
             actual_port = listener.port
             log.info("API server listening on %s:%d", bind, actual_port)
