@@ -59,8 +59,8 @@ from lms.errors import (
     ModelLoadError,
     ShuttingDownError,
 )
-from lms.inference.engine import LoadOptions, load_model
-from lms.inference.worker import STOP, ModelWorker, internal_error
+from lms.inference.generation import LoadOptions
+from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
 
 log = logging.getLogger("lms.embedder")
 

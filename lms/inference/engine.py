@@ -53,7 +53,7 @@ from lms.inference.generation import (
 )
 from lms.inference.promptcache import PromptCache
 from lms.inference.sampling import SamplingParams, StopMatcher
-from lms.inference.worker import STOP, ModelWorker, internal_error
+from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
 
 __all__ = [
     "Engine",
@@ -89,44 +89,6 @@ class _Sequence:
     @property
     def in_prefill(self) -> bool:
         return self.prefilled < len(self.generation.prompt_tokens)
-
-
-def _silence_llama_logs() -> None:
-    # llama.cpp prints to stderr by default; route it to our logger at debug level.
-    @llama_cpp.llama_log_callback
-    def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
-
-    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
-    _silence_llama_logs.callback = _callback  # type: ignore[attr-defined]  # keep it alive
-
-
-_silence_llama_logs()
-
-
-def load_model(path: Path, progress: Callable[[float], None] | None = None) -> Any:
-    """Read a GGUF's weights (blocking); ``progress`` hears 0..1 from the loading thread.
-
-    A file llama.cpp cannot read becomes ModelLoadError, naming the file.
-    """
-    model_params = llama_cpp.llama_model_default_params()
-    if progress is not None:
-
-        @llama_cpp.llama_progress_callback
-        def report(fraction: float, user_data: ctypes.c_void_p) -> bool:
-            progress(float(fraction))
-            return True  # keep loading
-
-        model_params.progress_callback = report
-    if not path.is_file():  # llama-cpp-python says ValueError for this too: tell them apart
-        raise ModelLoadError(f"cannot load {path.name}: the file is gone ({path})")
-    try:
-        return internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
-    except (ValueError, OSError) as exc:
-        raise ModelLoadError(
-            f"cannot load {path.name}: llama.cpp could not read it as a model"
-            " (corrupt or unsupported GGUF)"
-        ) from exc
 
 
 class Engine(ModelWorker):

@@ -13,24 +13,66 @@ slots plus ``queue_length`` requests; one more is refused at once with
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
 from llama_cpp import _internals as internals
 
-from lms.errors import InternalError, LmsError, ServerBusyError
+from lms.errors import InternalError, LmsError, ModelLoadError, ServerBusyError
 
 log = logging.getLogger("lms.worker")
+llama_log = logging.getLogger("lms.engine")  # where llama.cpp's own messages always went
 
 #: Put on the job queue by :meth:`ModelWorker.close`: the worker fails what is left and returns.
 STOP = object()
 #: Seconds a refused client is told to wait (``Retry-After``): about the time a short request
 #: takes to free a slot on a small machine.
 RETRY_AFTER_SECONDS = 2
+
+
+def _silence_llama_logs() -> None:
+    # llama.cpp prints to stderr by default; route it to our logger at debug level.
+    @llama_cpp.llama_log_callback
+    def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        llama_log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+    _silence_llama_logs.callback = _callback  # type: ignore[attr-defined]  # keep it alive
+
+
+_silence_llama_logs()
+
+
+def load_model(path: Path, progress: Callable[[float], None] | None = None) -> Any:
+    """Read a GGUF's weights (blocking); ``progress`` hears 0..1 from the loading thread.
+
+    A file llama.cpp cannot read becomes ModelLoadError, naming the file.
+    """
+    model_params = llama_cpp.llama_model_default_params()
+    if progress is not None:
+
+        @llama_cpp.llama_progress_callback
+        def report(fraction: float, user_data: ctypes.c_void_p) -> bool:
+            progress(float(fraction))
+            return True  # keep loading
+
+        model_params.progress_callback = report
+    if not path.is_file():  # llama-cpp-python says ValueError for this too: tell them apart
+        raise ModelLoadError(f"cannot load {path.name}: the file is gone ({path})")
+    try:
+        return internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(
+            f"cannot load {path.name}: llama.cpp could not read it as a model"
+            " (corrupt or unsupported GGUF)"
+        ) from exc
 
 
 def internal_error(exc: BaseException, what: str) -> LmsError:
