@@ -118,6 +118,7 @@ class ModelWorker(ABC):
         ready to run again (queued jobs are kept)."""
 
     def _supervise(self) -> None:
+        crashed_while_closing = False
         while True:
             try:
                 self._run()
@@ -129,8 +130,11 @@ class ModelWorker(ABC):
                 self._recover(err)
             except Exception:  # nothing more to save; serve what comes next
                 log.exception("recovering %s failed", self._thread.name)
-            if self._closed:  # STOP may have been taken already: make sure the loop sees one
-                self._jobs.put(STOP)
+            if self._closed:
+                if crashed_while_closing:  # shutting down itself fails: close() must return
+                    return
+                crashed_while_closing = True
+                self._jobs.put(STOP)  # STOP may have been taken already: the loop must see one
 
     # --- called from the event loop ---------------------------------------------------------
 
