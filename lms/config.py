@@ -46,6 +46,7 @@ class Settings:
     models_context_length: int = 4096
     models_parallel: int = 4
     models_max_context_length: int = 32768
+    models_queue_length: int = 64
 
     def get(self, key: str) -> Any:
         return getattr(self, SETTINGS[key].field)
@@ -114,6 +115,14 @@ MAX_PARALLEL = 16
 def _check_parallel(value: int) -> None:
     if not 1 <= value <= MAX_PARALLEL:
         raise ValueError(f"must be between 1 and {MAX_PARALLEL}")
+
+
+MAX_QUEUE_LENGTH = 1024
+
+
+def _check_queue_length(value: int) -> None:
+    if not 0 <= value <= MAX_QUEUE_LENGTH:
+        raise ValueError(f"must be between 0 and {MAX_QUEUE_LENGTH}")
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,12 @@ SETTINGS: dict[str, Setting] = {
             "the largest context length a load may ask for (any client, any path)",
             security=True,
             check=_check_context,
+        ),
+        Setting(
+            "models.queue_length",
+            int,
+            "requests that may wait for a loaded model beyond those it serves (more get 503)",
+            check=_check_queue_length,
         ),
     ]
 }

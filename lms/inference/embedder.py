@@ -27,6 +27,11 @@ Encoder-only models (catalog type ``embedding``: BERT family) get a micro-batch 
 context, because a non-causal sequence cannot be split across ``llama_decode`` calls.
 
 Blocking llama.cpp calls run on the worker thread only; callers await :meth:`Embedder.embed`.
+
+A request that raises anything fails alone; the thread keeps serving (:mod:`.worker`). Work
+stops between groups (one ``n_ctx``-sized set of sequences): a request whose caller went away
+(``embed`` cancelled: the client disconnected) contributes no further group, and closing the
+embedder fails what is left after the current group instead of finishing a 2,048-input batch.
 """
 
 from __future__ import annotations
@@ -54,8 +59,8 @@ from lms.errors import (
     ModelLoadError,
     ShuttingDownError,
 )
-from lms.inference.engine import LoadOptions, load_model
-from lms.inference.worker import STOP, ModelWorker
+from lms.inference.generation import LoadOptions
+from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
 
 log = logging.getLogger("lms.embedder")
 
@@ -91,8 +96,15 @@ class _Job:
     submitted_at: float = field(default_factory=time.perf_counter)
     tokens: list[list[int]] = field(default_factory=list)
     cancelled: bool = False
+    settled: bool = False  # the worker handed over a result or an error
+    vectors: list[Vector | None] = field(default_factory=list)
+    missing: int = 0  # vectors still to compute
 
     def settle(self, result: Embeddings | LmsError) -> None:
+        if self.settled:
+            return
+        self.settled = True
+
         def deliver() -> None:
             if self.future.done():
                 return
@@ -161,8 +173,12 @@ class Embedder(ModelWorker):
         self._memory = llama_cpp.llama_get_memory(ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, MAX_SEQUENCES)
         self._active = 0
+        self._serving: list[_Job] = []
+        #: Groups of sequences decoded so far (each one ``_embed_group`` call).
+        self.groups_embedded = 0
         self.status: Literal["idle", "computing_embedding"] = "idle"
-        self._start_worker(f"embedder:{path.name}")
+        # One request is computed at a time (merged with whatever queued up meanwhile).
+        self._start_worker(f"embedder:{path.name}", slots=1, queue_length=options.queue_length)
 
     @classmethod
     def load(
@@ -186,6 +202,7 @@ class Embedder(ModelWorker):
             batch_size=batch,
             flash_attention=options.flash_attention,
             threads=options.threads,
+            queue_length=options.queue_length,
         )
         skipper = None if encoder else _HeadSkipper()
         params = llama_cpp.llama_context_default_params()
@@ -223,20 +240,26 @@ class Embedder(ModelWorker):
         """Embed texts (or token arrays); one unit vector per input, in order.
 
         Raises ContextOverflowError (400) for an input longer than the context, and
-        InvalidParameterError for an empty input or a token id outside the vocabulary; both
-        name the input (``input[i]``).
+        InvalidParameterError for an empty input, a lone surrogate or a token id outside the
+        vocabulary; all name the input (``input[i]``). ServerBusyError (503, ``Retry-After``)
+        when one request is being computed and ``queue_length`` more wait. Cancelling the call
+        (the client left) stops the work at the next group.
         """
         if not inputs:
             raise InvalidParameterError("'input' must not be empty", param="input")
         if self._closed:
             raise ShuttingDownError(f"the model {self.path.name} is being unloaded")
-        loop = asyncio.get_running_loop()
-        job = _Job(inputs, loop.create_future(), loop)
-        self._jobs.put(job)
+        self._admit_request()
         try:
-            return await job.future
+            loop = asyncio.get_running_loop()
+            job = _Job(inputs, loop.create_future(), loop)
+            self._jobs.put(job)
+            try:
+                return await job.future
+            finally:
+                job.cancelled = True  # a client that left: no further group of it is computed
         finally:
-            job.cancelled = True  # a client that left: the worker skips the job if not started
+            self._release()
 
     # --- worker thread -----------------------------------------------------------------------
 
@@ -258,7 +281,9 @@ class Embedder(ModelWorker):
                 except queue.Empty:
                     break
             if jobs and not stopping:
+                self._serving = jobs
                 self._serve(jobs)
+                self._serving = []
             elif jobs:
                 self._fail(jobs, ShuttingDownError(f"the model {self.path.name} was unloaded"))
         gone = ShuttingDownError(f"the model {self.path.name} was unloaded")
@@ -270,57 +295,63 @@ class Embedder(ModelWorker):
             if isinstance(item, _Job):
                 item.settle(gone)
 
+    def _recover(self, err: LmsError) -> None:
+        self._fail(self._serving, err)
+        self._serving = []
+        self._active = 0
+        self.status = "idle"
+
     def _fail(self, jobs: list[_Job], err: LmsError) -> None:
         for job in jobs:
-            job.settle(err)
+            self._settle(job, err)
+
+    def _settle(self, job: _Job, result: Embeddings | LmsError) -> None:
+        # the counters first: whoever gets the result may look at them at once
+        if not job.settled and self._active > 0:
+            self._active -= 1
+            if self._active == 0:
+                self.status = "idle"
+        job.settle(result)
 
     def _serve(self, jobs: list[_Job]) -> None:
         ready: list[_Job] = []
         for job in jobs:
             try:
                 job.tokens = [self._checked_tokens(i, item) for i, item in enumerate(job.inputs)]
-            except LmsError as err:
-                job.settle(err)
+            except Exception as exc:  # fails this request only
+                job.settle(internal_error(exc, "tokenizing an embedding input"))
                 continue
+            job.vectors = [None] * len(job.tokens)
+            job.missing = len(job.tokens)
             ready.append(job)
         if not ready:
             return
         self._active = len(ready)
         self.status = "computing_embedding"
         try:
-            sequences = [tokens for job in ready for tokens in job.tokens]
-            vectors = self._embed_all(sequences)
-        except LmsError as err:
-            self._fail(ready, err)
-            return
-        except Exception as exc:  # never leave callers waiting on a dead worker
-            log.exception("embedding failed")
-            failure = InternalError("the embedding engine failed")
-            failure.__cause__ = exc
-            self._fail(ready, failure)
-            return
+            self._embed_all(ready)
         finally:
             self._active = 0
             self.status = "idle"
-        start = 0
-        for job in ready:
-            count = len(job.tokens)
-            job.settle(
-                Embeddings(vectors[start : start + count], [len(t) for t in job.tokens]),
-            )
-            start += count
 
-    def _tokenize(self, text: str) -> list[int]:
+    def _tokenize(self, text: str, where: str = "text") -> list[int]:
+        try:
+            encoded = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParameterError(
+                f"'{where}' holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text",
+                param="input",
+            ) from None
         # add_special: BOS (and EOS/SEP where the vocabulary wants them); control tokens in
         # the text are plain text.
-        return list(self._model.tokenize(text.encode("utf-8"), True, False))
+        return list(self._model.tokenize(encoded, True, False))
 
     def _checked_tokens(self, index: int, item: EmbeddingInput) -> list[int]:
         where = f"input[{index}]"
         if isinstance(item, str):
             if not item:
                 raise InvalidParameterError(f"'{where}' is an empty string", param="input")
-            tokens = self._tokenize(item)
+            tokens = self._tokenize(item, where)
         else:
             bad = next((t for t in item if not 0 <= t < self.n_vocab), None)
             if bad is not None:
@@ -341,19 +372,52 @@ class Embedder(ModelWorker):
             )
         return tokens
 
-    def _embed_all(self, sequences: list[list[int]]) -> list[Vector]:
-        vectors: list[Vector] = []
-        group: list[list[int]] = []
-        used = 0
-        for tokens in sequences:
-            if group and (used + len(tokens) > self.n_ctx or len(group) == MAX_SEQUENCES):
-                vectors += self._embed_group(group)
-                group, used = [], 0
-            group.append(tokens)
-            used += len(tokens)
-        if group:
-            vectors += self._embed_group(group)
-        return vectors
+    def _embed_all(self, jobs: list[_Job]) -> None:
+        """Compute the jobs' vectors group by group, settling each job as soon as its last
+        vector is in. Before each group: stop if the embedder is closing, and leave out the
+        sequences of jobs that were cancelled or failed."""
+        pending = [(job, i) for job in jobs for i in range(len(job.tokens))]
+        pos = 0
+        while True:
+            if self._closed:
+                gone = ShuttingDownError(f"the model {self.path.name} was unloaded")
+                self._fail([job for job in jobs if not job.settled], gone)
+                return
+            group: list[tuple[_Job, int]] = []
+            used = 0
+            while pos < len(pending):
+                job, i = pending[pos]
+                if job.cancelled or job.settled:
+                    pos += 1
+                    continue
+                size = len(job.tokens[i])
+                if group and (used + size > self.n_ctx or len(group) == MAX_SEQUENCES):
+                    break
+                group.append((job, i))
+                used += size
+                pos += 1
+            if not group:
+                return
+            try:
+                vectors = self._embed_group([job.tokens[i] for job, i in group])
+            except Exception as exc:  # the jobs of this group fail; the others go on
+                self._fail(
+                    list({id(j): j for j, _ in group}.values()), internal_error(exc, "embedding")
+                )
+                continue
+            finally:
+                self.groups_embedded += 1  # computed or failed
+            for (job, i), vector in zip(group, vectors, strict=True):
+                job.vectors[i] = vector
+                job.missing -= 1
+                if job.missing == 0:
+                    self._settle(
+                        job,
+                        Embeddings(
+                            [v for v in job.vectors if v is not None],
+                            [len(t) for t in job.tokens],
+                        ),
+                    )
 
     def _embed_group(self, group: list[list[int]]) -> list[Vector]:
         """Mean hidden state of each sequence of ``group`` (their tokens fit the context)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import logging
 import queue
@@ -52,7 +53,7 @@ from lms.inference.generation import (
 )
 from lms.inference.promptcache import PromptCache
 from lms.inference.sampling import SamplingParams, StopMatcher
-from lms.inference.worker import STOP, ModelWorker
+from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
 
 __all__ = [
     "Engine",
@@ -90,44 +91,6 @@ class _Sequence:
         return self.prefilled < len(self.generation.prompt_tokens)
 
 
-def _silence_llama_logs() -> None:
-    # llama.cpp prints to stderr by default; route it to our logger at debug level.
-    @llama_cpp.llama_log_callback
-    def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
-
-    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
-    _silence_llama_logs.callback = _callback  # type: ignore[attr-defined]  # keep it alive
-
-
-_silence_llama_logs()
-
-
-def load_model(path: Path, progress: Callable[[float], None] | None = None) -> Any:
-    """Read a GGUF's weights (blocking); ``progress`` hears 0..1 from the loading thread.
-
-    A file llama.cpp cannot read becomes ModelLoadError, naming the file.
-    """
-    model_params = llama_cpp.llama_model_default_params()
-    if progress is not None:
-
-        @llama_cpp.llama_progress_callback
-        def report(fraction: float, user_data: ctypes.c_void_p) -> bool:
-            progress(float(fraction))
-            return True  # keep loading
-
-        model_params.progress_callback = report
-    if not path.is_file():  # llama-cpp-python says ValueError for this too: tell them apart
-        raise ModelLoadError(f"cannot load {path.name}: the file is gone ({path})")
-    try:
-        return internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
-    except (ValueError, OSError) as exc:
-        raise ModelLoadError(
-            f"cannot load {path.name}: llama.cpp could not read it as a model"
-            " (corrupt or unsupported GGUF)"
-        ) from exc
-
-
 class Engine(ModelWorker):
     """A loaded GGUF model with its context and worker thread. Build it with :meth:`load`."""
 
@@ -156,7 +119,9 @@ class Engine(ModelWorker):
         #: Called on the event loop with every submitted generation (logs, metrics).
         self.observer: Callable[[Generation], None] | None = None
         self.status: Literal["idle", "processing_prompt", "generating"] = "idle"
-        self._start_worker(f"engine:{path.name}")
+        self._start_worker(
+            f"engine:{path.name}", slots=options.parallel, queue_length=options.queue_length
+        )
 
     @classmethod
     def load(
@@ -201,7 +166,13 @@ class Engine(ModelWorker):
         template already wrote it); ``special`` parses control tokens like ``<start_of_turn>``.
         """
         add_bos = bool(self._model.add_bos_token())
-        tokens = list(self._model.tokenize(text.encode("utf-8"), add_bos, special))
+        try:
+            encoded = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParameterError(
+                "the prompt holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text"
+            ) from None
+        tokens = list(self._model.tokenize(encoded, add_bos, special))
         bos = self._model.token_bos()
         if add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
             del tokens[0]
@@ -219,7 +190,12 @@ class Engine(ModelWorker):
         return b"".join(pieces).decode("utf-8", "replace")
 
     def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Generation:
-        """Queue a generation; its text arrives through the returned handle."""
+        """Queue a generation; its text arrives through the returned handle.
+
+        Raises ServerBusyError (503, ``Retry-After``) at once when the instance already holds
+        ``parallel`` running and ``queue_length`` waiting generations (cancelled ones do not
+        count).
+        """
         if not prompt_tokens:
             raise InvalidParameterError("the prompt is empty", param="prompt")
         room = self.n_ctx_per_seq - len(prompt_tokens)
@@ -231,30 +207,36 @@ class Engine(ModelWorker):
             )
         if params.grammar is not None:  # refuse a bad grammar now, as a 400, not mid-stream
             self._chooser.check_grammar(params.grammar)
-        generation = Generation(asyncio.get_running_loop(), prompt_tokens, params)
         if self._closed:
-            raise InternalError("the model is being unloaded")
+            raise ShuttingDownError(f"the model {self.path.name} is being unloaded")
+        generation = Generation(asyncio.get_running_loop(), prompt_tokens, params)
+        self._admit_request()
+        generation._on_settled = self._release
         if self.observer is not None:
-            self.observer(generation)
+            try:
+                self.observer(generation)
+            except Exception:  # logs and metrics must not cost the request
+                log.exception("the generation observer failed")
         self._jobs.put(generation)
         return generation
 
     # --- worker thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            while not self._closed and self._admit():
-                self._step()
-                self._flush()
-            self._shut_down()
-        except Exception as exc:  # never leave callers waiting on a dead worker
-            log.exception("engine worker crashed")
-            err = InternalError("the inference engine failed")
-            err.__cause__ = exc
-            for seq in self._active():
-                self._finish(seq, "error", err)
-            self._drain_queue("error", err)
+        # Closing stops at the next step: a running sequence ends with ShuttingDownError.
+        while not self._closed and self._admit():
+            self._step()
             self._flush()
+        self._shut_down()
+
+    def _recover(self, err: LmsError) -> None:
+        """The loop raised outside any one sequence: fail the running ones (their cells are
+        cleared); the queued ones are served when the supervisor restarts the loop."""
+        for seq in self._active():
+            self._fail(seq, err)
+        self._slots = [None] * len(self._slots)
+        self.status = "idle"
+        self._flush()
 
     def _emit(self, generation: Generation, item: Item) -> None:
         self._outbox.append((generation, item))
@@ -267,7 +249,7 @@ class Engine(ModelWorker):
     def _shut_down(self) -> None:
         gone = ShuttingDownError(f"the model {self.path.name} was unloaded")
         for seq in self._active():
-            self._finish(seq, "error", gone)
+            self._fail(seq, gone)
         self._drain_queue("error", gone)
         self._flush()
 
@@ -290,16 +272,27 @@ class Engine(ModelWorker):
                 self._emit(job, GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
                 continue
             free = [i for i, seq in enumerate(self._slots) if seq is None]
-            # Without cache_prompt, no prefix counts: an empty or least recently used slot is
-            # taken, and the slots holding useful cells keep them.
-            wanted = job.prompt_tokens if job.params.cache_prompt else []
-            slot, reuse = self._cache.choose(free, wanted, job.scope)
-            reuse = self._keep_prefix(slot, reuse)
+            slot: int | None = None
             try:
+                # Without cache_prompt, no prefix counts: an empty or least recently used slot
+                # is taken, and the slots holding useful cells keep them.
+                wanted = job.prompt_tokens if job.params.cache_prompt else []
+                slot, reuse = self._cache.choose(free, wanted, job.scope)
+                reuse = self._keep_prefix(slot, reuse)
                 self._slots[slot] = self._start_sequence(job, slot, reuse)
-            except LmsError as err:
+            except Exception as exc:  # fails this request only (grammar init, ...)
+                if slot is not None:
+                    self._slots[slot] = None
+                    self._clear_slot(slot)
+                err = internal_error(exc, "starting a generation")
                 self._emit(job, GenerationResult("error", len(job.prompt_tokens), 0, 0.0, 0.0, err))
         return True
+
+    def _clear_slot(self, slot: int) -> None:
+        """Forget what ``slot``'s cells hold and remove them (after an error)."""
+        self._cache.forget(slot)
+        with contextlib.suppress(Exception):
+            llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, -1, -1)
 
     def _drain_queue(self, reason: FinishReason, err: LmsError | None) -> None:
         while True:
@@ -351,7 +344,7 @@ class Engine(ModelWorker):
         rows: list[tuple[_Sequence, int]] = []
         for seq in self._active():
             if seq.generation.is_cancelled:
-                self._finish(seq, "cancelled", None)
+                self._end(seq, "cancelled")
         # Generating sequences first (one token each), then prompt chunks in what is left.
         for seq in self._active():
             if not seq.in_prefill:
@@ -376,18 +369,16 @@ class Engine(ModelWorker):
         if rc != 0:
             err = InternalError(f"llama_decode failed (code {rc})")
             for seq in self._active():
-                self._finish(seq, "error", err)
+                self._fail(seq, err)
             return
         for seq in prefilling:
             fraction = seq.prefilled / len(seq.generation.prompt_tokens)
             self._emit(seq.generation, PromptProgress(fraction))
         for seq, index in rows:
-            try:
-                token = self._sample(seq, index)
-            except LmsError as err:
-                self._finish(seq, "error", err)
-                continue
-            self._advance(seq, token)
+            try:  # whatever one sequence raises (sampling, grammar, decoding) ends it alone
+                self._advance(seq, self._sample(seq, index))
+            except Exception as exc:
+                self._fail(seq, internal_error(exc, "generating a token"))
         if not self._active():
             self.status = "idle"
 
@@ -422,7 +413,7 @@ class Engine(ModelWorker):
             seq.first_token_at = now
         seq.output.append(token)
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-            self._finish(seq, "stop", None)
+            self._end(seq, "stop")
             return
         seq.generated += 1
         seq.last_token = token
@@ -430,9 +421,9 @@ class Engine(ModelWorker):
         if text:
             self._emit(seq.generation, text)
         if seq.stops.stopped:
-            self._finish(seq, "stop", None)
+            self._end(seq, "stop")
         elif seq.generated >= seq.max_tokens:
-            self._finish(seq, "length", None)
+            self._end(seq, "length")
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -443,6 +434,34 @@ class Engine(ModelWorker):
             piece = self._piece_buf.raw[: max(n, 0)]
             self._pieces[token] = piece
         return piece
+
+    def _end(self, seq: _Sequence, reason: FinishReason) -> None:
+        """Finish ``seq`` without an error; if finishing raises, it fails instead."""
+        try:
+            self._finish(seq, reason, None)
+        except Exception as exc:
+            self._fail(seq, internal_error(exc, "finishing a generation"))
+
+    def _fail(self, seq: _Sequence, err: LmsError) -> None:
+        """End ``seq`` with ``err`` (once: a sequence no longer in its slot is left alone); the
+        slot is freed and its cells cleared even when the orderly path raises."""
+        if self._slots[seq.slot] is not seq:
+            return
+        try:
+            self._finish(seq, "error", err)
+            return
+        except Exception:
+            log.exception("ending a failed generation failed")
+        self._slots[seq.slot] = None
+        self._clear_slot(seq.slot)
+        if not self._active():
+            self.status = "idle"
+        self._emit(
+            seq.generation,
+            GenerationResult(
+                "error", len(seq.generation.prompt_tokens), seq.generated, 0.0, 0.0, err
+            ),
+        )
 
     def _finish(self, seq: _Sequence, reason: FinishReason, err: LmsError | None) -> None:
         if reason in ("stop", "length"):

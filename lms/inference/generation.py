@@ -35,6 +35,8 @@ class LoadOptions:
     batch_size: int = 512
     flash_attention: bool = True
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Requests that may wait beyond the ``parallel`` slots; one more gets 503 (docs/LIMITS.md).
+    queue_length: int = 64
 
 
 @dataclass
@@ -84,6 +86,9 @@ class Generation:
         self._loop = loop
         self._queue: asyncio.Queue[str | PromptProgress | GenerationResult] = asyncio.Queue()
         self._cancelled = False
+        #: Called once on the event loop when the generation stops counting against its
+        #: engine's queue bound: cancelled, or its result arrived.
+        self._on_settled: Callable[[], None] | None = None
 
     @property
     def is_cancelled(self) -> bool:
@@ -92,6 +97,12 @@ class Generation:
     def cancel(self) -> None:
         """Stop generating; the worker notices before its next token."""
         self._cancelled = True
+        self._settle()
+
+    def _settle(self) -> None:
+        settled, self._on_settled = self._on_settled, None
+        if settled is not None:
+            settled()
 
     @property
     def output_text(self) -> str:
@@ -156,6 +167,8 @@ def post(items: list[tuple[Generation, Item]]) -> None:
 def _receive(loop: asyncio.AbstractEventLoop, batch: list[tuple[Generation, Item]]) -> None:
     for generation, item in batch:
         generation._queue.put_nowait(item)
+        if isinstance(item, GenerationResult):
+            generation._settle()
         if isinstance(item, GenerationResult) and generation.on_done is not None:
             loop.call_soon(generation.on_done, generation, item)  # its own callback: a
             # failing observer is logged by the loop and cannot stop the rest of the batch

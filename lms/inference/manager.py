@@ -281,6 +281,7 @@ class ModelManager:
         options = LoadOptions(
             context_length=context_length,
             parallel=1 if embedding else (parallel or self._settings().models_parallel),
+            queue_length=self._settings().models_queue_length,
         )
         started = time.perf_counter()
         backend: Engine | Embedder

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +14,16 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
+from lms.api.embeddings import MAX_INPUTS
+from lms.inference.embedder import Embedder
+from lms.inference.generation import LoadOptions
 from lms.inference.manager import ModelManager
+from lms.inference.worker import RETRY_AFTER_SECONDS
 
 MODEL = "google/gemma-3-270m"
 EMBEDDING_ID = f"{MODEL}:embedding"
 GEMMA_3_270M_WIDTH = 640  # gemma-3-270m's hidden size (embedding_length in its GGUF)
+DEADLINE = 120.0  # seconds: generous, only ever reached when something is broken
 
 pytestmark = pytest.mark.model
 
@@ -207,3 +216,83 @@ async def test_auth_refusals(client: Client, lms_home: Path) -> None:
     assert await status(listing) == (403, "insufficient_permissions")
     assert await status(other) == (404, "model_not_found")  # outside the allowlist: missing
     assert (await status(good))[0] == 200
+
+
+class GroupGate:
+    """Wraps an embedder's ``_embed_group``: records each group's size and holds the worker in
+    the first group (computed for real) until the test opens the gate."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.original = embedder._embed_group
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, group: list[list[int]]) -> Any:
+        vectors = self.original(group)
+        self.sizes.append(len(group))
+        if len(self.sizes) == 1:
+            self.entered.set()
+            self.gate.wait(DEADLINE)
+        return vectors
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, DEADLINE)
+
+
+async def poll(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.01)
+
+
+async def gated_embedder(
+    client: Client, manager: ModelManager, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Embedder, GroupGate]:
+    await embed(client, "load it")
+    instance = manager.find_instance(EMBEDDING_ID)
+    assert instance is not None
+    gate = GroupGate(instance.embedder)
+    monkeypatch.setattr(instance.embedder, "_embed_group", gate)
+    return instance.embedder, gate
+
+
+async def test_a_disconnected_client_stops_its_batch(
+    client: Client, manager: ModelManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder, gate = await gated_embedder(client, manager, monkeypatch)
+    batch = [f"{i} " + "lorem ipsum dolor sit amet " * 4 for i in range(MAX_INPUTS)]
+    request = asyncio.create_task(
+        client.post("/v1/embeddings", json={"model": MODEL, "input": batch})
+    )
+    await gate.wait_entered()
+    request.cancel()  # the client goes away: its connection closes
+    await asyncio.wait([request])
+    await poll(lambda: embedder.outstanding == 0)  # the server cancelled the handler
+    gate.gate.set()
+    assert len((await embed(client, "after"))["data"]) == 1
+    assert len(gate.sizes) == 2 and gate.sizes[1] == 1  # one group of the batch, no more
+
+
+async def test_a_full_queue_is_503_with_retry_after(
+    client: Client, manager: ModelManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedder, gate = await gated_embedder(client, manager, monkeypatch)
+    queue_length = LoadOptions().queue_length
+    held = [
+        asyncio.create_task(client.post("/v1/embeddings", json={"model": MODEL, "input": f"{i}"}))
+        for i in range(1 + queue_length)
+    ]
+    await gate.wait_entered()
+    await poll(lambda: embedder.outstanding == 1 + queue_length)
+    response = await client.post("/v1/embeddings", json={"model": MODEL, "input": "one too many"})
+    body = await response.json()
+    assert response.status == 503, body
+    assert response.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert body["error"]["code"] == "server_busy"
+    gate.gate.set()
+    for response in await asyncio.gather(*held):
+        assert response.status == 200
+    assert embedder.outstanding == 0
+    assert len((await embed(client, "drained"))["data"]) == 1

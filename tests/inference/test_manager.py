@@ -50,6 +50,12 @@ async def test_jit_load_and_reuse(manager: ModelManager) -> None:
     assert [i.identifier for i in manager.instances()] == ["google/gemma-3-270m"]
 
 
+async def test_queue_length_setting_reaches_the_engine(manager: ModelManager) -> None:
+    config.set_value("models.queue_length", "3")
+    instance = await manager.acquire("google/gemma-3-270m")
+    assert instance.engine.options.queue_length == 3
+
+
 async def test_keep_last_jit_unloads_previous(manager: ModelManager) -> None:
     await manager.acquire("google/gemma-3-270m")
     await manager.acquire("other/gemma-copy")
