@@ -40,6 +40,8 @@ def _generate_into(target: Path) -> None:
         "LMS_SERVER_PORT": "4321",
         "COLUMNS": "37",
         "LANG": "C",
+        # The lms under test (a work tree may put its own first on the path).
+        "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(
         [sys.executable, "-m", "lms.cli.docgen", "--root", str(target)],
