@@ -29,8 +29,8 @@ from pathlib import Path
 from yarl import URL
 
 from lms.errors import ConflictError, InvalidParameterError
+from lms.modelfolder import LOCAL_PUBLISHER
 
-LOCAL_PUBLISHER = "local"
 _PART = re.compile(r"^[A-Za-z0-9_+@-][A-Za-z0-9._+@-]{0,127}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 
