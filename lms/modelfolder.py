@@ -22,7 +22,8 @@ stem after the stems' common prefix, cut back to a ``-`` or ``.`` boundary, lowe
 ``gemma-3-270m-Q4_K_M.gguf`` and ``gemma-3-270m-Q8_0.gguf`` in one folder are ``@q4_k_m`` and
 ``@q8_0``. When that leaves any variant empty, or two variants equal, every file of the group
 gets its whole lower-cased stem instead. Should two files still end with the same key, the first
-in path order keeps it and the other is skipped (and reported in :attr:`FolderScan.skipped`).
+found keeps it (a folder's own files, by name, before its subfolders') and the other is skipped
+(and reported in :attr:`FolderScan.skipped`).
 
 Before this rule the daemon named variants by the quantization read from each header and the
 CLI by file stem; for the usual ``<name>-<QUANT>.gguf`` files the daemon's keys are unchanged.
