@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from lms import limits, paths
@@ -33,8 +32,12 @@ from lms.errors import (
     ModelNotFoundError,
     PermissionDeniedError,
 )
-from lms.inference import catalog
+from lms.inference import catalog, choosing
 from lms.inference.catalog import ModelFile
+from lms.inference.choosing import Choice as Choice
+from lms.inference.choosing import HiddenHook as HiddenHook
+from lms.inference.choosing import ModelFilter as ModelFilter
+from lms.inference.choosing import model_query as model_query
 from lms.inference.embedder import Embedder
 from lms.inference.engine import Engine, LoadOptions
 from lms.inference.instance import EMBEDDING_SUFFIX as EMBEDDING_SUFFIX
@@ -45,25 +48,6 @@ from lms.inference.templates import ChatFormatter
 from lms.logstream import LogHub
 
 log = logging.getLogger("lms.models")
-
-#: Which model keys a caller may see and use (a token's allowlist); None: every model.
-ModelFilter = Callable[[str], bool]
-#: Told when a name was not found only because it is outside the caller's allowlist (for the
-#: audit log: the caller gets the same 404 as for a missing model).
-HiddenHook = Callable[[], None]
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What a request's ``model`` names (:meth:`ModelManager.choose`).
-
-    ``key`` is the model key; ``instance`` the loaded instance that serves the request (None:
-    it must be loaded); ``model`` the catalog entry, when choosing had to read the catalog.
-    """
-
-    key: str
-    instance: Instance | None
-    model: ModelFile | None
 
 
 class ModelManager:
@@ -91,40 +75,9 @@ class ModelManager:
         """The downloaded model ``query`` names, among the models ``allowed`` lets the caller
         use: a model outside it is not found, exactly like a missing one, and the error lists
         only allowed models (``hidden`` hears when that is why). Reads the catalog once."""
-        return self._resolve_in(await self.models(), query, query, allowed, hidden)
-
-    def _resolve_in(
-        self,
-        every: list[ModelFile],
-        query: str,
-        shown: str,
-        allowed: ModelFilter | None,
-        hidden: HiddenHook | None,
-    ) -> ModelFile:
-        models = every if allowed is None else [m for m in every if allowed(m.key)]
-        try:
-            return catalog.resolve(query, models)
-        except ModelNotFoundError as err:
-            if allowed is not None and hidden is not None and self._names_any(shown, every):
-                hidden()
-            if "ambiguous" in err.message or query == shown:
-                raise
-            visible = [m.key for m in models]
-            raise ModelNotFoundError(
-                f'model "{shown}" not found. Available models: {", ".join(visible) or "(none)"}',
-                param="model",
-                hint=err.hint,
-                data={"available_models": visible},
-            ) from None
-
-    def _names_any(self, query: str, every: list[ModelFile]) -> bool:
-        if query in self._instances:
-            return True
-        try:
-            catalog.resolve(query, every)
-        except ModelNotFoundError:
-            return False
-        return True
+        return choosing.downloaded(
+            await self.models(), query, query, allowed, hidden, named=query in self._instances
+        )
 
     async def choose(
         self,
@@ -135,37 +88,23 @@ class ModelManager:
         hidden: HiddenHook | None = None,
     ) -> Choice:
         """What ``query`` (an instance identifier or a model name) means to a request that needs
-        an instance of ``kind``: the one place that decides it, for :meth:`acquire` and the API.
-
-        An identifier of a loaded instance of ``kind`` is that instance. An identifier of an
-        instance of the other kind is refused (400), unless it is also the model key: then it
-        means the model, like any other name, resolved among the downloaded models (one catalog
-        read) to the loaded instance of ``kind`` of that model, or to the model to load. A name
-        for ``<key>:embedding`` means ``<key>`` to an embedding request. An embedding model
-        cannot serve an llm request (400). ``allowed`` limits what ``query`` may name: anything
-        outside it is not found, exactly like a missing one (``hidden`` hears about it).
+        an instance of ``kind``: the one place that decides it, for :meth:`acquire` and the API
+        (rules in :mod:`lms.inference.choosing`). Reads the catalog once, and only when no
+        loaded instance answers. ``allowed`` limits what ``query`` may name: anything outside it
+        is not found, exactly like a missing one (``hidden`` hears about it).
         """
-        instance = self._instances.get(query)
-        if instance is not None and allowed is not None and not allowed(instance.model.key):
-            instance = None
-        if instance is not None and instance.type != kind:
-            if query != instance.model.key:
-                raise InvalidRequestError(
-                    f'"{query}" is loaded in {instance.type} mode; this route needs a'
-                    f" {kind} instance (use the model key {instance.model.key!r})",
-                    param="model",
-                )
-            instance = None
+        instance = choosing.loaded(self._instances, query, kind, allowed)
         if instance is not None:
             return Choice(instance.model.key, instance, None)
-        model = self._resolve_in(
-            await self.models(), model_query(query, kind), query, allowed, hidden
+        model = choosing.downloaded(
+            await self.models(),
+            model_query(query, kind),
+            query,
+            allowed,
+            hidden,
+            named=query in self._instances,
         )
-        if kind == "llm" and model.type == "embedding":
-            raise InvalidRequestError(
-                f'"{model.key}" is an embedding model: it serves /v1/embeddings only',
-                param="model",
-            )
+        choosing.check_serves(model, kind)
         return Choice(model.key, self._find(model.key, kind), model)
 
     def check_request(
@@ -448,12 +387,3 @@ def _is_expired(instance: Instance, now: float | None) -> bool:
     except (ArithmeticError, TypeError, ValueError):
         log.warning("instance %s has an unusable ttl; it is not unloaded", instance.identifier)
         return False
-
-
-def model_query(query: str, kind: InstanceType) -> str:
-    """The model a request names: ``<key>:embedding`` (the identifier of an embedding instance
-    of an llm model) means ``<key>`` to an embedding request, so it loads again after an idle
-    unload."""
-    if kind == "embedding" and query.endswith(EMBEDDING_SUFFIX):
-        return query[: -len(EMBEDDING_SUFFIX)]
-    return query
