@@ -155,19 +155,27 @@ def model_entry(
     }
 
 
-def read_entries(root: Path | None = None) -> list[ModelEntry]:
+def read_entries(root: Path | None = None, problems: list[str] | None = None) -> list[ModelEntry]:
     """What the daemon lists for ``root`` with nothing loaded, read here (``lms ls`` with the
-    daemon down): one header read per file; files the daemon would skip (unreadable, a
-    projector) are left out the same way."""
+    daemon down): one header read per file. Files the daemon skips (unreadable, a projector) are
+    left out the same way; ``problems`` gets one line per file that could not be read, and per
+    key taken twice, as the daemon's log would."""
     from lms.errors import ModelLoadError
     from lms.ggufheader import parse_header
 
+    found = scan(root)
+    said = problems if problems is not None else []
+    said.extend(found.skipped)
     entries: list[ModelEntry] = []
-    for model in scan(root).models:
+    for model in found.models:
         try:
             size = model.path.stat().st_size
             facts = parse_header(model.path, size)
-        except (OSError, ModelLoadError):
+        except OSError as exc:
+            said.append(f"not listed: cannot read model file {model.path}: {exc.strerror}")
+            continue
+        except ModelLoadError as exc:
+            said.append(f"not listed: {exc.message}")
             continue
         if facts.architecture != "clip":
             entries.append(model_entry(model, size, facts))

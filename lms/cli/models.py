@@ -48,7 +48,10 @@ def ls(json_output: JsonOption = False) -> None:
         control.check_version_matches(daemon)
         models = control.ControlClient().models()
     else:
-        models = read_entries()
+        problems: list[str] = []
+        models = read_entries(problems=problems)
+        for problem in problems:
+            render.warn(problem)
     if json_output:
         render.emit_json(models)
         return

@@ -60,6 +60,8 @@ def test_ls_without_daemon_reads_the_headers_itself(
     listed = runner.invoke(app, ["ls", "--json"])
     assert listed.exit_code == 0, listed.stderr
     entries = json.loads(listed.stdout)
+    zeros = models / "bad" / "zeros" / "zeros.gguf"
+    assert f"warning: not listed: {zeros} is not a readable GGUF model" in listed.stderr
     assert [e["key"] for e in entries] == [
         "google/gemma-3-270m",
         "local/top",
