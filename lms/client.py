@@ -14,7 +14,6 @@ import http.client
 import json
 import os
 import socket
-import struct
 import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from lms.errors import (
     UnsafePathError,
     from_code,
 )
+from lms.peercred import peer_uid
 from lms.protocol import (
     CONTROL_AUTH,
     CONTROL_DOWNLOADS,
@@ -80,19 +80,6 @@ def _not_running(path: Path) -> DaemonNotRunningError:
 
 
 # --- peer credentials ---------------------------------------------------------------------------
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a connected Unix socket (None if unknown).
-
-    Linux reports ``struct ucred {pid, uid, gid}`` through ``SO_PEERCRED``.
-    """
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
 
 
 def check_peer_uid(uid: int | None, path: Path, *, expected: int | None = None) -> None:

@@ -6,8 +6,9 @@ command, one line per value on stdout. It is answered by :func:`main` before Typ
 (see :mod:`lms.launcher`): a TAB must not pay for building the CLI.
 
 - ``tokens``: the names, then the ids, of the tokens in tokens.toml (the registry's own reader).
-- ``models``: model keys. The daemon's catalog when its socket answers, else the GGUF files in
-  the models folder, keyed by the same layout rule as ``lms ls`` without a daemon.
+- ``models``: model keys. The daemon's catalog when its socket answers, else the model files
+  of the models folder keyed by :func:`lms.modelfolder.scan` (the daemon's own rule, from names
+  only: no GGUF header is read on a TAB).
 - ``instances``: identifiers of the loaded instances, asked of the daemon only if its socket
   answers (nothing otherwise).
 
@@ -46,9 +47,9 @@ def models() -> list[str]:
     doc = _ask_daemon(protocol.CONTROL_MODELS)
     if doc is not None:
         return sorted(str(model["key"]) for model in doc["models"])
-    from lms.modelfolder import scan_model_files
+    from lms import modelfolder
 
-    return [str(entry["key"]) for entry in scan_model_files()]
+    return [model.key for model in modelfolder.scan().models]
 
 
 def instances() -> list[str]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
-import struct
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +16,7 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, middlewares
+from lms.api.model_admin import DOWNLOAD_ANSWER_SECONDS
 from lms.api.state import DOWNLOADS, MANAGER, MCP
 from lms.download import importer
 from lms.download.downloader import DownloadManager
@@ -31,12 +30,10 @@ from lms.errors import (
     RouteNotFoundError,
 )
 from lms.mcp.sessions import McpServers
+from lms.peercred import peer_uid
 from lms.protocol import DaemonStatus, ImportResult, ModelEntry, ServerStatus
 
 log = logging.getLogger("lms.control")
-
-#: How long a download request waits for the server's first answer (see ``model_admin``).
-DOWNLOAD_ANSWER_SECONDS = 10.0
 
 
 class Controller(Protocol):
@@ -62,12 +59,6 @@ class Controller(Protocol):
 
 
 CONTROLLER = web.AppKey("controller", Controller)
-
-
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
 
 
 @web.middleware

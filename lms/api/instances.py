@@ -10,9 +10,8 @@ from aiohttp import web
 from lms.api.security import TOKEN, check_model, model_filter, refuse
 from lms.api.state import MANAGER
 from lms.auth.permissions import Permission
-from lms.errors import ModelNotAllowedError, ModelNotFoundError, PermissionDeniedError
-from lms.inference import catalog
-from lms.inference.manager import Instance, InstanceType, model_query
+from lms.errors import ModelNotAllowedError, PermissionDeniedError
+from lms.inference.manager import Choice, Instance, InstanceType
 
 
 @dataclass(frozen=True)
@@ -20,64 +19,42 @@ class Target:
     """What a request's ``model`` resolved to; ``instance`` is None when it must be loaded."""
 
     query: str
-    key: str
-    instance: Instance | None
+    choice: Choice
+
+    @property
+    def key(self) -> str:
+        return self.choice.key
+
+    @property
+    def instance(self) -> Instance | None:
+        return self.choice.instance
 
 
 async def target(request: web.Request, query: str, *, kind: InstanceType = "llm") -> Target:
-    """Resolve ``query`` (identifier or model key) and check it against the token's allowlist.
+    """Resolve ``query`` (identifier or model name) and check it against the token's allowlist.
 
-    The allowlist applies to the resolved model key, never to the name the client chose, and
-    names resolve among the models this token may use: a model or instance outside the
-    allowlist answers exactly like a missing one (404 listing only the models this token may
-    use). ``kind`` is the mode the route needs (``embedding`` for /v1/embeddings).
+    :meth:`ModelManager.choose` decides (the same rule as a just-in-time load). The allowlist
+    applies to the resolved model key, never to the name the client chose, and names resolve
+    among the models this token may use: a model or instance outside the allowlist answers
+    exactly like a missing one (404 listing only the models this token may use), which only
+    the audit log records. ``kind`` is the mode the route needs (``embedding`` for
+    /v1/embeddings).
     """
-    manager = request.app[MANAGER]
-    allowed = model_filter(request)
-    instance = manager.find_instance(query)
-    if instance is not None and not allowed(instance.model.key):
-        instance = None
-    if instance is not None:
-        key = instance.model.key
-        if instance.type != kind and query == key:
-            instance = next(
-                (i for i in manager.instances() if i.model.key == key and i.type == kind), None
-            )
-    else:
-        every = await manager.models()
-        models = [m for m in every if allowed(m.key)]
-        try:
-            key = catalog.resolve(model_query(query, kind), models).key
-        except ModelNotFoundError as err:
-            audit_hidden(request, query, every)
-            if "ambiguous" in err.message:
-                raise
-            visible = [m.key for m in models]
-            raise ModelNotFoundError(
-                f'model "{query}" not found. Available models: {", ".join(visible) or "(none)"}',
-                param="model",
-                hint=err.hint,
-                data={"available_models": visible},
-            ) from None
-        instance = next(
-            (i for i in manager.instances() if i.model.key == key and i.type == kind), None
-        )
-    check_model(request, key)
-    return Target(query, key, instance)
+    choice = await request.app[MANAGER].choose(
+        query,
+        kind=kind,
+        allowed=model_filter(request),
+        hidden=lambda: audit_hidden(request, query),
+    )
+    check_model(request, choice.key)
+    return Target(query, choice)
 
 
-def audit_hidden(request: web.Request, query: str, every: list[catalog.ModelFile]) -> None:
+def audit_hidden(request: web.Request, query: str) -> None:
     """Write to the audit log (only there) that ``query`` named a model or instance the token
     may not use: the client got the same 404 as for a missing one."""
     record = request.get(TOKEN)
-    if record is None:
-        return
-    manager = request.app[MANAGER]
-    try:
-        found = manager.find_instance(query) is not None or bool(catalog.resolve(query, every))
-    except ModelNotFoundError:
-        found = False
-    if found:
+    if record is not None:
         refuse(request, ModelNotAllowedError(f'"{query}" is outside the allowlist'), record.id)
 
 
@@ -109,7 +86,8 @@ async def acquire(
         raise
     found = resolved or await target(request, query, kind=kind)
     return await manager.acquire(
-        found.instance.identifier if found.instance else found.key,
+        query,
+        chosen=found.choice,
         ttl=ttl,
         context_length=context_length,
         progress=progress,

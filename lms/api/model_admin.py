@@ -22,7 +22,6 @@ from lms.errors import (
     InstanceNotFoundError,
     InvalidParameterError,
     MissingParameterError,
-    ModelNotFoundError,
 )
 from lms.inference.manager import Instance
 
@@ -62,14 +61,12 @@ async def load(request: web.Request) -> web.Response:
     manager.check_request(ttl=ttl, context_length=context_length)
     if identifier is not None:
         limits.check_identifier(identifier)
-    try:
-        model = await manager.resolve(query, allowed)
-    except ModelNotFoundError:
-        instances.audit_hidden(request, query, await manager.models())
-        raise
+    model = await manager.resolve(
+        query, allowed, hidden=lambda: instances.audit_hidden(request, query)
+    )
     check_model(request, model.key)
     instance = await manager.load(
-        model.key,
+        model,
         context_length=context_length,
         ttl=ttl,
         identifier=identifier,
@@ -96,7 +93,7 @@ async def unload(request: web.Request) -> web.Response:
     instance = manager.find_instance(instance_id)
     if instance is None or not allowed(instance.model.key):
         if instance is not None:
-            instances.audit_hidden(request, instance_id, [])
+            instances.audit_hidden(request, instance_id)
         visible = [i.identifier for i in manager.instances() if allowed(i.model.key)]
         loaded = ", ".join(visible) or "none"
         raise InstanceNotFoundError(

@@ -1,9 +1,8 @@
 """``lms ls | ps | load | unload``: downloaded models and loaded instances.
 
-``ls`` never starts the daemon. With a daemon running it shows the daemon's catalog (metadata
-read from the GGUF headers, loaded instances); without one, the CLI cannot read GGUF metadata
-(that lives in ``lms.inference``, which the CLI must not import), so it lists the ``*.gguf``
-files under the models folder with their sizes only, and says so.
+``ls`` never starts the daemon. With a daemon running it shows the daemon's catalog; without one
+it reads the same listing itself (:func:`lms.modelfolder.read_entries`: the same keys, the same
+header facts, no loaded instances), so ``lms ls --json`` has one shape either way.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from lms import client as control
 from lms import limits, paths, starter
 from lms.cli import completers, render
 from lms.errors import InvalidParameterError
-from lms.modelfolder import scan_model_files
+from lms.modelfolder import read_entries
 from lms.protocol import InstanceEntry, ModelEntry
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -40,17 +39,19 @@ def _announce(text: str) -> None:
 def ls(json_output: JsonOption = False) -> None:
     """List downloaded models (never starts the daemon).
 
-    With the daemon running: type, parameters, architecture, quantization, size and loaded
-    instances. Without it: the GGUF files in the models folder with their sizes only (start the
-    daemon for the details: lms daemon up).
+    Type, parameters, architecture, quantization, size and, with the daemon running, loaded
+    instances.
     """
     daemon = control.try_status()
-    models: list[dict[str, Any]]
+    models: list[ModelEntry]
     if daemon is not None:
         control.check_version_matches(daemon)
-        models = [dict(m) for m in control.ControlClient().models()]
+        models = control.ControlClient().models()
     else:
-        models = scan_model_files()
+        problems: list[str] = []
+        models = read_entries(problems=problems)
+        for problem in problems:
+            render.warn(problem)
     if json_output:
         render.emit_json(models)
         return
@@ -62,11 +63,6 @@ def ls(json_output: JsonOption = False) -> None:
     noun = "model" if len(models) == 1 else "models"
     render.result(f"You have {len(models)} {noun}, taking up {render.format_size(total)}.")
     render.result()
-    if daemon is None:
-        rows = [[m["key"], render.format_size(m["size_bytes"]), m["path"]] for m in models]
-        render.result(render.table(["MODEL", "SIZE", "PATH"], rows))
-        render.note("the daemon is not running: sizes only (start it for details: lms daemon up)")
-        return
     rows = [_model_row(m) for m in models]
     render.result(render.table(["MODEL", "TYPE", "PARAMS", "ARCH", "QUANT", "SIZE", ""], rows))
 

@@ -30,8 +30,8 @@ from yarl import URL
 
 from lms import storage
 from lms.errors import ConflictError, InvalidParameterError
+from lms.modelfolder import LOCAL_PUBLISHER
 
-LOCAL_PUBLISHER = "local"
 _PART = re.compile(r"^[A-Za-z0-9_+@-][A-Za-z0-9._+@-]{0,127}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+@-]")
 

@@ -1,14 +1,9 @@
-"""The model catalog: GGUF files in the models folder and their metadata.
+"""The model catalog: the models folder's model files and their metadata.
 
-Layout (SPEC §2, §5): ``<models_dir>/<publisher>/<name>/<file>.gguf`` gives the key
-``publisher/name``. A folder holding several GGUF files gives each a key
-``publisher/name@<variant>``, where the variant is the file's lowercased quantization
-(``q4_k_m``) when that is unique in the folder, else its lowercased file stem. Files deeper in the
-folder belong to the same model. A GGUF lying directly in the models folder gets the key
-``local/<stem>``; one lying in a publisher folder (one level deep) gets ``<publisher>/<stem>``.
-Hidden entries (a name starting with ``.``, as our own temp files do) and partial downloads are
-skipped; so are multimodal projector files (``mmproj*``, architecture ``clip``), which are not
-models on their own.
+Which files are models and their keys (``publisher/name[@variant]``) come from
+:mod:`lms.modelfolder`, the one rule the CLI and shell completion use as well; this module only
+adds what each file's header says. Files whose header cannot be read, and multimodal projectors
+(architecture ``clip``) not named ``mmproj*``, are skipped with a warning.
 
 Metadata is read from the GGUF header (:mod:`lms.ggufheader`: a memory map, no weights
 are read) and cached in-process by (path, size, mtime_ns), so repeated discovery costs a ``stat``
@@ -19,22 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lms import paths
+from lms import modelfolder
 from lms.errors import ModelLoadError, ModelNotFoundError
 from lms.ggufheader import HeaderFacts, parse_header
 
 logger = logging.getLogger(__name__)
-
-LOCAL_PUBLISHER = "local"
-
-_PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".download", ".crdownload")
 
 
 @dataclass(frozen=True)
@@ -101,7 +91,7 @@ def read_metadata(path: Path, *, key: str | None = None) -> ModelFile:
         facts = parse_header(path, st.st_size)
         with _cache_lock:
             _cache[cache_key] = (signature, facts)
-    key = key or f"{LOCAL_PUBLISHER}/{path.stem}"
+    key = key or f"{modelfolder.LOCAL_PUBLISHER}/{path.stem}"
     publisher, _, rest = key.partition("/")
     name = rest.partition("@")[0]
     # Every header fact but the name carries over as is (the name becomes display_name).
@@ -125,73 +115,22 @@ def discover(models_dir: Path | None = None) -> list[ModelFile]:
     """Every GGUF model under ``models_dir`` (default: the models folder), sorted by key.
 
     Files that cannot be read are skipped with a warning; discovery never fails because of one
-    bad file. See the module docstring for how keys are made.
+    bad file. Keys are :func:`lms.modelfolder.scan`'s.
     """
-    root = Path(models_dir) if models_dir is not None else paths.models_dir()
-    groups: dict[str, list[Path]] = {}
-    for file in _gguf_files(root):
-        parts = file.relative_to(root).parts
-        if len(parts) == 1:
-            base = f"{LOCAL_PUBLISHER}/{file.stem}"
-        elif len(parts) == 2:
-            base = f"{parts[0]}/{file.stem}"
-        else:
-            base = f"{parts[0]}/{parts[1]}"
-        groups.setdefault(base, []).append(file)
-
-    models: dict[str, ModelFile] = {}
-    for base, files in groups.items():
-        found: list[ModelFile] = []
-        for file in files:
-            try:
-                model = read_metadata(file, key=base)
-            except ModelLoadError as exc:
-                logger.warning("skipping model file %s: %s", file, exc)
-                continue
-            if model.architecture == "clip":
-                continue  # a multimodal projector: not a model of its own
-            found.append(model)
-        for model in _with_variants(found):
-            if model.key in models:
-                logger.warning(
-                    "skipping model file %s: key %s is already taken by %s",
-                    model.path,
-                    model.key,
-                    models[model.key].path,
-                )
-                continue
-            models[model.key] = model
-    return [models[key] for key in sorted(models)]
-
-
-def _gguf_files(root: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=_warn_walk):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            lowered = filename.lower()
-            if filename.startswith(".") or lowered.endswith(_PARTIAL_SUFFIXES):
-                continue
-            if lowered.endswith(".gguf") and not lowered.startswith("mmproj"):
-                found.append(Path(dirpath) / filename)
-    return found
-
-
-def _warn_walk(exc: OSError) -> None:
-    if not isinstance(exc, FileNotFoundError):
-        logger.warning("cannot list %s: %s", exc.filename, exc.strerror)
-
-
-def _with_variants(models: list[ModelFile]) -> list[ModelFile]:
-    if len(models) < 2:
-        return models
-    quants = [(m.quantization or "").lower() for m in models]
-    unique = all(quants) and len(set(quants)) == len(quants)
-    variants = quants if unique else [m.path.stem.lower() for m in models]
-    return [
-        dataclasses.replace(m, key=f"{m.key}@{variant}")
-        for m, variant in zip(models, variants, strict=True)
-    ]
+    found = modelfolder.scan(models_dir)
+    for problem in found.skipped:
+        logger.warning("%s", problem)
+    models: list[ModelFile] = []
+    for entry in found.models:
+        try:
+            model = read_metadata(entry.path, key=entry.key)
+        except ModelLoadError as exc:
+            logger.warning("skipping model file %s: %s", entry.path, exc)
+            continue
+        if model.architecture == "clip":
+            continue  # a multimodal projector: not a model of its own
+        models.append(model)
+    return models
 
 
 def resolve(query: str, models: list[ModelFile]) -> ModelFile:

@@ -32,8 +32,12 @@ from lms.errors import (
     ModelNotFoundError,
     PermissionDeniedError,
 )
-from lms.inference import catalog
+from lms.inference import catalog, choosing
 from lms.inference.catalog import ModelFile
+from lms.inference.choosing import Choice as Choice
+from lms.inference.choosing import HiddenHook as HiddenHook
+from lms.inference.choosing import ModelFilter as ModelFilter
+from lms.inference.choosing import model_query as model_query
 from lms.inference.embedder import Embedder
 from lms.inference.engine import Engine, LoadOptions
 from lms.inference.instance import EMBEDDING_SUFFIX as EMBEDDING_SUFFIX
@@ -44,9 +48,6 @@ from lms.inference.templates import ChatFormatter
 from lms.logstream import LogHub
 
 log = logging.getLogger("lms.models")
-
-#: Which model keys a caller may see and use (a token's allowlist); None: every model.
-ModelFilter = Callable[[str], bool]
 
 
 class ModelManager:
@@ -68,14 +69,43 @@ class ModelManager:
         """Every downloaded model (metadata read off the event loop)."""
         return await asyncio.to_thread(catalog.discover, self._models_dir())
 
-    async def resolve(self, query: str, allowed: ModelFilter | None = None) -> ModelFile:
+    async def resolve(
+        self, query: str, allowed: ModelFilter | None = None, hidden: HiddenHook | None = None
+    ) -> ModelFile:
         """The downloaded model ``query`` names, among the models ``allowed`` lets the caller
         use: a model outside it is not found, exactly like a missing one, and the error lists
-        only allowed models."""
-        models = await self.models()
-        if allowed is not None:
-            models = [m for m in models if allowed(m.key)]
-        return catalog.resolve(query, models)
+        only allowed models (``hidden`` hears when that is why). Reads the catalog once."""
+        return choosing.downloaded(
+            await self.models(), query, query, allowed, hidden, named=query in self._instances
+        )
+
+    async def choose(
+        self,
+        query: str,
+        *,
+        kind: InstanceType = "llm",
+        allowed: ModelFilter | None = None,
+        hidden: HiddenHook | None = None,
+    ) -> Choice:
+        """What ``query`` (an instance identifier or a model name) means to a request that needs
+        an instance of ``kind``: the one place that decides it, for :meth:`acquire` and the API
+        (rules in :mod:`lms.inference.choosing`). Reads the catalog once, and only when no
+        loaded instance answers. ``allowed`` limits what ``query`` may name: anything outside it
+        is not found, exactly like a missing one (``hidden`` hears about it).
+        """
+        instance = choosing.loaded(self._instances, query, kind, allowed)
+        if instance is not None:
+            return Choice(instance.model.key, instance, None)
+        model = choosing.downloaded(
+            await self.models(),
+            model_query(query, kind),
+            query,
+            allowed,
+            hidden,
+            named=query in self._instances,
+        )
+        choosing.check_serves(model, kind)
+        return Choice(model.key, self._find(model.key, kind), model)
 
     def check_request(
         self,
@@ -128,14 +158,15 @@ class ModelManager:
         allowed: ModelFilter | None = None,
         may_widen_context: bool = True,
         context_param: str = "context_length",
+        chosen: Choice | None = None,
     ) -> Instance:
         """The instance that serves an inference request for ``query``, JIT-loading it.
 
-        ``query`` is an instance identifier or a model key. ``ttl`` and ``context_length`` apply
-        only when this request is the one that loads the model; ``progress`` then hears about
-        the load (0..1, from the loading thread). ``kind`` is the mode the request needs: a
-        model key finds (or loads) an instance of that kind; an identifier naming an instance
-        of the other kind is refused (400), unless it is also the model key.
+        ``query`` is an instance identifier or a model name, resolved by :meth:`choose` unless
+        the caller passes what it already ``chosen`` (then the catalog is not read again).
+        ``ttl`` and ``context_length`` apply only when this request is the one that loads the
+        model; ``progress`` then hears about the load (0..1, from the loading thread). ``kind``
+        is the mode the request needs (see :meth:`choose`).
 
         ``ttl`` and ``context_length`` are checked on every request (:meth:`check_request`),
         loading or not. ``allowed`` limits what ``query`` may name: an instance or model
@@ -147,38 +178,26 @@ class ModelManager:
             may_widen_context=may_widen_context,
             context_param=context_param,
         )
-        instance = self._instances.get(query)
-        if instance is not None and allowed is not None and not allowed(instance.model.key):
-            instance = None
-        if instance is not None and instance.type != kind:
-            if query != instance.model.key:
-                raise InvalidRequestError(
-                    f'"{query}" is loaded in {instance.type} mode; this route needs a'
-                    f" {kind} instance (use the model key {instance.model.key!r})",
-                    param="model",
-                )
-            instance = None
+        if chosen is None or (
+            chosen.instance is not None
+            and self._instances.get(chosen.instance.identifier) is not chosen.instance
+        ):
+            chosen = await self.choose(query, kind=kind, allowed=allowed)
+        instance = chosen.instance or self._find(chosen.key, kind)
         if instance is None:
-            model = await self.resolve(model_query(query, kind), allowed)
-            if kind == "llm" and model.type == "embedding":
-                raise InvalidRequestError(
-                    f'"{model.key}" is an embedding model: it serves /v1/embeddings only',
+            assert chosen.model is not None  # choose read the catalog when nothing was loaded
+            if not self._settings().models_jit:
+                flag = " --embedding" if kind == "embedding" else ""
+                raise ModelNotFoundError(
+                    f'model "{chosen.key}" is not loaded'
+                    f"{' in embedding mode' if kind == 'embedding' else ''}"
+                    " and just-in-time loading is off",
+                    hint=f"load it first: lms load {chosen.key}{flag}",
                     param="model",
                 )
-            instance = self._find(model.key, kind)
-            if instance is None:
-                if not self._settings().models_jit:
-                    flag = " --embedding" if kind == "embedding" else ""
-                    raise ModelNotFoundError(
-                        f'model "{model.key}" is not loaded'
-                        f"{' in embedding mode' if kind == 'embedding' else ''}"
-                        " and just-in-time loading is off",
-                        hint=f"load it first: lms load {model.key}{flag}",
-                        param="model",
-                    )
-                instance = await self._load_jit(
-                    model, ttl, context_length, progress, embedding=kind == "embedding"
-                )
+            instance = await self._load_jit(
+                chosen.model, ttl, context_length, progress, embedding=kind == "embedding"
+            )
         instance.touch()
         return instance
 
@@ -217,7 +236,7 @@ class ModelManager:
 
     async def load(
         self,
-        query: str,
+        query: str | ModelFile,
         *,
         context_length: int | None = None,
         ttl: int | None = None,
@@ -238,7 +257,8 @@ class ModelManager:
         the load (0..1, from the loading thread).
 
         ``ttl``, ``context_length`` and ``identifier`` are checked first (:mod:`lms.limits`);
-        ``allowed`` limits which models ``query`` may name (see :meth:`resolve`).
+        ``allowed`` limits which models ``query`` may name (see :meth:`resolve`). ``query`` may
+        be a model the caller already resolved: then the catalog is not read again.
         """
         self.check_request(ttl=ttl, context_length=context_length, context_param=context_param)
         if identifier is not None:
@@ -247,7 +267,7 @@ class ModelManager:
             raise InvalidRequestError(
                 f"parallel must be between 1 and {MAX_PARALLEL}", param="parallel"
             )
-        model = await self.resolve(query, allowed)
+        model = query if isinstance(query, ModelFile) else await self.resolve(query, allowed)
         async with self._lock:
             if identifier is not None and identifier in self._instances:
                 raise ConflictError(f'an instance named "{identifier}" is already loaded')
@@ -368,12 +388,3 @@ def _is_expired(instance: Instance, now: float | None) -> bool:
     except (ArithmeticError, TypeError, ValueError):
         log.warning("instance %s has an unusable ttl; it is not unloaded", instance.identifier)
         return False
-
-
-def model_query(query: str, kind: InstanceType) -> str:
-    """The model a request names: ``<key>:embedding`` (the identifier of an embedding instance
-    of an llm model) means ``<key>`` to an embedding request, so it loads again after an idle
-    unload."""
-    if kind == "embedding" and query.endswith(EMBEDDING_SUFFIX):
-        return query[: -len(EMBEDDING_SUFFIX)]
-    return query

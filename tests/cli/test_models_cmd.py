@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,7 @@ from typer.testing import CliRunner
 
 from lms import client as control
 from lms import paths
-from lms.cli import app
-from lms.cli.models import scan_model_files
+from lms.cli import app, render
 from lms.errors import InvalidParameterError
 
 pytestmark = pytest.mark.usefixtures("lms_home")
@@ -41,36 +41,67 @@ def test_ls_without_models_or_daemon(runner: CliRunner, monkeypatch: pytest.Monk
     assert json.loads(runner.invoke(app, ["ls", "--json"]).stdout) == []
 
 
-def test_ls_without_daemon_lists_gguf_files_with_sizes_only(runner: CliRunner) -> None:
+def test_ls_without_daemon_reads_the_headers_itself(
+    runner: CliRunner, make_gguf: Callable[..., bytes]
+) -> None:
     models = paths.models_dir()
-    _write(models / "google" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf", 2000)
+    gemma = models / "google" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
+    make_gguf(gemma, tensor_bytes=2048, name="Gemma Tiny")
     _write(models / "google" / "gemma-3-270m" / "mmproj-gemma.gguf", 5)  # a projector
-    _write(models / "pub" / "two" / "Two-Q8_0.gguf", 300)
-    _write(models / "pub" / "two" / "Two-F16.gguf", 600)
-    _write(models / "pub" / "flat.gguf", 10)
-    _write(models / "top.gguf", 20)
+    make_gguf(models / "pub" / "two" / "Two-Q8_0.gguf", tensor_bytes=1024)
+    make_gguf(models / "pub" / "two" / "Two-F16.gguf", tensor_bytes=2048)
+    make_gguf(models / "pub" / "flat.gguf", tensor_bytes=64)
+    make_gguf(models / "top.gguf", tensor_bytes=64)
     _write(models / "pub" / "dl" / "half.gguf.part", 7)  # a partial download
     _write(models / ".hidden" / "x" / "y.gguf", 7)
     _write(models / "notes" / "readme.txt", 7)
+    _write(models / "bad" / "zeros" / "zeros.gguf", 64)  # not a GGUF: the daemon skips it too
 
-    entries = scan_model_files()
-    assert [(e["key"], e["size_bytes"]) for e in entries] == [
-        ("google/gemma-3-270m", 2000),
-        ("local/top", 20),
-        ("pub/flat", 10),
-        ("pub/two@two-f16", 600),
-        ("pub/two@two-q8_0", 300),
+    listed = runner.invoke(app, ["ls", "--json"])
+    assert listed.exit_code == 0, listed.stderr
+    entries = json.loads(listed.stdout)
+    zeros = models / "bad" / "zeros" / "zeros.gguf"
+    assert f"warning: not listed: {zeros} is not a readable GGUF model" in listed.stderr
+    assert [e["key"] for e in entries] == [
+        "google/gemma-3-270m",
+        "local/top",
+        "pub/flat",
+        "pub/two@f16",
+        "pub/two@q8_0",
     ]
-    assert all(e["architecture"] is None and e["format"] == "gguf" for e in entries)
+    first = entries[0]
+    assert first == {
+        "key": "google/gemma-3-270m",
+        "type": "llm",
+        "publisher": "google",
+        "display_name": "Gemma Tiny",
+        "architecture": "llama",
+        "params_string": first["params_string"],
+        "quantization": "F32",
+        "bits_per_weight": 32.0,
+        "size_bytes": gemma.stat().st_size,
+        "path": str(gemma),
+        "format": "gguf",
+        "max_context_length": 256,
+        "trained_for_tool_use": False,
+        "vision": False,
+        "loaded_instances": [],
+    }
+    assert first["params_string"]
 
     result = runner.invoke(app, ["ls"])
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0] == "You have 5 models, taking up 2.93 KB."
-    assert lines[2].split() == ["MODEL", "SIZE", "PATH"]
-    assert lines[3].split()[:3] == ["google/gemma-3-270m", "2.00", "KB"]
-    assert "the daemon is not running: sizes only" in result.stderr
-    assert json.loads(runner.invoke(app, ["ls", "--json"]).stdout) == entries
+    total = sum(e["size_bytes"] for e in entries)
+    assert lines[0] == f"You have 5 models, taking up {render.format_size(total)}."
+    assert lines[2].split() == ["MODEL", "TYPE", "PARAMS", "ARCH", "QUANT", "SIZE"]
+    assert lines[3].split()[:5] == [
+        "google/gemma-3-270m",
+        "llm",
+        first["params_string"],
+        "llama",
+        "F32",
+    ]
 
 
 # --- with a (fake) daemon -----------------------------------------------------------------------

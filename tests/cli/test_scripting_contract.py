@@ -21,6 +21,7 @@ import os
 import pty
 import re
 import select
+import struct
 import subprocess
 import sys
 import time
@@ -113,7 +114,7 @@ def broken_registry(world: World) -> None:
 def model_file(world: World) -> None:
     file = paths.models_dir() / "google" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
     file.parent.mkdir(parents=True)
-    file.write_bytes(b"GGUF" + bytes(100))
+    file.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + bytes(100))  # an empty header
 
 
 def gguf_file(world: World) -> None:

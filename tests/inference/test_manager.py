@@ -13,9 +13,11 @@ from lms.errors import (
     ConflictError,
     InstanceNotFoundError,
     InvalidParameterError,
+    InvalidRequestError,
     ModelNotFoundError,
     PermissionDeniedError,
 )
+from lms.inference import catalog
 from lms.inference.manager import ModelManager
 
 pytestmark = pytest.mark.model
@@ -195,3 +197,74 @@ async def test_names_resolve_among_allowed_models_only(
     await manager.acquire("other/gemma-copy")
     with pytest.raises(ModelNotFoundError):
         await manager.acquire("other/gemma-copy", allowed=google_only)
+
+
+def _count_scans(monkeypatch: pytest.MonkeyPatch) -> list[Path | None]:
+    """Record every read of the models folder (the real discover still runs)."""
+    calls: list[Path | None] = []
+    real = catalog.discover
+
+    def counted(models_dir: Path | None = None) -> list[catalog.ModelFile]:
+        calls.append(models_dir)
+        return real(models_dir)
+
+    monkeypatch.setattr(catalog, "discover", counted)
+    return calls
+
+
+async def test_a_jit_load_reads_the_models_folder_once(
+    manager: ModelManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans = _count_scans(monkeypatch)
+    instance = await manager.acquire("gemma-3-270m", allowed=lambda key: key.startswith("google/"))
+    assert instance.identifier == "google/gemma-3-270m"
+    assert len(scans) == 1
+    # What the API does: choose first (allowlist, audit), then acquire what was chosen.
+    scans.clear()
+    await manager.unload_all()
+    chosen = await manager.choose("google/gemma-3-270m")
+    assert (chosen.key, chosen.instance) == ("google/gemma-3-270m", None)
+    assert chosen.model is not None
+    loaded = await manager.acquire("google/gemma-3-270m", chosen=chosen)
+    assert len(scans) == 1
+    # A loaded instance named by its identifier needs no catalog at all.
+    scans.clear()
+    again = await manager.choose(loaded.identifier)
+    assert again.instance is loaded and again.model is None
+    assert await manager.acquire(loaded.identifier, chosen=again) is loaded
+    assert scans == []
+
+
+async def test_choose_decides_the_kind(manager: ModelManager) -> None:
+    embedder = await manager.load("google/gemma-3-270m", embedding=True, context_length=256)
+    assert embedder.identifier == "google/gemma-3-270m:embedding"
+    # The identifier of an instance of the other kind is refused, naming the field.
+    with pytest.raises(InvalidRequestError, match="embedding mode") as refused:
+        await manager.choose(embedder.identifier, kind="llm")
+    assert refused.value.param == "model"
+    # To an embedding request, <key>:embedding is that instance; the key means the model.
+    assert (await manager.choose(embedder.identifier, kind="embedding")).instance is embedder
+    by_key = await manager.choose("google/gemma-3-270m", kind="embedding")
+    assert by_key.instance is embedder
+    # An llm request for the key finds no llm instance: the model, to load.
+    for_chat = await manager.choose("google/gemma-3-270m", kind="llm")
+    assert for_chat.instance is None and for_chat.model is not None
+
+
+async def test_a_hidden_name_is_reported_as_missing_and_heard(manager: ModelManager) -> None:
+    heard: list[str] = []
+    with pytest.raises(ModelNotFoundError) as hidden:
+        await manager.choose(
+            "other/gemma-copy",
+            allowed=lambda key: key.startswith("google/"),
+            hidden=lambda: heard.append("hidden"),
+        )
+    assert heard == ["hidden"]
+    assert hidden.value.data == {"available_models": ["google/gemma-3-270m"]}
+    with pytest.raises(ModelNotFoundError):
+        await manager.choose(
+            "other/nothing",
+            allowed=lambda key: key.startswith("google/"),
+            hidden=lambda: heard.append("missing"),
+        )
+    assert heard == ["hidden"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lms import completion, paths
+from lms import completion, ggufheader, paths
 from lms.auth.registry import Registry
 
 
@@ -55,6 +55,22 @@ def test_models_come_from_the_folder_without_a_daemon(home: Path) -> None:
         file.write_bytes(b"GGUF")
     assert completion.models() == ["google/gemma-3-270m", "local/top"]
     assert run("models", "goo") == (0, "google/gemma-3-270m\n", "")
+
+
+def test_model_keys_follow_the_daemon_rule_without_reading_a_header(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ["gemma-3-270m-Q4_K_M.gguf", "gemma-3-270m-Q8_0.gguf"]:
+        file = paths.models_dir() / "google" / "gemma-3-270m" / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"GGUF")
+
+    def no_header(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("completion read a GGUF header")
+
+    monkeypatch.setattr(ggufheader, "parse_header", no_header)
+    assert completion.models() == ["google/gemma-3-270m@q4_k_m", "google/gemma-3-270m@q8_0"]
+    assert run("models", "google/gemma-3-270m@q8") == (0, "google/gemma-3-270m@q8_0\n", "")
 
 
 def test_no_daemon_means_no_instances_and_no_start(

@@ -38,7 +38,7 @@ from lms.errors import (
 from lms.inference import catalog
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
-from lms.inference.manager import Instance, model_query
+from lms.inference.manager import Choice, Instance, model_query
 
 #: Inputs longer than this are tokenized off the event loop.
 _LONG_TEXT = 16_384
@@ -162,7 +162,9 @@ async def instance_for(
                 raise wire.no_model_matching(query, visible(call, kind))
             model = await downloaded(call, wanted, kind)
             call.check_model(model.key)
-            instance = await call.manager.acquire(model.key, kind=kind, allowed=call.allows)
+            instance = await call.manager.acquire(
+                model.key, kind=kind, allowed=call.allows, chosen=Choice(model.key, None, model)
+            )
     call.check_model(instance.model.key)
     instance.touch()
     return instance
@@ -272,6 +274,7 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
             allowed=channel.allows,
             may_widen_context=widen,
             context_param="contextLength",
+            chosen=Choice(model.key, None, model),  # `downloaded` read the catalog already
         ),
     )
     await channel.finish({"type": "loadSuccess", "info": records.instance_info(instance)})
