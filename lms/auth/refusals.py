@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import json
@@ -79,6 +80,7 @@ class RefusalKey:
 OTHER = RefusalKey(peer="*", reason="(other)", method="*", route="(other)", token_id="*")
 
 
+@functools.lru_cache(maxsize=1024)
 def peer_class(address: str | None) -> str:
     """The network a peer is in, as counted: ``local`` (loopback, Unix socket, unknown), its
     IPv4 /24 or its IPv6 /48 (a client can pick any address of its own network for free)."""
