@@ -9,6 +9,7 @@ SDK sockets use too; every refusal is counted by it, keyed by the route's templa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -21,7 +22,7 @@ from lms.auth.gate import UNMATCHED, Where
 from lms.auth.permissions import PUBLIC, Access, access_for
 from lms.auth.record import TokenRecord
 from lms.auth.tokens import token_from_header
-from lms.errors import InternalError, LmsError
+from lms.errors import AuthError, InternalError, LmsError
 from lms.inference.generation import cache_scope
 
 log = logging.getLogger("lms.auth")
@@ -62,7 +63,15 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = _route_access(request)
     if access is None or access == PUBLIC:
         return await handler(request)
-    record = request.app[AUTH].admit(presented_token(request), access, where(request))
+    gate = request.app[AUTH]
+    checked = where(request)
+    try:
+        record = gate.admit(presented_token(request), access, checked)
+    except AuthError:
+        delay = gate.refusal_delay(checked)
+        if delay:  # a flood of refusals from this network: its connections wait
+            await asyncio.sleep(delay)
+        raise
     request[TOKEN] = record
     cache_scope.set(record.id)  # cached prompt prefixes are shared within one token only
     return await handler(request)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from lms.auth.permissions import Access
 from lms.auth.ratelimit import RateLimiter
 from lms.auth.record import TokenRecord
-from lms.auth.refusals import RefusalKey, RefusalRecorder, peer_class
+from lms.auth.refusals import TARPIT_AFTER, TARPIT_SECONDS, RefusalKey, RefusalRecorder, peer_class
 from lms.auth.usage import UsageBuffer, UsageStore
 from lms.auth.verifier import TokenVerifier
 from lms.errors import AuthError, LmsError
@@ -44,6 +44,8 @@ class TokenGate:
     limiter: RateLimiter = field(default_factory=RateLimiter)
     usage: UsageBuffer = field(default_factory=lambda: UsageBuffer(UsageStore()))
     refusals: RefusalRecorder = field(default_factory=RefusalRecorder)
+    tarpit_after: int = TARPIT_AFTER
+    tarpit_seconds: float = TARPIT_SECONDS
 
     def admit(
         self, raw_token: str | None, access: Access, where: Where, *, is_request: bool = True
@@ -68,6 +70,13 @@ class TokenGate:
         if is_request:
             self.usage.record_request(record.id)
         return record
+
+    def refusal_delay(self, where: Where) -> float:
+        """How long to hold a refusal's reply (seconds): 0, unless the peer's network has had
+        more than ``tarpit_after`` refusals in this window. A flooding connection then waits
+        for its answers instead of taking the event loop's time from valid clients."""
+        refused = self.refusals.peer_refusals(peer_class(where.peer))
+        return self.tarpit_seconds if refused > self.tarpit_after else 0.0
 
     def check_model(
         self, record: TokenRecord | None, access: Access, model_key: str, where: Where

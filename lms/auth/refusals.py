@@ -5,15 +5,17 @@ setting changes, and is never rotated), so a flood can never push a token change
 
 **Every refusal is counted.** Refusals are grouped by a key a client cannot vary cheaply:
 (peer network, error code, method, route *template*, token id — a registered id, ``unknown`` for
-a presented token that is not one, ``none`` for no token). The first refusal of a key in a
-window of :data:`WINDOW_SECONDS` is written at once (``count`` 1); its repeats in that window
-become one more line with their ``count``, written when the window closes: by a timer the
+a presented token that is not one, ``none`` for no token). The first refusal of a new key is
+written at once (``count`` 1); its repeats in a window of :data:`WINDOW_SECONDS` (all of them,
+for a key already seen in the window before) become one line with their ``count``, written when
+the window closes: by a timer the
 recorder arms on the running event loop (so a quiet period flushes them), by the next refusal
 after the window, and by :meth:`RefusalRecorder.flush` at shutdown. A window holds at most
 :data:`MAX_KEYS` keys; refusals of further keys are counted in one ``(other)`` line. The sum of
 ``count`` over the lines is the number of refusals.
 
-**Growth is bounded.** At most ``2 * (MAX_KEYS + 1)`` lines a window, and the file is rotated
+**Growth is bounded.** At most ``2 * (MAX_KEYS + 1)`` lines a window (one a key while a flood
+lasts), and the file is rotated
 when a write would take it past :data:`MAX_BYTES`: ``refusals.jsonl`` → ``.1`` → … →
 ``.{KEEP - 1}``, the oldest dropped, so the refusals take at most ``KEEP * MAX_BYTES`` on disk.
 Writers and readers hold the file's lock (``flock``, shared by the CLI and the daemon) while
@@ -43,13 +45,17 @@ from lms.auth.tokens import redact
 log = logging.getLogger("lms.auth")
 
 #: Seconds of one coalescing window.
-WINDOW_SECONDS = 5.0
+WINDOW_SECONDS = 10.0
 #: Distinct refusal keys per window; refusals of further keys share one ``(other)`` line.
 MAX_KEYS = 64
 #: Size at which ``refusals.jsonl`` is rotated.
 MAX_BYTES = 1024 * 1024
 #: Files kept: ``refusals.jsonl`` and ``refusals.jsonl.1`` … ``.{KEEP - 1}``.
 KEEP = 5
+#: Refusals from one peer network in a window after which each further one is answered late.
+TARPIT_AFTER = 100
+#: How late (seconds): a flooding connection then waits instead of taking the event loop's time.
+TARPIT_SECONDS = 0.05
 #: Longest string field written (a route template is short; this bounds the unexpected).
 MAX_FIELD_LENGTH = 512
 
@@ -186,14 +192,20 @@ class RefusalRecorder:
         self._clock = clock
         self._opened: float | None = None
         self._seen: set[RefusalKey] = set()
+        self._previous: set[RefusalKey] = set()
         self._unwritten: dict[RefusalKey, int] = {}
         self._since: dict[RefusalKey, datetime] = {}
+        self._peers: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     @property
     def pending(self) -> int:
         """Refusals counted but not written yet."""
         return sum(self._unwritten.values())
+
+    def peer_refusals(self, peer: str) -> int:
+        """Refusals from the peer network ``peer`` (see :func:`peer_class`) in this window."""
+        return self._peers.get(peer if peer in self._peers else "*", 0)
 
     def record(self, key: RefusalKey) -> None:
         """Count one refusal (written now if it is the first of its key in this window)."""
@@ -203,12 +215,17 @@ class RefusalRecorder:
         if self._opened is None:
             self._opened = now
             self._arm()
+        peer = key.peer if key.peer in self._peers or len(self._peers) < self.max_keys else "*"
+        self._peers[peer] = self._peers.get(peer, 0) + 1
         if key not in self._seen and len(self._seen) >= self.max_keys:
             key = OTHER
         if key in self._seen or key is OTHER:
             self._count(key, 1)
             return
         self._seen.add(key)
+        if key in self._previous:  # a flood going on: one line a window is enough
+            self._count(key, 1)
+            return
         entry = _entry(key, 1, None)
         try:
             self.log.write([entry])
@@ -224,7 +241,8 @@ class RefusalRecorder:
             self._timer.cancel()
             self._timer = None
         self._opened = None
-        self._seen.clear()
+        self._previous, self._seen = self._seen, set()
+        self._peers.clear()
         if not self._unwritten:
             return
         batch, since = self._unwritten, self._since

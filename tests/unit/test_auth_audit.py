@@ -141,11 +141,16 @@ def test_repeats_are_one_line_with_their_count_and_none_is_lost(home: Path) -> N
     assert [e["count"] for e in refused()] == [1, 1]  # the first of each key, at once
     assert recorder.pending == 49
     clock.now += 5.0  # the window has passed: the next refusal writes the repeats first
-    recorder.record(key())
-    assert [e["count"] for e in refused()] == [1, 1, 49, 1]
+    recorder.record(key())  # seen in the last window: a flood, counted for the next line
+    assert [e["count"] for e in refused()] == [1, 1, 49]
     assert "since" in refused()[2]
-    recorder.flush()  # shutdown: nothing pending, nothing more written
+    recorder.flush()  # shutdown
+    assert [e["count"] for e in refused()] == [1, 1, 49, 1]
     assert total(refused()) == 52
+    clock.now += 100.0
+    recorder.flush()  # a window without it: the key is new again, written at once
+    recorder.record(key())
+    assert total(refused()) == 53 and recorder.pending == 0
 
 
 def test_the_last_window_is_written_by_a_timer(home: Path) -> None:
@@ -258,3 +263,20 @@ def test_the_gate_counts_random_tokens_as_one_key(home: Path) -> None:
         (record.id, "invalid_api_key", "203.0.113.0/24"),  # a registered id, wrong secret
     }
     assert gate.admit(full, Permission.INFERENCE, where).id == record.id
+
+
+def test_a_flooding_network_is_answered_late_and_no_one_else(home: Path) -> None:
+    gate = TokenGate(tarpit_after=5)
+    flooder, other = Where("GET", "/v1/models", "203.0.113.9"), Where("GET", "/v1/models", "::1")
+    delays = []
+    for _ in range(7):
+        with pytest.raises(AuthError):
+            gate.admit(None, Permission.INFERENCE, flooder)
+        delays.append(gate.refusal_delay(flooder))
+    assert delays == [0.0] * 5 + [gate.tarpit_seconds] * 2
+    assert gate.refusal_delay(Where("GET", "/v1/models", "203.0.113.200")) > 0  # same /24
+    with pytest.raises(AuthError):
+        gate.admit(None, Permission.INFERENCE, other)
+    assert gate.refusal_delay(other) == 0.0
+    gate.refusals.flush()  # a new window
+    assert gate.refusal_delay(flooder) == 0.0
