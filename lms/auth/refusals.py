@@ -41,6 +41,7 @@ from typing import Any
 
 from lms import paths, storage
 from lms.auth.tokens import redact
+from lms.errors import StorageFullError
 
 log = logging.getLogger("lms.auth")
 
@@ -175,7 +176,8 @@ class RefusalRecorder:
     """Counts refused requests and writes them to :class:`RefusalLog`, coalesced by key.
 
     Call :meth:`record` from the event loop (or any single thread); :meth:`flush` at shutdown.
-    A write that fails (disk full) keeps its counts for the next flush: none is lost.
+    A write that fails (disk full, StorageFullError or OSError) keeps its counts for the next
+    flush: none is lost, and the refused request still gets its own answer.
     """
 
     def __init__(
@@ -229,7 +231,7 @@ class RefusalRecorder:
         entry = _entry(key, 1, None)
         try:
             self.log.write([entry])
-        except OSError:
+        except (OSError, StorageFullError):
             log.exception("cannot write the audit log of refusals; counted for the next flush")
             self._count(key, 1)
             return
@@ -249,7 +251,7 @@ class RefusalRecorder:
         self._unwritten, self._since = {}, {}
         try:
             self.log.write([_entry(key, count, since.get(key)) for key, count in batch.items()])
-        except OSError:
+        except (OSError, StorageFullError):
             log.exception("cannot write the audit log of refusals; counted for the next flush")
             for key, count in batch.items():
                 self._count(key, count, since.get(key))
