@@ -3,11 +3,13 @@
 Deny by default: with ``auth.required`` on, a route passes without a token only when the table
 says PUBLIC (or it is a CORS preflight, answered earlier by the defences when CORS is on). A
 matched route missing from the table is refused. The token is checked from the headers before
-any handler reads the body.
+any handler reads the body, by the one token gate (:class:`lms.auth.gate.TokenGate`) that the
+SDK sockets use too; every refusal is counted by it, keyed by the route's template.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -16,19 +18,17 @@ from aiohttp import web
 from lms import protocol
 from lms.api.middlewares import Handler
 from lms.api.state import AUTH, CONFIG
+from lms.auth.gate import UNMATCHED, Where
 from lms.auth.permissions import PUBLIC, Access, access_for
 from lms.auth.record import TokenRecord
 from lms.auth.tokens import token_from_header
 from lms.errors import AuthError, InternalError, LmsError
 from lms.inference.generation import cache_scope
-from lms.redaction import loggable_path
 
 log = logging.getLogger("lms.auth")
 
 #: The token that authorised the request (None with auth off or on a public route).
 TOKEN = web.RequestKey("token", TokenRecord)
-#: What the matched route requires.
-ACCESS = web.RequestKey("access", str)
 
 
 def _route_access(request: web.Request) -> Access | None:
@@ -63,31 +63,31 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
     access = _route_access(request)
     if access is None or access == PUBLIC:
         return await handler(request)
-    guard = request.app[AUTH]
-    token_id: str | None = None
+    gate = request.app[AUTH]
+    checked = where(request)
     try:
-        record = guard.verifier.authenticate(presented_token(request))
-        token_id = record.id
-        guard.verifier.authorize(record, access)
-        guard.limiter.hit(record)
-    except AuthError as err:
-        refuse(request, err, token_id)
+        record = gate.admit(presented_token(request), access, checked)
+    except AuthError:
+        delay = gate.refusal_delay(checked)
+        if delay:  # a flood of refusals from this network: its connections wait
+            await asyncio.sleep(delay)
         raise
-    guard.usage.record_request(record.id)
     request[TOKEN] = record
     cache_scope.set(record.id)  # cached prompt prefixes are shared within one token only
     return await handler(request)
 
 
+def where(request: web.Request) -> Where:
+    """The request as refusals are counted: its method, its route's template, its peer."""
+    resource = request.match_info.route.resource
+    matched = resource is not None and request.match_info.http_exception is None
+    route = resource.canonical if matched and resource is not None else UNMATCHED
+    return Where(request.method, route, request.remote)
+
+
 def refuse(request: web.Request, err: LmsError, token_id: str | None = None) -> None:
-    """Audit a refused request (never the token itself)."""
-    token_id = token_id or err.data.get("token_id")
-    path = loggable_path(request.path)  # no query, no secret, one line (lms/redaction.py)
-    try:
-        request.app[AUTH].refusals.record(token_id, request.method, path, err.code)
-    except OSError:
-        log.exception("cannot write the audit log")
-    log.info("refused %s %s: %s (token %s)", request.method, path, err.code, token_id or "none")
+    """Count a refused request in the audit log (never the token itself)."""
+    request.app[AUTH].refuse(where(request), err, token_id)
 
 
 def check_model(request: web.Request, model_key: str) -> None:
@@ -95,11 +95,7 @@ def check_model(request: web.Request, model_key: str) -> None:
     record = request.get(TOKEN)
     if record is None:
         return
-    try:
-        request.app[AUTH].verifier.authorize(record, _access(request), model_key=model_key)
-    except AuthError as err:
-        refuse(request, err, record.id)
-        raise
+    request.app[AUTH].check_model(record, _access(request), model_key, where(request))
 
 
 def model_filter(request: web.Request) -> Callable[[str], bool]:
@@ -119,5 +115,4 @@ def _access(request: web.Request) -> Access:
 def record_generation(request: web.Request, prompt_tokens: int, completion_tokens: int) -> None:
     """Count a finished generation's tokens against the token that asked for it."""
     record: TokenRecord | None = request.get(TOKEN)
-    if record is not None:
-        request.app[AUTH].usage.record_tokens(record.id, prompt_tokens, completion_tokens)
+    request.app[AUTH].record_tokens(record, prompt_tokens, completion_tokens)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from lms.auth.audit import RefusalRecorder
-from lms.auth.ratelimit import RateLimiter
-from lms.auth.usage import UsageBuffer, UsageStore
-from lms.auth.verifier import TokenVerifier
+from lms.auth.gate import TokenGate
 from lms.chats import ChatStore
 from lms.config import ConfigWatcher
 from lms.download.downloader import DownloadManager
@@ -31,20 +28,14 @@ class Listener:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
 
-@dataclass
-class AuthGuard:
-    """The daemon's token machinery: registry view, per-token limits, usage counts."""
-
-    verifier: TokenVerifier = field(default_factory=TokenVerifier)
-    limiter: RateLimiter = field(default_factory=RateLimiter)
-    usage: UsageBuffer = field(default_factory=lambda: UsageBuffer(UsageStore()))
-    refusals: RefusalRecorder = field(default_factory=RefusalRecorder)
+#: The one token gate of HTTP routes and SDK sockets (the name the app and the daemon use).
+AuthGuard = TokenGate
 
 
 MANAGER = web.AppKey("manager", ModelManager)
 CONFIG = web.AppKey("config", ConfigWatcher)
 LISTENER = web.AppKey("listener", Listener)
-AUTH = web.AppKey("auth", AuthGuard)
+AUTH = web.AppKey("auth", TokenGate)
 CHATS = web.AppKey("chats", ChatStore)
 LOGS = web.AppKey("logs", LogHub)
 DOWNLOADS = web.AppKey("downloads", DownloadManager)

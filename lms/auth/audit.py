@@ -1,5 +1,8 @@
-"""The audit log, ``audit.jsonl`` (SPEC §4): one JSON object per line, appended by whichever
-process acted (the CLI for token and setting changes, the daemon for refused requests).
+"""The audit log (SPEC §4): one JSON object per line. ``audit.jsonl`` holds token and setting
+changes, appended by whichever process made them (the CLI, or the daemon for ``server.cors``);
+it is written at a human pace and never rotated. Refused requests are counted apart, in
+``refusals.jsonl`` and its rotated files (:mod:`lms.auth.refusals`), so that no flood can push a
+change out of the log. :func:`read` merges both.
 
 Each line has ``time`` (``2026-01-01T12:00:00.123456Z``), ``event`` and the event's fields. A
 token appears only by its id (or ``"none"``); every string is passed through
@@ -14,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from lms import paths, storage
+from lms.auth.refusals import RefusalLog
 from lms.auth.tokens import redact
 
 MAX_FIELD_LENGTH = 512
@@ -33,7 +37,7 @@ class AuditEvent(StrEnum):
     TOKEN_REMOVED = "token_removed"
     AUTH_SETTING_CHANGED = "auth_setting_changed"
     MCP_SETTING_CHANGED = "mcp_setting_changed"
-    REQUEST_REFUSED = "request_refused"
+    REQUEST_REFUSED = "request_refused"  # written by lms.auth.refusals only
 
 
 def append(
@@ -46,7 +50,8 @@ def append(
         "event": event.value,
     }
     entry.update({key: _scrub(value) for key, value in fields.items()})
-    line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    text = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+    line = text.encode("utf-8", "backslashreplace")
     target = path or paths.audit_log()
     with storage.locked(target), storage.guard_full(target):
         fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -62,66 +67,6 @@ def append(
     return entry
 
 
-class RefusalRecorder:
-    """Audits refused requests without letting a flood fill the disk.
-
-    At most one line per (token id, route, reason) per ``interval`` seconds; refusals in
-    between are counted and reported as ``repeated`` on the next line of that key. The key table
-    is bounded (a flood of random token ids cannot grow it without limit).
-    """
-
-    def __init__(self, interval: float = 1.0, max_keys: int = 10_000) -> None:
-        self.interval = interval
-        self.max_keys = max_keys
-        self._last: dict[tuple[str, str, str], tuple[float, int]] = {}
-
-    def record(self, token_id: str | None, method: str, route: str, reason: str) -> bool:
-        """Audit one refusal; False when it was only counted (written with the next one)."""
-        key = (token_id or "none", route, reason)
-        now = time.monotonic()
-        last, suppressed = self._last.get(key, (float("-inf"), 0))
-        if now - last < self.interval:
-            self._last[key] = (last, suppressed + 1)
-            return False
-        if len(self._last) >= self.max_keys:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        fields: dict[str, Any] = {}
-        if suppressed:
-            fields["repeated"] = suppressed
-        append(
-            AuditEvent.REQUEST_REFUSED,
-            token_id=token_id or "none",
-            method=method,
-            route=route,
-            reason=reason,
-            **fields,
-        )
-        return True
-
-
-def request_refused(
-    token_id: str | None,
-    method: str,
-    route: str,
-    reason: str,
-    *,
-    path: Path | None = None,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """Record a refused API request. ``reason`` is the error code (``invalid_api_key``, ...);
-    ``route`` the request path; ``token_id`` the id the client presented, or None."""
-    return append(
-        AuditEvent.REQUEST_REFUSED,
-        path=path,
-        now=now,
-        token_id=token_id or "none",
-        method=method,
-        route=route,
-        reason=reason,
-    )
-
-
 def setting_changed(
     key: str, old: Any, new: Any, *, path: Path | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -135,14 +80,30 @@ def setting_changed(
 
 
 def read(since: datetime | None = None, *, path: Path | None = None) -> list[dict[str, Any]]:
-    """Every entry (oldest first), or those at or after ``since``. Damaged lines are skipped."""
-    target = path or paths.audit_log()
+    """Every entry (oldest first), or those at or after ``since``: the changes of audit.jsonl
+    and the refusals of refusals.jsonl and its rotated files, merged by time. With ``path``,
+    the entries of that one file. Damaged lines are skipped."""
+    if path is not None:
+        return _parse(_lines(path), since)
+    changes = _parse(_lines(paths.audit_log()), since)
+    refused = _parse(RefusalLog().read_lines(), since)
+    return sorted(changes + refused, key=lambda entry: _moment(entry))
+
+
+def _lines(path: Path) -> Iterable[bytes]:
     try:
-        data = target.read_bytes()
+        return path.read_bytes().splitlines()
     except FileNotFoundError:
         return []
+
+
+def _moment(entry: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(entry["time"])
+
+
+def _parse(lines: Iterable[bytes], since: datetime | None) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
-    for raw in data.splitlines():
+    for raw in lines:
         try:
             entry = json.loads(raw)
             moment = datetime.fromisoformat(entry["time"])

@@ -6,7 +6,7 @@ LM Studio's shape, which the official SDKs validate client-side.
 
 Only :func:`hash_token` of the whole token is ever stored. A single SHA-256 is enough for a
 machine-generated secret of this entropy (a slow KDF would only add latency to every request), and
-:func:`verify` compares digests with :func:`hmac.compare_digest`.
+:func:`compare_hashes` compares digests with :func:`hmac.compare_digest`.
 
 Nothing in this module puts a token, or any part of a secret, into an error message: a malformed
 value is never echoed, and :func:`redact` scrubs token-shaped text from anything that is logged.
@@ -89,12 +89,6 @@ def looks_like_token(value: str) -> bool:
 def hash_token(full_token: str) -> str:
     """SHA-256 hex digest of the whole token (what tokens.toml stores)."""
     return hashlib.sha256(full_token.encode("utf-8")).hexdigest()
-
-
-def verify(full_token: str, expected_hash: str | None) -> bool:
-    """Constant-time check of ``full_token`` against a stored hash (None never matches)."""
-    matches = hmac.compare_digest(hash_token(full_token), expected_hash or _DUMMY_HASH)
-    return matches and expected_hash is not None
 
 
 def compare_hashes(actual: str, expected: str | None) -> bool:

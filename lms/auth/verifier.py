@@ -15,19 +15,16 @@ any further write necessarily gets a later ctime, and the signature alone is tru
 Fail closed: while the file is unreadable or invalid, every check raises ConfigBrokenError (503),
 until the file is fixed.
 
-Usage by the HTTP middleware (auth on)::
+The daemon uses it through :class:`lms.auth.gate.TokenGate` (HTTP routes and SDK calls alike)::
 
-    access = access_for(request.method, resource_pattern)        # KeyError: refuse
-    if access is not PUBLIC:
-        record = verifier.authenticate(token_from_header(request.headers.get("Authorization")))
-        verifier.authorize(record, access)
-        limiter.hit(record)                                      # RateLimitedError: 429
-        usage.record_request(record.id)
+    record = verifier.authenticate(raw_token)                     # 401s
+    verifier.authorize(record, access)                            # PermissionDeniedError: 403
     ...  # later, once the model key is resolved:
-    verifier.authorize(record, access, model_key=resolved_key)   # ModelNotAllowedError: 403
+    verifier.authorize(record, access, model_key=resolved_key)    # ModelNotAllowedError: 403
 
 Every refusal is an LmsError whose ``data`` carries ``reason`` and (when known) ``token_id`` for
-the audit log (``audit.request_refused``); no message contains a token.
+the audit log (the gate counts it there only if :meth:`TokenVerifier.knows` the id); no message
+contains a token.
 """
 
 from __future__ import annotations
@@ -174,6 +171,10 @@ class TokenVerifier:
                 data={"reason": "expired", "token_id": token_id},
             )
         return record
+
+    def knows(self, token_id: str) -> bool:
+        """Whether ``token_id`` is the id of a token in the registry as last loaded."""
+        return token_id in self._by_id
 
     def authorize(self, record: TokenRecord, access: Access, model_key: str | None = None) -> None:
         """Check that ``record`` may use a route or endpoint requiring ``access``.

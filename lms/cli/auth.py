@@ -244,7 +244,9 @@ def audit(
 ) -> None:
     """Show the audit log: token changes, security settings switched, refused requests.
 
-    Tokens appear by id only; a secret is never written there.
+    Refused requests are counted: repeats within a few seconds are one line with their count,
+    read from refusals.jsonl and its rotated files. Tokens appear by id only; a secret is never
+    written there.
     """
     from lms.auth import audit as audit_log
     from lms.auth.timespec import parse_since

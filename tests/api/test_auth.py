@@ -307,3 +307,54 @@ async def test_a_models_token_may_widen_the_context_of_a_jit_load(
     assert [i["config"]["context_length"] for i in listed["models"][0]["loaded_instances"]] == [
         8192
     ]
+
+
+async def test_a_flood_of_random_tokens_and_paths_is_counted_within_a_bounded_file(
+    client: TestClient,  # type: ignore[type-arg]
+    tokens: dict[str, str],
+) -> None:
+    """Every refusal counted (the sum of ``count`` is the number refused), in a few lines that
+    random tokens, paths and queries cannot multiply."""
+    import random
+    import string
+
+    from lms.api.state import AUTH
+    from lms.auth import refusals
+
+    rng = random.Random(13)
+    gate = client.server.app[AUTH]  # type: ignore[union-attr]
+    gate.refusals = refusals.RefusalRecorder(window=3600)  # one window however slow the run
+    gate.tarpit_after = 10**9  # answered at once: this test counts, it does not time
+
+    def junk(n: int) -> str:
+        return "".join(rng.choices(string.ascii_letters + string.digits, k=n))
+
+    sent = 0
+    for n in range(1500):
+        kind = n % 4
+        headers = (
+            {} if kind == 0 else bearer(f"sk-lm-{junk(8)}:{junk(20)}" if kind < 3 else junk(30))
+        )
+        if n % 3 == 0:
+            path = f"/api/v1/models/download/status/{junk(12)}?{junk(6)}={junk(40)}"
+        elif n % 3 == 1:
+            path = f"/v1/models?{junk(6)}={junk(40)}"
+        else:
+            path = f"/v1/chat/completions?{junk(10)}"
+        method = "POST" if path.startswith("/v1/chat") else "GET"
+        response = await client.request(method, path, headers=headers, json={})
+        assert response.status == 401, (path, response.status)
+        sent += 1
+    gate.refusals.flush()
+    entries = [e for e in audit.read() if e["event"] == "request_refused"]
+    assert sum(int(e["count"]) for e in entries) == sent
+    assert {e["route"] for e in entries} == {
+        "/api/v1/models/download/status/{job_id}",
+        "/v1/models",
+        "/v1/chat/completions",
+    }
+    # the first and the repeats of 6 keys: 3 routes x (missing_api_key | invalid_api_key)
+    assert len(entries) == 2 * 6
+    size = sum(p.stat().st_size for p in refusals.rotated(refusals.log_path()) if p.exists())
+    assert size < 10_000
+    assert "sk-lm-" not in refusals.log_path().read_text()

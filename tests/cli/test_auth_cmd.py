@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from lms import client as control
 from lms import paths
-from lms.auth import audit
+from lms.auth import audit, refusals
+from lms.auth.refusals import RefusalKey, RefusalLog, RefusalRecorder
 from lms.auth.registry import Registry
 from lms.cli import app
 from lms.protocol import DaemonStatus
@@ -180,7 +181,7 @@ def test_status_asks_the_running_daemon(runner: CliRunner, running_daemon: Daemo
 def test_audit_lists_entries_as_text_and_json(runner: CliRunner) -> None:
     record, _full = Registry().create("ci")
     runner.invoke(app, ["auth", "require", "on"])
-    audit.request_refused(None, "GET", "/v1/models", "missing_api_key")
+    RefusalRecorder().record(RefusalKey("local", "missing_api_key", "GET", "/v1/models", "none"))
     result = runner.invoke(app, ["auth", "audit"])
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -190,6 +191,7 @@ def test_audit_lists_entries_as_text_and_json(runner: CliRunner) -> None:
     assert lines[2].split()[1] == "auth_setting_changed"
     assert "key=auth.required old=false new=true" in lines[2]
     assert lines[3].split()[1:3] == ["request_refused", "none"]
+    assert "count=1" in lines[3]
     doc = json.loads(runner.invoke(app, ["auth", "audit", "--json"]).stdout)
     assert isinstance(doc, list)
     assert [e["event"] for e in doc] == ["token_created", "auth_setting_changed", "request_refused"]
@@ -211,6 +213,21 @@ def test_audit_since(runner: CliRunner) -> None:
     assert "no audit entries" in future.stderr
     bad = runner.invoke(app, ["auth", "audit", "--since", "last tuesday"])
     assert bad.exit_code == 2
+
+
+def test_audit_reads_the_rotated_refusal_files(runner: CliRunner) -> None:
+    Registry().create("ci")
+    recorder = RefusalRecorder(RefusalLog(max_bytes=2048), max_keys=1000)
+    for n in range(200):
+        recorder.record(RefusalKey("local", "invalid_api_key", "GET", f"/r/{n}", "unknown"))
+    kept = [path for path in refusals.rotated(refusals.log_path()) if path.exists()]
+    assert len(kept) == refusals.KEEP  # the oldest were dropped, the rest rotated
+    on_disk = sum(len(path.read_text().splitlines()) for path in kept)
+    doc = json.loads(runner.invoke(app, ["auth", "audit", "--json"]).stdout)
+    assert doc[0]["event"] == "token_created"
+    routes = [e["route"] for e in doc[1:]]
+    assert len(routes) == on_disk and routes[-1] == "/r/199"
+    assert routes == sorted(routes, key=lambda route: int(route.rsplit("/", 1)[1]))
 
 
 def test_audit_of_an_empty_log(runner: CliRunner) -> None:

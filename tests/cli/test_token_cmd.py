@@ -47,7 +47,7 @@ def test_create_prints_the_token_alone_on_stdout_and_the_note_on_stderr(
     token = result.stdout.strip()
     record = Registry().find("ci")
     assert token.startswith(f"sk-lm-{record.id}:")
-    assert tokens.verify(token, record.hash)
+    assert tokens.hash_token(token) == record.hash
     assert record.id in result.stderr
     assert "permissions: inference" in result.stderr
     assert "shown only once" in result.stderr
@@ -62,7 +62,7 @@ def test_create_quiet_prints_exactly_the_token_and_nothing_on_stderr(runner: Cli
     assert result.exit_code == 0
     assert TOKEN_LINE.fullmatch(result.stdout)
     assert result.stderr == ""
-    assert tokens.verify(result.stdout.strip(), Registry().find("ci").hash)
+    assert tokens.hash_token(result.stdout.strip()) == Registry().find("ci").hash
 
 
 def test_create_json_is_one_document_with_the_token_and_no_hash(runner: CliRunner) -> None:
@@ -76,7 +76,7 @@ def test_create_json_is_one_document_with_the_token_and_no_hash(runner: CliRunne
     assert doc == {**record.public_dict(), "token": doc["token"]}
     assert doc["permissions"] == ["inference", "models", "mcp", "remote-mcp"]
     assert doc["models"] == ["google/*"] and doc["rpm"] == 30
-    assert tokens.verify(doc["token"], record.hash)
+    assert tokens.hash_token(doc["token"]) == record.hash
     assert record.hash not in result.stdout
     assert "hash" not in doc
 
@@ -287,7 +287,7 @@ def test_edit_changes_limits_and_keeps_the_secret(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.stderr
     after = Registry().find("ci2")
     assert after.id == before.id and after.hash == before.hash
-    assert tokens.verify(token, after.hash)
+    assert tokens.hash_token(token) == after.hash
     assert after.public_dict()["permissions"] == ["inference", "models"]
     assert after.models == ("google/*", "qwen/*")
     assert after.rpm is None and after.expires_at is None
@@ -390,7 +390,7 @@ def test_rm_without_yes_off_a_terminal_exits_2_and_keeps_the_token(runner: CliRu
     assert result.exit_code == 2
     assert "--yes" in result.stderr
     assert result.stdout == ""
-    assert tokens.verify(token, Registry().find("ci").hash)
+    assert tokens.hash_token(token) == Registry().find("ci").hash
 
 
 def test_rm_yes_revokes_at_once(runner: CliRunner) -> None:

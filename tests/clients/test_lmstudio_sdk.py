@@ -195,6 +195,22 @@ def test_async_client_opens_every_namespace(server: Server) -> None:
     assert asyncio.run(run()) == [MODEL]
 
 
+def test_bad_frames_raise_in_the_sdk(client: lmstudio.Client, server: Server) -> None:
+    """A value no bounded decoder accepts fails that one call with an error the SDK raises,
+    naming the field; the socket serves on."""
+    with pytest.raises(lmstudio.LMStudioServerError, match="ttlMs"):
+        client.llm.load_new_instance(MODEL, "sdk-nan", ttl=math.nan)  # type: ignore[arg-type]
+    nested: dict[str, object] = {"type": "string"}
+    for _ in range(70):
+        nested = {"type": "object", "properties": {"a": nested}}
+    model = client.llm.model(MODEL)
+    with pytest.raises(lmstudio.LMStudioServerError, match="nested deeper than 64"):
+        model.respond("Hi", response_format=nested, config={"maxTokens": 2})
+    assert "sdk-nan" not in [m.identifier for m in client.llm.list_loaded()]
+    with urllib.request.urlopen(server.url + "/v1/models") as response:
+        assert response.status == 200  # the daemon is well
+
+
 # --- with authentication on -----------------------------------------------------------------
 
 

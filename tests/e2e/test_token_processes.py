@@ -19,7 +19,7 @@ import pytest
 from conftest import LMS, Home
 
 from lms import paths
-from lms.auth import audit, registry
+from lms.auth import audit, refusals, registry
 from lms.auth.verifier import TokenVerifier
 
 TOKEN_LINE = re.compile(r"sk-lm-[A-Za-z0-9]{8}:[A-Za-z0-9]{20}\n")
@@ -181,7 +181,12 @@ def test_the_daemon_enforces_token_changes_on_the_next_request(
 
     logs = {
         path.name: path.read_text(errors="replace")
-        for path in (paths.daemon_log(), paths.audit_log(), paths.tokens_file())
+        for path in (
+            paths.daemon_log(),
+            paths.audit_log(),
+            refusals.log_path(),
+            paths.tokens_file(),
+        )
         if path.exists()
     }
     assert "audit.jsonl" in logs and "daemon.log" in logs, sorted(logs)
@@ -189,6 +194,8 @@ def test_the_daemon_enforces_token_changes_on_the_next_request(
         for token in created:
             assert token not in text, name
             assert token.split(":")[1] not in text, name
+    assert "request_refused" not in logs["audit.jsonl"]  # refusals are counted apart
+    refused = [json.loads(line)["event"] for line in logs["refusals.jsonl"].splitlines()]
+    assert refused.count("request_refused") >= 3
     events = [json.loads(line)["event"] for line in logs["audit.jsonl"].splitlines()]
-    assert events.count("request_refused") >= 3
     assert {"token_created", "token_edited", "token_rotated", "token_removed"} <= set(events)

@@ -87,6 +87,16 @@ def test_invalid_tokens_never_echoed(reg: Registry, verifier: TokenVerifier) -> 
     assert info.value.data["token_id"] == "ZZZZZZZZ"
 
 
+def test_knows_registered_ids_only(reg: Registry, verifier: TokenVerifier) -> None:
+    record, full = reg.create("ci")
+    verifier.authenticate(full)
+    assert verifier.knows(record.id)
+    assert not verifier.knows("Zz9Zz9Zz")
+    reg.remove("ci")
+    verifier.refresh()
+    assert not verifier.knows(record.id)
+
+
 def test_revocation_on_next_request(reg: Registry, verifier: TokenVerifier) -> None:
     _, full = reg.create("a")
     verifier.authenticate(full)

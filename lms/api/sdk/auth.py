@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from lms import payload
 from lms.api.state import AUTH, CONFIG
-from lms.auth import audit
-from lms.auth.permissions import Access, sdk_access_for
+from lms.auth.gate import Where
+from lms.auth.permissions import ANY_TOKEN, Access, sdk_access_for
 from lms.auth.record import TokenRecord
 from lms.auth.tokens import token_from_sdk_auth
-from lms.errors import AuthError, InvalidRequestError, LmsError, MissingApiKeyError
-
-log = logging.getLogger("lms.auth")
+from lms.errors import InvalidJsonError, InvalidRequestError, LmsError, MissingApiKeyError
 
 #: Seconds a client has, after the upgrade, to send its auth packet.
 AUTH_TIMEOUT = 10.0
@@ -58,11 +56,16 @@ class Client:
 
 
 def read_packet(text: str) -> Client:
-    """The client described by an auth packet; InvalidRequestError says what is wrong with it."""
+    """The client described by an auth packet; InvalidRequestError (or the payload bounds'
+    InvalidJsonError / InvalidParameterError) says what is wrong with it."""
+    what = "the authentication packet"
     try:
         packet = json.loads(text)
     except ValueError:
         packet = None
+    except RecursionError:
+        raise InvalidJsonError(f"{what} is nested deeper than {payload.MAX_DEPTH} levels") from None
+    payload.check(packet, what=what)  # depth, surrogates, numbers: a 400 naming the field
     if not isinstance(packet, dict) or packet.get("authVersion") != 1:
         raise InvalidRequestError(
             "the first message must be the SDK's authentication packet"
@@ -81,73 +84,59 @@ def read_packet(text: str) -> Client:
     return Client(token=token_from_sdk_auth(identifier, passkey), scope=digest)
 
 
-class Gate:
-    """The token checks of one socket of namespace ``namespace``."""
+class SocketAuth:
+    """The token checks of one socket of namespace ``namespace``, made by the app's
+    :class:`~lms.auth.gate.TokenGate` (``peer``: the client's address, for the refusal count)."""
 
-    def __init__(self, app: web.Application, namespace: str, client: Client) -> None:
+    def __init__(
+        self, app: web.Application, namespace: str, client: Client, peer: str | None = None
+    ) -> None:
         self.app = app
         self.namespace = namespace
         self.client = client
+        self.peer = peer
 
     def admit(self) -> None:
         """Check the auth packet: with auth on, its token must be valid (any permission)."""
         if not self.app[CONFIG].current().auth_required:
             return
-        self._authenticate("auth")
+        self._admit("auth", ANY_TOKEN, is_request=False)
 
     def authorize(self, endpoint: str, access: Access) -> TokenRecord | None:
         """The record of the token allowed to call ``endpoint`` (None with auth off); raises an
-        AuthError (audited) for a token that is missing, no longer valid, lacks the permission
+        AuthError (counted) for a token that is missing, no longer valid, lacks the permission
         or is over its rate. ConfigBrokenError while a security file is broken (fail closed)."""
         if not self.app[CONFIG].current().auth_required:
             return None
-        guard = self.app[AUTH]
-        record = self._authenticate(endpoint)
-        try:
-            guard.verifier.authorize(record, access)
-            guard.limiter.hit(record)
-        except AuthError as err:
-            self.refused(endpoint, err, record.id)
-            raise
-        guard.usage.record_request(record.id)
-        return record
+        return self._admit(endpoint, access, is_request=True)
 
     def check_model(self, record: TokenRecord | None, endpoint: str, model_key: str) -> None:
-        """Refuse a resolved model key outside the token's allowlist (audited)."""
+        """Refuse a resolved model key outside the token's allowlist (counted)."""
         if record is None:
             return
-        try:
-            self.app[AUTH].verifier.authorize(
-                record, sdk_access_for(self.namespace, endpoint), model_key=model_key
-            )
-        except AuthError as err:
-            self.refused(endpoint, err, record.id)
-            raise
+        access = sdk_access_for(self.namespace, endpoint)
+        self.app[AUTH].check_model(record, access, model_key, self.where(endpoint))
 
     def record_tokens(self, record: TokenRecord | None, prompt: int, completion: int) -> None:
-        if record is not None:
-            self.app[AUTH].usage.record_tokens(record.id, prompt, completion)
+        self.app[AUTH].record_tokens(record, prompt, completion)
 
-    def refused(self, endpoint: str, err: LmsError, token_id: str | None) -> None:
-        """Audit a refusal of this socket (never the token itself)."""
-        token_id = token_id or err.data.get("token_id") or self.client.token_id
-        route = f"/{self.namespace}:{endpoint}"
-        try:
-            audit.request_refused(token_id, "WS", route, err.code)
-        except OSError:
-            log.exception("cannot write the audit log")
-        log.info("refused WS %s: %s (token %s)", route, err.code, token_id or "none")
+    def refused(self, endpoint: str, err: LmsError) -> None:
+        """Count a refusal of this socket that the gate did not decide (a malformed packet)."""
+        presented = self.client.token is not None
+        self.app[AUTH].refuse(self.where(endpoint), err, None, presented=presented)
 
-    def _authenticate(self, endpoint: str) -> TokenRecord:
+    def where(self, endpoint: str) -> Where:
+        return Where("WS", f"/{self.namespace}:{endpoint}", self.peer)
+
+    def _admit(self, endpoint: str, access: Access, *, is_request: bool) -> TokenRecord:
+        where = self.where(endpoint)
         try:
-            return self.app[AUTH].verifier.authenticate(self.client.token)
+            return self.app[AUTH].admit(self.client.token, access, where, is_request=is_request)
         except MissingApiKeyError as err:
-            sdk_err = MissingApiKeyError(SDK_MISSING_MESSAGE, hint=SDK_MISSING_HINT, data=err.data)
-            self.refused(endpoint, sdk_err, None)
-            raise sdk_err from None
-        except AuthError as err:
-            self.refused(endpoint, err, None)
-            raise
+            # The SDK's user sets a token differently than an HTTP client: say how.
+            raise MissingApiKeyError(
+                SDK_MISSING_MESSAGE, hint=SDK_MISSING_HINT, data=err.data
+            ) from None
 
 
 def failure_text(err: LmsError) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from lms.api.sdk.auth import Client, Gate
+from lms.api.sdk.auth import Client, SocketAuth
 from lms.api.state import MANAGER
 from lms.auth.record import TokenRecord
 from lms.errors import InternalError
@@ -31,21 +31,21 @@ class Sender(Protocol):
 class Call:
     """One request on a socket: who asked (``record``: None with auth off) and for what."""
 
-    gate: Gate
+    auth: SocketAuth
     endpoint: str
     record: TokenRecord | None
 
     @property
     def app(self) -> web.Application:
-        return self.gate.app
+        return self.auth.app
 
     @property
     def namespace(self) -> str:
-        return self.gate.namespace
+        return self.auth.namespace
 
     @property
     def client(self) -> Client:
-        return self.gate.client
+        return self.auth.client
 
     @property
     def manager(self) -> ModelManager:
@@ -57,10 +57,10 @@ class Call:
 
     def check_model(self, model_key: str) -> None:
         """Refuse (403 ``model_not_allowed``, audited) a resolved key outside the allowlist."""
-        self.gate.check_model(self.record, self.endpoint, model_key)
+        self.auth.check_model(self.record, self.endpoint, model_key)
 
     def record_tokens(self, prompt: int, completion: int) -> None:
-        self.gate.record_tokens(self.record, prompt, completion)
+        self.auth.record_tokens(self.record, prompt, completion)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from lms import limits
 from lms.api.sdk import kvconfig, records, wire
 from lms.api.sdk.calls import Call, Channel, Endpoint, channel, rpc
 from lms.api.sdk.records import Kind
-from lms.api.state import CONFIG
+from lms.api.state import AUTH, CONFIG
 from lms.auth.permissions import Permission
 from lms.errors import (
     ConflictError,
@@ -244,7 +244,7 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
         )
     except PermissionDeniedError as err:
         if channel.record is not None:  # audited like the gate's own refusals
-            channel.gate.refused(channel.endpoint, err, channel.record.id)
+            channel.app[AUTH].refuse(channel.auth.where(channel.endpoint), err, channel.record.id)
         raise
     instance = match_loaded(channel, kind, {"identifier": name})
     if instance is not None:

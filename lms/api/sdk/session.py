@@ -14,26 +14,36 @@ module keeps them:
   flight at once, ``cancel`` arrives while generating, and pings are answered (pitfalls 11, 16);
 * ids are this socket's own (pitfall 16);
 * an unknown endpoint gets LM Studio's ``communicationWarning`` **and** an error for that call,
-  so no caller hangs (SPEC §7; stricter than LM Studio, which sends only the warning).
+  so no caller hangs (SPEC §7; stricter than LM Studio, which sends only the warning);
+* a frame that cannot be served (not JSON, out of the bounds of :mod:`lms.payload`, larger than
+  :data:`wire.MAX_FRAME_BYTES`, one call or channel more than :data:`wire.MAX_OPEN`) gets an
+  error for the call or channel it opens (``rpcError`` / ``channelError``, which the SDK
+  raises), read from its top-level members even when it cannot be decoded whole; a frame that
+  opens nothing gets a ``communicationWarning``. Every bound is listed in ``docs/LIMITS.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from lms import protocol
 from lms.api.sdk import wire
-from lms.api.sdk.auth import AUTH_TIMEOUT, Client, Gate, packet_reply, read_packet
+from lms.api.sdk.auth import AUTH_TIMEOUT, Client, SocketAuth, packet_reply, read_packet
 from lms.api.sdk.calls import Call, Channel, ChannelEndpoint, Endpoint, RpcEndpoint
-from lms.api.state import CONFIG
+from lms.api.state import AUTH, CONFIG
 from lms.auth.permissions import Access, sdk_access_for
-from lms.errors import AuthError, InternalError, InvalidRequestError, LmsError, NotFoundError
+from lms.errors import (
+    AuthError,
+    InternalError,
+    InvalidRequestError,
+    LmsError,
+    NotFoundError,
+    ServerBusyError,
+)
 from lms.inference.generation import cache_scope
 
 log = logging.getLogger("lms.sdk")
@@ -52,12 +62,14 @@ class Session:
         namespace: str,
         ws: web.WebSocketResponse,
         endpoints: dict[tuple[str, str], Endpoint],
+        peer: str | None = None,
     ) -> None:
         self.app = app
         self.namespace = namespace
         self.ws = ws
+        self.peer = peer
         self._endpoints = endpoints
-        self._gate: Gate | None = None
+        self._auth: SocketAuth | None = None
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._channels: dict[int, Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,7 +85,7 @@ class Session:
         client = await self._authenticate()
         if client is None:
             return
-        self._gate = Gate(self.app, self.namespace, client)
+        self._auth = SocketAuth(self.app, self.namespace, client, self.peer)
         try:
             async for message in self.ws:
                 if message.type == WSMsgType.TEXT:
@@ -104,7 +116,7 @@ class Session:
             if message.type != WSMsgType.TEXT:
                 raise InvalidRequestError("the authentication packet must be a JSON text frame")
             client = read_packet(message.data)
-            Gate(self.app, self.namespace, client).admit()
+            SocketAuth(self.app, self.namespace, client, self.peer).admit()
         except LmsError as err:
             await self._refuse(err)
             return None
@@ -113,8 +125,8 @@ class Session:
 
     async def _refuse(self, err: LmsError) -> None:
         if not isinstance(err, AuthError) and self._auth_required():
-            # AuthErrors were audited by the gate; a malformed or missing packet is too.
-            Gate(self.app, self.namespace, Client(None, "")).refused("auth", err, None)
+            # AuthErrors were counted by the gate; a malformed or missing packet is too.
+            SocketAuth(self.app, self.namespace, Client(None, ""), self.peer).refused("auth", err)
         with contextlib.suppress(ConnectionError):
             await self.send(packet_reply(err))
         await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"authentication failed")
@@ -129,11 +141,12 @@ class Session:
 
     async def _dispatch(self, text: str) -> None:
         try:
-            frame = json.loads(text)
-        except ValueError:
-            frame = None
-        if not isinstance(frame, dict):
-            await self._warn("Received a message that is not a JSON object")
+            if len(text) > wire.THREAD_DECODE_CHARS:
+                frame = await asyncio.to_thread(wire.decode, text)
+            else:
+                frame = wire.decode(text)
+        except wire.BadFrame as bad:
+            await self._answer_bad_frame(bad)
             return
         kind = frame.get("type")
         if kind == "rpcCall":
@@ -157,6 +170,33 @@ class Session:
             log.warning("SDK client warning on /%s: %s", self.namespace, frame.get("warning"))
         else:
             await self._warn(f"Received a message of unknown type {kind!r}")
+
+    async def _answer_bad_frame(self, bad: wire.BadFrame) -> None:
+        """Fail the call or channel a bad frame opens, else warn."""
+        kind = bad.head.get("type")
+        error = wire.error_object(bad.error)
+        call_id = _int_id(bad.head.get("callId"))
+        channel_id = _int_id(bad.head.get("channelId"))
+        subscribe_id = _int_id(bad.head.get("subscribeId"))
+        if kind == "rpcCall" and call_id is not None and call_id not in self._calls:
+            await self.send(wire.rpc_error(call_id, error))
+        elif (
+            kind == "channelCreate" and channel_id is not None and channel_id not in self._channels
+        ):
+            await self.send(wire.channel_error(channel_id, error))
+        elif kind in ("signalSubscribe", "writableSignalSubscribe") and subscribe_id is not None:
+            await self.send({"type": "signalError", "subscribeId": subscribe_id, "error": error})
+        else:
+            await self._warn(f"Received a message that cannot be read: {bad.error.message}")
+
+    def _is_full(self) -> bool:
+        return len(self._calls) + len(self._channels) >= wire.MAX_OPEN
+
+    def _full(self) -> LmsError:
+        return ServerBusyError(
+            f"this socket already has {wire.MAX_OPEN} calls and channels open;"
+            " wait for one to end before starting another"
+        )
 
     async def _warn(self, text: str, kind: str = "invalidMessage") -> None:
         await self.send(wire.warning(text, kind))
@@ -199,6 +239,9 @@ class Session:
             return
         served, access = found
         assert isinstance(endpoint, str) and isinstance(served, RpcEndpoint)
+        if self._is_full():
+            await self.send(wire.rpc_error(call_id, wire.error_object(self._full())))
+            return
         task = self._spawn(self._run_call(call_id, endpoint, access, served, frame))
         self._calls[call_id] = task
         task.add_done_callback(lambda _: self._calls.pop(call_id, None))
@@ -223,14 +266,18 @@ class Session:
             return
         served, access = found
         assert isinstance(endpoint, str) and isinstance(served, ChannelEndpoint)
-        assert self._gate is not None
-        channel = Channel(self._gate, endpoint, None, channel_id=channel_id, sender=self.send)
+        if self._is_full():
+            await self.send(wire.channel_error(channel_id, wire.error_object(self._full())))
+            return
+        assert self._auth is not None
+        channel = Channel(self._auth, endpoint, None, channel_id=channel_id, sender=self.send)
         self._channels[channel_id] = channel
         task = self._spawn(self._run_channel(channel, access, served, frame))
         task.add_done_callback(lambda _: self._channels.pop(channel_id, None))
 
     def _channel_message(self, frame: dict[str, Any]) -> None:
-        channel = self._channels.get(_int_id(frame.get("channelId")) or -1)
+        channel_id = _int_id(frame.get("channelId"))
+        channel = None if channel_id is None else self._channels.get(channel_id)
         message = frame.get("message")
         if channel is None:
             return  # a cancel racing the channel's end
@@ -260,11 +307,11 @@ class Session:
         served: RpcEndpoint,
         frame: dict[str, Any],
     ) -> None:
-        assert self._gate is not None
+        assert self._auth is not None
         try:
-            record = self._gate.authorize(endpoint, access)
+            record = self._auth.authorize(endpoint, access)
             cache_scope.set(record.id if record is not None else None)  # this call's task only
-            call = Call(self._gate, endpoint, record)
+            call = Call(self._auth, endpoint, record)
             result = await served.handler(call, frame.get("parameter"))
             reply = wire.rpc_result(call_id, result)
         except LmsError as err:
@@ -282,7 +329,7 @@ class Session:
     ) -> None:
         error: LmsError | None = None
         try:
-            channel.record = channel.gate.authorize(channel.endpoint, access)
+            channel.record = channel.auth.authorize(channel.endpoint, access)
             cache_scope.set(channel.record.id if channel.record is not None else None)
             await served.handler(channel, frame.get("creationParameter"))
             if not channel.ended:
@@ -315,7 +362,7 @@ async def serve(
 ) -> web.StreamResponse:
     """The handler of ``GET /<namespace>``: upgrade and serve one SDK socket."""
     namespace = request.path.lstrip("/")
-    ws = web.WebSocketResponse(max_msg_size=protocol.MAX_BODY_BYTES, compress=False, autoping=True)
+    ws = web.WebSocketResponse(max_msg_size=wire.MAX_READ_BYTES, compress=False, autoping=True)
     if not ws.can_prepare(request).ok:
         raise InvalidRequestError(
             f"/{namespace} is an LM Studio SDK WebSocket endpoint: connect with the lmstudio SDK"
@@ -326,7 +373,7 @@ async def serve(
     sockets.open.add(ws)
     try:
         with contextlib.suppress(ConnectionError):  # the client left
-            await Session(request.app, namespace, ws, endpoints).run()
+            await Session(request.app, namespace, ws, endpoints, request.remote).run()
     finally:
         sockets.open.discard(ws)
         await ws.close()
@@ -344,6 +391,8 @@ SOCKETS = web.AppKey("sdk_sockets", OpenSockets)
 
 
 async def close_all(app: web.Application) -> None:
-    """``on_shutdown``: close every open SDK socket (their calls are cancelled)."""
+    """``on_shutdown``: close every open SDK socket (their calls are cancelled), then write the
+    refusals counted in the last window (the API app's, HTTP and SDK alike), so none is lost."""
     for ws in list(app[SOCKETS].open):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+    app[AUTH].refusals.flush()
