@@ -23,7 +23,7 @@ Client = TestClient  # type: ignore[type-arg]
 Socket = aiohttp.ClientWebSocketResponse
 
 
-async def frame(ws: Socket, timeout: float = 60.0) -> dict[str, Any]:
+async def frame(ws: Socket, timeout: float = 240.0) -> dict[str, Any]:
     message = await ws.receive(timeout=timeout)
     assert message.type == WSMsgType.TEXT, message
     data = json.loads(message.data)

@@ -18,6 +18,7 @@ from typing import Any
 
 from lms import payload, protocol
 from lms.errors import InvalidJsonError, LmsError, ModelNotFoundError, PayloadTooLargeError
+from lms.redaction import redact_secrets, redact_value
 
 #: ``data`` key of an LmsError holding the SDK's ``displayData`` block.
 DISPLAY = "sdk_display"
@@ -169,7 +170,8 @@ def channel_error(channel_id: int, error: dict[str, Any]) -> dict[str, Any]:
 
 
 def warning(text: str, kind: str) -> dict[str, Any]:
-    return {"type": "communicationWarning", "warning": text, "kind": kind}
+    # Warnings quote what the client sent (an endpoint name, a frame type): never a secret.
+    return {"type": "communicationWarning", "warning": redact_secrets(text), "kind": kind}
 
 
 def error_object(err: LmsError) -> dict[str, Any]:
@@ -178,12 +180,14 @@ def error_object(err: LmsError) -> dict[str, Any]:
     data: dict[str, Any] = {"code": err.code}
     if err.param:
         data["param"] = err.param
-    error: dict[str, Any] = {"title": err.message, "rootTitle": err.message, "errorData": data}
+    # Messages may quote client input (a model query, an identifier): never a secret in them.
+    message = redact_secrets(err.message)
+    error: dict[str, Any] = {"title": message, "rootTitle": message, "errorData": data}
     display = err.data.get(DISPLAY)
     if isinstance(display, dict):
-        error["displayData"] = display
-    if err.hint:
-        error["suggestion"] = err.hint
+        error["displayData"] = redact_value(display)
+    if err.hint and "path" not in err.data:  # a storage error's hint names a server path
+        error["suggestion"] = redact_secrets(err.hint)
     return error
 
 
