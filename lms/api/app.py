@@ -6,7 +6,6 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import (
-    access,
     anthropic,
     embeddings,
     middlewares,
@@ -14,6 +13,7 @@ from lms.api import (
     native,
     native_chat,
     openai,
+    requestlog,
     responses,
     sdk,
     security,
@@ -68,7 +68,7 @@ def build_api_app(
     """
     app = web.Application(
         middlewares=[
-            access.publish_requests,
+            requestlog.publish_requests,
             middlewares.errors,
             middlewares.defences,
             security.enforce,

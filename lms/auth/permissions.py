@@ -40,16 +40,16 @@ class Permission(StrEnum):
     """Per-request (ephemeral) MCP servers."""
 
 
-class Gate(StrEnum):
-    """The two accesses that are not a permission."""
+class Requirement(StrEnum):
+    """The two accesses that are not a permission: no token at all, or any valid token."""
 
     PUBLIC = "public"
     ANY_TOKEN = "any-token"
 
 
-Access: TypeAlias = Gate | Permission
-PUBLIC: Final = Gate.PUBLIC
-ANY_TOKEN: Final = Gate.ANY_TOKEN
+Access: TypeAlias = Requirement | Permission
+PUBLIC: Final = Requirement.PUBLIC
+ANY_TOKEN: Final = Requirement.ANY_TOKEN
 
 ALL = "all"
 ALL_PERMISSIONS: Final = frozenset(Permission)

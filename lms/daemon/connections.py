@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import http_exceptions, web
 
 from lms import protocol
-from lms.api.access import AccessLogger
+from lms.api.requestlog import AccessLogger
 from lms.errors import InternalError, InvalidRequestError, LmsError, ServerBusyError
 
 log = logging.getLogger("lms.daemon")

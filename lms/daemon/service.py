@@ -304,6 +304,7 @@ class Daemon:
             await self.mcp.close()  # stdio servers are stopped (stdin closed, then signals)
             await self.manager.close()
             await self.flush_usage()
+            self.guard.refusals.flush()  # the last window's counts: no refusal goes uncounted
             await control.cleanup()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()

@@ -1,6 +1,7 @@
 """The llama.cpp engine: one loaded model, one worker thread, a step loop over sequences.
 
-This is the only module that imports ``llama_cpp``. The worker thread owns the llama context;
+``llama_cpp`` is imported by the inference modules that drive it (this one, the embedder, the
+shared worker base and token choice) and nowhere else. The worker thread owns the llama context;
 the event loop talks to it through a job queue (in) and :class:`Generation` handles (out).
 
 The loop is written for several sequences per context: each request is a :class:`_Sequence`
