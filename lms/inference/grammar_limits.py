@@ -28,6 +28,10 @@ MAX_SCHEMA_NODES = 20_000  # values (objects, arrays, scalars) in one schema
 MAX_REPETITIONS = 1_000  # each minLength/maxLength/minItems/maxItems/..., each {m,n}
 MAX_SCHEMA_REPETITIONS = 20_000  # all of a schema's repetition counts added up
 MAX_PATTERN_SIZE = 4_000  # a pattern's atoms, with its quantifiers multiplied out
+# The converter's rules for optional properties grow with the square of their number (900 of
+# them: 4 s of CPU), so they are counted apart from required ones.
+MAX_OPTIONAL_PROPERTIES = 128  # in one object
+MAX_SCHEMA_OPTIONAL_PROPERTIES = 1_024  # in all the schema's objects
 MAX_GRAMMAR_CHARS = 512 * 1024
 MAX_GRAMMAR_RULES = 2_048  # "name ::= ..." definitions
 MAX_GRAMMAR_DEPTH = 1_024  # nested parentheses: ~0.4 MiB of C stack in llama.cpp's parser
@@ -50,8 +54,7 @@ def check_schema(schema: Any, *, param: str, for_grammar: bool = True) -> int:
     RecursionError. Without ``for_grammar`` only depth and size are checked (a tool only shown
     in the prompt needs no grammar, so its ``maxLength`` is the model's business).
     """
-    total = 0
-    nodes = 0
+    total = optional = nodes = 0
     stack: list[tuple[Any, int, bool]] = [(schema, 1, False)]
     while stack:
         node, depth, is_data = stack.pop()
@@ -65,6 +68,14 @@ def check_schema(schema: Any, *, param: str, for_grammar: bool = True) -> int:
         elif isinstance(node, dict):
             if depth > MAX_SCHEMA_DEPTH:
                 raise _refuse(param, f"is nested deeper than {MAX_SCHEMA_DEPTH} levels")
+            if for_grammar and not is_data:
+                optional += _optional_properties(node, param)
+                if optional > MAX_SCHEMA_OPTIONAL_PROPERTIES:
+                    raise _refuse(
+                        param,
+                        f"has more than {MAX_SCHEMA_OPTIONAL_PROPERTIES:,} optional properties"
+                        " in all (not in 'required'); output grammars allow no more",
+                    )
             for key, value in node.items():
                 if for_grammar and not is_data:
                     total += _repetitions(key, value, param)
@@ -77,6 +88,23 @@ def check_schema(schema: Any, *, param: str, for_grammar: bool = True) -> int:
             f" at most {MAX_SCHEMA_REPETITIONS:,} can become a grammar",
         )
     return total
+
+
+def _optional_properties(node: dict[Any, Any], param: str) -> int:
+    """How many of an object schema's ``properties`` are not ``required``."""
+    properties = node.get("properties")
+    if not isinstance(properties, dict):
+        return 0
+    required = node.get("required")
+    names = {n for n in required if isinstance(n, str)} if isinstance(required, list) else set()
+    count = sum(1 for name in properties if name not in names)
+    if count > MAX_OPTIONAL_PROPERTIES:
+        raise _refuse(
+            param,
+            f"has an object with {count:,} optional properties (not in 'required'); output"
+            f" grammars allow at most {MAX_OPTIONAL_PROPERTIES:,} per object",
+        )
+    return count
 
 
 def _repetitions(key: Any, value: Any, param: str) -> int:
