@@ -19,6 +19,7 @@ a stream has started is an ``event: error`` with the same shape.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -142,7 +143,7 @@ class _Answer:
 @routes.post(protocol.API_ANTHROPIC_MESSAGES)
 async def messages(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
-    parsed = MessagesRequest.parse(body)
+    parsed = await asyncio.to_thread(MessagesRequest.parse, body)  # grammars: CPU work
     instance = await instances.acquire(request, parsed.model, ttl=bodies.get(body, "ttl", int))
     tokens, template_stops = _prompt(instance, parsed)
     params = dataclasses.replace(parsed.params, stop=template_stops)
@@ -226,7 +227,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     """The prompt's size in the model's tokens, as ``/v1/messages`` would render it (tools
     included); loads the model when needed, generates nothing."""
     body = await bodies.read_json(request)
-    parsed = MessagesRequest.parse(body, counting=True)
+    parsed = await asyncio.to_thread(MessagesRequest.parse, body, counting=True)
     instance = await instances.acquire(request, parsed.model, ttl=bodies.get(body, "ttl", int))
     tokens, _ = _prompt(instance, parsed)
     return web.json_response({"input_tokens": len(tokens)})

@@ -203,6 +203,14 @@ def parse_anthropic_tool_choice(value: Any, tools: list[Tool]) -> ToolChoice:
     return ToolChoice("required") if kind == "any" else ToolChoice(kind)
 
 
+def _forcing_grammar(tools: list[Tool], forced: list[Tool]) -> str | None:
+    """The grammar of a forced call, a bad or oversized schema named by its request field."""
+    if not forced:
+        return None
+    fields = [f"tools[{tools.index(tool)}].input_schema" for tool in forced]
+    return call_grammar(forced, param="tools", fields=fields)
+
+
 @dataclass(frozen=True)
 class MessagesRequest:
     """A validated ``/v1/messages`` body."""
@@ -217,7 +225,8 @@ class MessagesRequest:
 
     @classmethod
     def parse(cls, body: Mapping[str, Any], *, counting: bool = False) -> MessagesRequest:
-        """Validate a body; ``counting`` (``count_tokens``) makes ``max_tokens`` optional."""
+        """Validate a body; ``counting`` (``count_tokens``) makes ``max_tokens`` optional.
+        Builds the grammar of a forced call (CPU work: the routes call this on a thread)."""
         model = bodies.require(body, "model", str)
         if counting:
             max_tokens = bodies.get(body, "max_tokens", int, 1)
@@ -244,7 +253,7 @@ class MessagesRequest:
             top_p=bodies.number_in(body, "top_p", 0.0, 1.0, defaults.top_p),
             top_k=top_k,
             max_tokens=max_tokens,
-            grammar=call_grammar(forced) if forced else None,
+            grammar=_forcing_grammar(tools, forced),
             cache_prompt=bool(bodies.get(body, "cache_prompt", bool, True)),  # as on /v1/*
         )
         return cls(

@@ -44,14 +44,16 @@ class ChatPlan:
     @classmethod
     def read(cls, body: Mapping[str, Any]) -> ChatPlan:
         """Validate ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format``
-        (each bad field is a 400 naming it) and build the grammar they ask for."""
+        (each bad field is a 400 naming it) and build the grammar they ask for, within the
+        bounds of ``docs/LIMITS.md``. CPU work: the routes call it on a worker thread."""
         tools = parse_tools(body.get("tools"))
         choice = parse_tool_choice(body.get("tool_choice"), tools)
         bodies.get(body, "parallel_tool_calls", bool)  # accepted; a forced call is one call
         output = response_format_grammar(body.get("response_format"))
         forced = choice.forced(tools)
         # A forced call is the whole answer: the response format (for content) has no say.
-        grammar = call_grammar(forced) if forced else output
+        fields = [f"tools[{tools.index(tool)}].function.parameters" for tool in forced]
+        grammar = call_grammar(forced, fields=fields) if forced else output
         return cls(tools=tools, choice=choice, grammar=grammar)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -110,7 +111,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     messages = _messages(body)
     params = bodies.sampling(body, max_token_fields=("max_completion_tokens", "max_tokens"))
-    plan = ChatPlan.read(body)
+    plan = await asyncio.to_thread(ChatPlan.read, body)  # grammars: CPU work
     stream = bodies.get(body, "stream", bool, False)
     include_usage = _include_usage(body)
     instance = await _instance(request, body)

@@ -26,6 +26,7 @@ from lms.errors import InvalidParameterError, LmsError, NotImplementedYetError
 from lms.inference.engine import Generation
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
+from lms.inference.structured import text_format_grammar
 
 routes = web.RouteTableDef()
 
@@ -121,7 +122,7 @@ def _response_body(
         "parallel_tool_calls": False,
         "tool_choice": body.get("tool_choice") or "auto",
         "tools": _shown_tools(body.get("tools")),
-        "text": {"format": {"type": "text"}},
+        "text": body.get("text") or {"format": {"type": "text"}},
         "store": body.get("store", True),
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
@@ -150,15 +151,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise InvalidParameterError("'input' is required", param="input")
     new_messages = _input_messages(body["input"])
     wanted = _mcp_tools(body.get("tools"))
-    text_option = body.get("text")
-    if text_option is not None and (
-        not isinstance(text_option, dict) or "format" not in text_option
-    ):
-        raise InvalidParameterError("'text.format' is required", param="text.format")
+    grammar = await asyncio.to_thread(text_format_grammar, body.get("text"), tools=bool(wanted))
     instructions = bodies.get(body, "instructions", str)
     store = bool(bodies.get(body, "store", bool, True))
     stream = bool(bodies.get(body, "stream", bool, False))
-    params = bodies.sampling(body, max_token_fields=("max_output_tokens",))
+    params = dataclasses.replace(
+        bodies.sampling(body, max_token_fields=("max_output_tokens",)), grammar=grammar
+    )
     record = request.get(TOKEN)
     owner = record.id if record is not None else None
     history: list[dict[str, Any]] = []

@@ -21,7 +21,7 @@ from llama_cpp import llama_grammar
 from lms.errors import InternalError, InvalidRequestError
 from lms.inference.sampling import SamplingParams
 
-__all__ = ["Chooser", "json_schema_grammar"]
+__all__ = ["Chooser", "is_valid_grammar", "json_schema_grammar"]
 
 # llama_token_data as a numpy record, to hand the whole vocabulary to llama.cpp samplers.
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -39,6 +39,17 @@ def json_schema_grammar(schema: dict[str, Any]) -> str:
         return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:  # the converter fails with asserts, KeyErrors, re.errors...
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def is_valid_grammar(grammar: str) -> bool:
+    """Whether llama.cpp parses ``grammar`` as GBNF with a ``root`` rule (no vocabulary needed:
+    only token references like ``<hello>`` do, and callers leave those to :class:`Chooser`).
+    Bound the grammar first (:mod:`grammar_limits`): the parser recurses on nesting."""
+    sampler = llama_cpp.llama_sampler_init_grammar(None, grammar.encode("utf-8"), b"root")
+    if not sampler:
+        return False
+    llama_cpp.llama_sampler_free(sampler)
+    return True
 
 
 class Chooser:

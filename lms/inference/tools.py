@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lms.errors import InvalidParameterError
-from lms.inference.structured import schema_grammar
+from lms.inference import grammar_limits
+from lms.inference.structured import check_schema, converted_grammar
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -129,6 +130,8 @@ def read_function(
             f"'{where}.{schema_field}' must be a JSON schema of type 'object'",
             param=f"{where}.{schema_field}",
         )
+    # Bounded even when no grammar is built: templates and copies walk it recursively.
+    grammar_limits.check_schema(parameters, param=f"{where}.{schema_field}", for_grammar=False)
     if function.get("strict") is not None and not isinstance(function["strict"], bool):
         raise InvalidParameterError(f"'{where}.strict' must be a boolean", param=f"{where}.strict")
     return Tool(name=name, description=description, parameters=parameters)
@@ -196,17 +199,33 @@ def call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
     return {**schema, "$defs": defs}
 
 
-def call_grammar(tools: Sequence[Tool], *, param: str = "tools") -> str:
+def call_grammar(
+    tools: Sequence[Tool], *, param: str = "tools", fields: Sequence[str] | None = None
+) -> str:
     """The GBNF grammar of exactly one call (format of this module) of one of ``tools``, with
-    arguments valid for that tool's schema. A tool whose schema cannot be converted is a 400
-    naming ``<param>[i].function.parameters``."""
+    arguments valid for that tool's schema. A tool whose schema cannot be converted or is past
+    the bounds of ``docs/LIMITS.md`` is a 400 naming ``<param>[i].function.parameters`` (or
+    ``<param>`` for bounds only the tools together cross); ``fields`` names each tool's schema
+    instead, when ``tools`` are not the request's list as it is."""
     if not tools:
         raise ValueError("a call grammar needs at least one tool")
+    if fields is None:
+        fields = [f"{param}[{i}].function.parameters" for i in range(len(tools))]
+    total = sum(
+        check_schema(tool.parameters, param=field)
+        for tool, field in zip(tools, fields, strict=True)
+    )
+    if total > grammar_limits.MAX_SCHEMA_REPETITIONS:
+        raise InvalidParameterError(
+            f"'{param}' ask for {total:,} repetitions in all (minLength, maxItems...); at most"
+            f" {grammar_limits.MAX_SCHEMA_REPETITIONS:,} can become a grammar",
+            param=param,
+        )
     try:
-        return schema_grammar(call_schema(tools), param=param)
+        return converted_grammar(call_schema(tools), param=param)
     except InvalidParameterError:
-        for i, tool in enumerate(tools):  # find the culprit, to name it
-            schema_grammar(tool.parameters, param=f"{param}[{i}].function.parameters")
+        for tool, field in zip(tools, fields, strict=True):  # find the culprit, to name it
+            converted_grammar(tool.parameters, param=field)
         raise
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from lms import limits
 from lms.errors import InvalidParameterError, NotImplementedYetError
+from lms.inference.grammar_limits import gbnf_grammar
 from lms.inference.sampling import SamplingParams
 from lms.inference.structured import schema_grammar
 
@@ -148,7 +149,7 @@ def _grammar(value: Any) -> str | None:
     if kind == "json":
         return schema_grammar(value.get("jsonSchema"), param="structured.jsonSchema")
     if kind == "gbnf" and isinstance(value.get("gbnfGrammar"), str):
-        return str(value["gbnfGrammar"])
+        return gbnf_grammar(value["gbnfGrammar"], param="structured.gbnfGrammar")
     raise InvalidParameterError(
         f"'{_PREFIX}structured' must be of type json (with jsonSchema) or gbnf (with gbnfGrammar)",
         param="structured",

@@ -10,6 +10,7 @@ forwards what it yields, so the socket keeps reading (cancel, pings, other calls
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from typing import Any
@@ -94,7 +95,7 @@ async def predict(channel: Channel, parameter: Any) -> None:
         raise MissingParameterError("'modelSpecifier' and 'history' are required", param="history")
     if parameter.get("fuzzyPresetIdentifier") is not None:
         raise _preset_not_found(parameter["fuzzyPresetIdentifier"])
-    settings = kvconfig.prediction(parameter.get("predictionConfigStack"))
+    settings = await asyncio.to_thread(kvconfig.prediction, parameter.get("predictionConfigStack"))
     history.sdk_messages(parameter.get("history"))  # a bad history is refused before any load
     instance = await models.required_instance(channel, parameter, "modelSpecifier")
     engine = instance.engine
