@@ -1,4 +1,5 @@
-"""Stored chats (SPEC §2, §7): what ``previous_response_id`` continues, owned by a token.
+"""Stored chats (README: Where state lives; APIs): what ``previous_response_id`` continues, owned
+by a token.
 
 Each stored response keeps the whole conversation up to and including its own answer, so a
 response id is a point in a conversation: continuing from an older id branches it, and pruning

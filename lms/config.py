@@ -1,4 +1,4 @@
-"""Settings (SPEC §6): defaults < config.toml < ``LMS_*`` environment < command-line flags.
+"""Settings (README: Settings): defaults < config.toml < ``LMS_*`` environment < command-line flags.
 
 Settings that decide security (``auth.*``, ``mcp.*``, ``server.cors*``, ``server.allowed_hosts``)
 come from config.toml only: neither the environment of whichever process started the daemon nor

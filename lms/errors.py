@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 
 class ExitCode(IntEnum):
-    """Exit codes of the ``lms`` command (SPEC §3)."""
+    """Exit codes of the ``lms`` command (README: Command reference)."""
 
     OK = 0
     FAILED = 1
@@ -338,7 +338,7 @@ class NotImplementedYetError(LmsError):
 
 
 class UrlNotAllowedError(ForbiddenRequestError):
-    """An outbound URL refused by the rule of SPEC §6 (scheme, private address, redirect)."""
+    """An outbound URL refused by the outbound rule (scheme, private address, redirect)."""
 
     code = "url_not_allowed"
 
@@ -379,7 +379,7 @@ class DownloadCancelledError(DownloadError):
     exit_code = ExitCode.INTERRUPTED
 
 
-# --- MCP integrations (SPEC §8) ------------------------------------------------------------------
+# --- MCP integrations (README: MCP integrations) --------------------------------------------------
 
 
 class McpAuthRequiredError(ForbiddenRequestError):

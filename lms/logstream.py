@@ -1,4 +1,5 @@
-"""Live events of the daemon for ``lms log stream`` (SPEC §3): requests and model I/O.
+"""Live events of the daemon for ``lms log stream`` (README: Command reference): requests and model
+I/O.
 
 Publishing is cheap when nobody listens (``wants`` lets callers skip building an event). Each
 subscriber has a bounded queue: a slow reader loses events (counted), never slows the server.

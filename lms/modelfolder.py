@@ -10,7 +10,7 @@ folder whose name starts with ``.``, as our own temp files do), partial download
 ``.tmp``, ``.partial``, ``.download``, ``.crdownload``) and multimodal projectors named
 ``mmproj*``, which are not models on their own.
 
-Keys (SPEC §2, §5):
+Keys (README: Where state lives; Model keys):
 
 - ``<models>/<publisher>/<name>/<file>.gguf`` is ``publisher/name``; files deeper in that folder
   belong to the same model;

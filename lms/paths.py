@@ -1,4 +1,4 @@
-"""Every on-disk location of lms (SPEC §2), computed afresh at each call.
+"""Every on-disk location of lms (README: Where state lives), computed afresh at each call.
 
 ``LMS_HOME`` relocates everything under one directory, the socket and the pid lock included.
 Otherwise platformdirs decides, with app name ``lms``.

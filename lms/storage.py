@@ -1,4 +1,4 @@
-"""Atomic rewrites and locks for state files (SPEC §2).
+"""Atomic rewrites and locks for state files (README: Where state lives).
 
 Every rewrite goes to a temp file in the same directory, is fsynced and renamed over the target,
 under an exclusive ``flock`` on a separate ``<file>.lock`` (never on the file itself: the rename

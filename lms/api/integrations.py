@@ -1,5 +1,6 @@
 """MCP servers a request asks for: ``integrations`` of ``/api/v1/chat``, ``tools`` of type
-``mcp`` of ``/v1/responses`` — read, checked against the gates, connected (SPEC §8).
+``mcp`` of ``/v1/responses`` — read, checked against the gates, connected (README: MCP
+integrations).
 
 The gates, all checked before any server is started or contacted, each refusal audited:
 

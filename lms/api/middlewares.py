@@ -1,4 +1,5 @@
-"""Middlewares of the TCP API: error envelopes and the browser/network defences (SPEC §6)."""
+"""Middlewares of the TCP API: error envelopes and the browser/network defences (README:
+Settings)."""
 
 from __future__ import annotations
 

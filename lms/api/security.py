@@ -1,4 +1,5 @@
-"""Token enforcement on every TCP route (SPEC §4), from the one route → permission table.
+"""Token enforcement on every TCP route (README: Authentication), from the one route → permission
+table.
 
 Deny by default: with ``auth.required`` on, a route passes without a token only when the table
 says PUBLIC (or it is a CORS preflight, answered earlier by the defences when CORS is on). A

@@ -1,4 +1,4 @@
-"""API-token authentication (SPEC §4): a pure library, free of aiohttp and typer.
+"""API-token authentication (README: Authentication): a pure library, free of aiohttp and typer.
 
 Modules (import the one you need; this package imports nothing, to keep ``lms`` start-up fast):
 

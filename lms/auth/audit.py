@@ -1,8 +1,8 @@
-"""The audit log (SPEC §4): one JSON object per line. ``audit.jsonl`` holds token and setting
-changes, appended by whichever process made them (the CLI, or the daemon for ``server.cors``);
-it is written at a human pace and never rotated. Refused requests are counted apart, in
-``refusals.jsonl`` and its rotated files (:mod:`lms.auth.refusals`), so that no flood can push a
-change out of the log. :func:`read` merges both.
+"""The audit log (README: Authentication): one JSON object per line. ``audit.jsonl`` holds token and
+setting changes, appended by whichever process made them (the CLI, or the daemon for
+``server.cors``); it is written at a human pace and never rotated. Refused requests are counted
+apart, in ``refusals.jsonl`` and its rotated files (:mod:`lms.auth.refusals`), so that no flood can
+push a change out of the log. :func:`read` merges both.
 
 Each line has ``time`` (``2026-01-01T12:00:00.123456Z``), ``event`` and the event's fields. A
 token appears only by its id (or ``"none"``); every string is passed through

@@ -1,5 +1,5 @@
 """The token gate: the one place that checks a token for a request, for HTTP routes and SDK
-socket calls alike (SPEC §4).
+socket calls alike (README: Authentication).
 
 :meth:`TokenGate.admit` authenticates the presented token, authorizes it for the access the
 route or endpoint requires, applies its rate limit and counts its use; :meth:`check_model`

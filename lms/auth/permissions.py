@@ -1,4 +1,5 @@
-"""Permissions, and THE table mapping every route and SDK endpoint to what it needs (SPEC §4).
+"""Permissions, and THE table mapping every route and SDK endpoint to what it needs (README:
+Authentication).
 
 An :data:`Access` is what a route requires when ``auth.required`` is on:
 
@@ -96,7 +97,7 @@ def sorted_permissions(permissions: Iterable[Permission]) -> list[str]:
     return [p.value for p in Permission if p in chosen]
 
 
-# --- HTTP routes (SPEC §7) --------------------------------------------------------------------
+# --- HTTP routes (README: APIs) -------------------------------------------------------------------
 
 #: The SDK's WebSocket paths: public upgrades, authenticated in-band (see :data:`SDK_ACCESS`).
 SDK_NAMESPACES: Final = ("llm", "embedding", "system", "files", "repository")

@@ -1,9 +1,9 @@
 """One token of the registry, its validation and its tokens.toml form (hashes only).
 
 Names: 1-64 characters, a letter or digit first, then letters, digits, ``.``, ``_``, ``-``. A name
-may look like a token id (``frontend`` is 8 letters), since SPEC resolves ``ID|NAME`` with an exact
-id match first; to keep every token reachable by its name, the registry refuses a name equal to
-another token's id and never mints an id equal to an existing name.
+may look like a token id (``frontend`` is 8 letters), since the CLI resolves ``ID|NAME`` with an
+exact id match first; to keep every token reachable by its name, the registry refuses a name equal
+to another token's id and never mints an id equal to an existing name.
 """
 
 from __future__ import annotations

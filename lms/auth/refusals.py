@@ -1,4 +1,4 @@
-"""Refused requests in the audit log, counted and bounded under any flood (SPEC §4).
+"""Refused requests in the audit log, counted and bounded under any flood (README: Authentication).
 
 Refusals go to their own file, ``refusals.jsonl`` beside ``audit.jsonl`` (which keeps token and
 setting changes, and is never rotated), so a flood can never push a token change out of the log.

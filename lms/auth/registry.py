@@ -1,4 +1,5 @@
-"""The token registry, ``tokens.toml`` (SPEC §2, §4): what ``lms token ...`` edits.
+"""The token registry, ``tokens.toml`` (README: Where state lives; Authentication): what ``lms
+token ...`` edits.
 
 Layout (0600, hashes only, never a secret)::
 

@@ -1,4 +1,5 @@
-"""Time specifications typed on the command line (SPEC §3): durations and UTC dates.
+"""Time specifications typed on the command line (README: Command reference): durations and UTC
+dates.
 
 * durations: an integer and a unit, ``45s``, ``30m``, ``12h``, ``30d``, ``2w``, or a sum of them
   (``1h30m``); ``0`` alone is zero (for ``--grace 0``);

@@ -1,4 +1,4 @@
-"""The API token format (SPEC §4): ``sk-lm-<id>:<secret>``.
+"""The API token format (README: Authentication): ``sk-lm-<id>:<secret>``.
 
 ``<id>`` is 8 characters ``[A-Za-z0-9]``: public, shown in listings, logs and the audit log.
 ``<secret>`` is 20 characters ``[A-Za-z0-9]`` from :mod:`secrets` (about 119 bits). This is exactly

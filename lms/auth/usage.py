@@ -1,4 +1,5 @@
-"""Per-token usage, ``usage.sqlite3`` (SPEC §2, §4): last use, request and token counts.
+"""Per-token usage, ``usage.sqlite3`` (README: Where state lives; Authentication): last use,
+request and token counts.
 
 The daemon counts in memory (:class:`UsageBuffer`, a dict update per request) and writes a batch
 in one transaction every few seconds and at shutdown (:meth:`UsageBuffer.flush`); the CLI reads

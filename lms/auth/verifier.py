@@ -1,4 +1,5 @@
-"""The daemon's side of the registry: authenticate and authorize each request (SPEC §4).
+"""The daemon's side of the registry: authenticate and authorize each request (README:
+Authentication).
 
 :class:`TokenVerifier` keeps the parsed tokens.toml in memory and, before every check, calls
 :meth:`TokenVerifier.refresh`, which costs one ``stat`` when nothing changed. Any change the CLI

@@ -1,4 +1,5 @@
-"""``lms token create | list | edit | rotate | rm``: the API tokens in tokens.toml (SPEC §4).
+"""``lms token create | list | edit | rotate | rm``: the API tokens in tokens.toml (README:
+Authentication).
 
 These commands edit files and work with or without a daemon; a running daemon notices each
 change before its next check, so an edit or a revocation applies to the very next request.

@@ -1,5 +1,5 @@
 """Bringing models into the models folder: downloads over HTTP(S) and imports of local files.
 
 Daemon side only (the CLI reaches it through the control socket). :mod:`.outbound` holds THE
-outbound rule of SPEC §6 that every connection made for a client follows.
+outbound rule (README: Settings) that every connection made for a client follows.
 """

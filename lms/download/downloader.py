@@ -1,4 +1,5 @@
-"""Download jobs: a GGUF file from an http(s) URL into the models folder (SPEC §3, §6).
+"""Download jobs: a GGUF file from an http(s) URL into the models folder (README: Command
+reference; Settings).
 
 A job streams the body to ``.<file>.part`` beside its target (hidden from discovery), through
 the outbound rule of :mod:`lms.download.outbound`. It resumes: after a cut or a stall it asks for

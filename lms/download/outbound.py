@@ -1,4 +1,4 @@
-"""THE outbound rule of SPEC §6, for every connection the daemon makes on a client's behalf.
+"""THE outbound rule (README: Settings), for every connection the daemon makes on a client's behalf.
 
 Downloads use it now, per-request MCP servers later. For each URL, and again for every redirect
 hop:

@@ -1,9 +1,9 @@
 """The embedding engine: a GGUF model loaded for embeddings, with its own worker thread.
 
-Any GGUF can be loaded this way (SPEC §5). An input's embedding is the **mean** of the final
-hidden states (after the output norm) of its tokens, **L2-normalised** to length 1 — what OpenAI's
-embeddings are and what clients assume when they take a dot product as the cosine similarity
-(llama.cpp's own server normalises the same way by default).
+Any GGUF can be loaded this way (README: Model keys). An input's embedding is the **mean** of the
+final hidden states (after the output norm) of its tokens, **L2-normalised** to length 1 — what
+OpenAI's embeddings are and what clients assume when they take a dot product as the cosine
+similarity (llama.cpp's own server normalises the same way by default).
 
 How it is computed, per batch of inputs:
 

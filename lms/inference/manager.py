@@ -1,4 +1,5 @@
-"""Loaded instances: explicit loads, just-in-time loads, idle TTL, keep-last-JIT (SPEC §5).
+"""Loaded instances: explicit loads, just-in-time loads, idle TTL, keep-last-JIT (README: Model
+keys).
 
 An instance is either an **llm** instance (an :class:`Engine`: chat, completions) or an
 **embedding** instance (an :class:`Embedder`), of any model: a chat model can be loaded in

@@ -1,4 +1,5 @@
-"""MCP integrations (SPEC §8): mcp.json, client sessions with the official SDK, the tool loop.
+"""MCP integrations (README: MCP integrations): mcp.json, client sessions with the official SDK,
+the tool loop.
 
 Importing this package loads nothing: ``lms mcp list`` (the CLI) imports :mod:`lms.mcp.config`,
 which is stdlib-only, and must not pay for the SDK.

@@ -1,4 +1,5 @@
-"""mcp.json: the MCP servers the owner configured, in Cursor's notation (SPEC §2, §8).
+"""mcp.json: the MCP servers the owner configured, in Cursor's notation (README: Where state lives;
+MCP integrations).
 
 ::
 

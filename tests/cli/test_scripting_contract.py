@@ -1,4 +1,4 @@
-"""The scripting contract of SPEC §3, for every command of the Typer app.
+"""The scripting contract of README: Command reference, for every command of the Typer app.
 
 - stdout holds only results: with --json exactly one JSON document (``log stream --json``:
   one per line), never a message line (``lms: ...``, ``hint: ...``, ``warning``);

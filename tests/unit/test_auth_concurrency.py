@@ -1,4 +1,4 @@
-"""The registry under concurrent writers and writers killed at any moment (SPEC §9)."""
+"""The registry under concurrent writers and writers killed at any moment (docs/LIMITS.md)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from lms.auth import permissions as perms
 from lms.auth.permissions import ANY_TOKEN, PUBLIC, Permission
 from lms.errors import InvalidRequestError
 
-# SPEC §4 and §7, written out independently of the table under test.
+# README: Authentication; APIs, written out independently of the table under test.
 EXPECTED_ROUTES = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/lmstudio-greeting"): PUBLIC,

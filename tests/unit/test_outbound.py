@@ -1,4 +1,4 @@
-"""The outbound rule of SPEC §6 (lms.download.outbound) and the placement rule of downloads."""
+"""The outbound rule (lms.download.outbound) and the placement rule of downloads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where state lives (SPEC §2)."""
+"""Where state lives (README: Where state lives)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""In-band authentication of an SDK socket, and the token check of every call on it (SPEC §4).
+"""In-band authentication of an SDK socket, and the token check of every call on it (README:
+Authentication).
 
 The upgrade of the five SDK paths is public; the client's first text frame must then be the auth
 packet ``{"authVersion": 1, "clientIdentifier": ..., "clientPasskey": ...}`` within

@@ -2,7 +2,7 @@
 unloadModel, getModelInfo, getLoadConfig, tokenize, countTokens — and model resolution.
 
 A socket's namespace is its mode: ``/llm`` sees and loads llm instances, ``/embedding``
-embedding instances (any model can be loaded in embedding mode, SPEC §5).
+embedding instances (any model can be loaded in embedding mode, README: Model keys).
 
 Resolution of the SDK's model specifiers (reference §5.2): an instance reference names one
 instance; a query's ``identifier`` is matched against loaded instances of the namespace — exact

@@ -14,7 +14,7 @@ module keeps them:
   flight at once, ``cancel`` arrives while generating, and pings are answered (pitfalls 11, 16);
 * ids are this socket's own (pitfall 16);
 * an unknown endpoint gets LM Studio's ``communicationWarning`` **and** an error for that call,
-  so no caller hangs (SPEC §7; stricter than LM Studio, which sends only the warning);
+  so no caller hangs (README: APIs; stricter than LM Studio, which sends only the warning);
 * a frame that cannot be served (not JSON, out of the bounds of :mod:`lms.payload`, larger than
   :data:`wire.MAX_FRAME_BYTES`, one call or channel more than :data:`wire.MAX_OPEN`) gets an
   error for the call or channel it opens (``rpcError`` / ``channelError``, which the SDK
