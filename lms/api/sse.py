@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -26,6 +27,8 @@ log = logging.getLogger("lms.api")
 
 #: Seconds a client may take to accept one write of a stream before the stream is cut.
 WRITE_TIMEOUT = 30.0
+#: Bytes of a stream held for a client that reads slowly before writes wait for it.
+WRITE_BUFFER_BYTES = 16 * 1024
 
 _HEADERS = {
     "sse": {
@@ -67,6 +70,8 @@ class EventStream:
         """Send the headers of a stream (the status is 200 from here on)."""
         response = web.StreamResponse(headers=_HEADERS[framing])
         await response.prepare(request)
+        if request.transport is not None:
+            request.transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
         return cls(request, response, framing)
 
     async def send(self, data: Mapping[str, Any] | str, *, event: str | None = None) -> None:
@@ -78,20 +83,24 @@ class EventStream:
             frame = f"data: {text}\n\n"
         else:
             frame = f"event: {event}\ndata: {text}\n\n"
-        await self._bounded(self.response.write(frame.encode()))
+        await self._bounded(functools.partial(self._write, frame.encode()))
 
     async def end(self) -> None:
         """Finish the response (the last chunk of a chunked body); once."""
         if not self._ended:
             self._ended = True
-            await self._bounded(self.response.write_eof())
+            await self._bounded(self.response.write_eof)
 
-    async def _bounded(self, write: Awaitable[None]) -> None:
+    async def _write(self, data: bytes) -> None:
+        await self.response.write(data)
+        await self.request.writer.drain()  # waits while the client is behind by a buffer
+
+    async def _bounded(self, write: Callable[[], Awaitable[None]]) -> None:
         if self.is_cut:
             raise StreamCutError("the stream was cut")
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
-                await write
+                await write()
         except TimeoutError:
             self._cut()
             raise StreamCutError(
