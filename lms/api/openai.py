@@ -118,6 +118,11 @@ def refuse_unsupported(body: Mapping[str, Any], *, completions: bool = False) ->
             " (leave it out or send false)",
             param="logprobs",
         )
+    refuse_top_logprobs(body)
+
+
+def refuse_top_logprobs(body: Mapping[str, Any]) -> None:
+    """``top_logprobs`` above 0 is refused (chat completions and responses)."""
     top = body.get("top_logprobs")
     if top is not None and top != 0:
         raise InvalidParameterError(

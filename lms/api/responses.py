@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from lms import pipeline, protocol
-from lms.api import bodies, instances, integrations, responses_mcp
+from lms.api import bodies, instances, integrations, openai, responses_mcp
 from lms.api.security import TOKEN, record_generation
 from lms.api.sse import EventStream
 from lms.api.state import CHATS
@@ -229,13 +229,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 def _refuse_logprobs(body: Mapping[str, Any]) -> None:
     """Log probabilities are refused (400), not silently left out; 0 asks for none."""
-    top = body.get("top_logprobs")
-    if top is not None and top != 0:
-        raise InvalidParameterError(
-            "'top_logprobs' is not supported: lms does not return log probabilities"
-            " (leave it out or send 0)",
-            param="top_logprobs",
-        )
+    openai.refuse_top_logprobs(body)
     include = body.get("include")
     if isinstance(include, list) and "message.output_text.logprobs" in include:
         raise InvalidParameterError(

@@ -248,50 +248,41 @@ def failing_store(
     return error
 
 
-@pytest.mark.model
-@pytest.mark.parametrize(
-    ("failing_store", "code"),
-    [(StorageFullError("the disk is full"), "storage_full"), (OSError("boom"), "internal_error")],
-    indirect=["failing_store"],
-)
-async def test_native_chat_stream_ends_with_an_error_when_storing_fails(
-    client: TestClient,  # type: ignore[type-arg]
-    failing_store: Exception,
-    code: str,
-) -> None:
-    body = {"model": MODEL, "input": "hi", "max_output_tokens": 2, "stream": True}
-    response = await client.post("/api/v1/chat", json=body)
-    assert response.status == 200
-    events = sse_events(await response.text())
-    kinds = [kind for kind, _ in events]
-    assert kinds[-2:] == ["error", "chat.end"]
-    assert "message.end" in kinds
-    assert events[-2][1]["error"]["code"] == code
-    assert "boom" not in json.dumps(events)  # an unexpected error's text stays in the log
-    plain = await client.post("/api/v1/chat", json={**body, "stream": False})
-    assert plain.status == (507 if code == "storage_full" else 500)
-    assert (await plain.json())["error"]["code"] == code
+FAILURES = [
+    (StorageFullError("the disk is full"), "storage_full"),
+    (OSError("boom"), "internal_error"),
+]
 
 
-@pytest.mark.model
-@pytest.mark.parametrize(
-    ("failing_store", "code"),
-    [(StorageFullError("the disk is full"), "storage_full"), (OSError("boom"), "internal_error")],
-    indirect=["failing_store"],
-)
-async def test_responses_stream_ends_with_an_error_when_storing_fails(
-    client: TestClient,  # type: ignore[type-arg]
-    failing_store: Exception,
-    code: str,
-) -> None:
-    body = {"model": MODEL, "input": "hi", "max_output_tokens": 2, "stream": True}
-    response = await client.post("/v1/responses", json=body)
-    assert response.status == 200
-    events = sse_events(await response.text())
-    kinds = [kind for kind, _ in events]
+def native_chat_ends(kinds: list[str | None], events: list[tuple[str | None, Any]]) -> str:
+    assert kinds[-2:] == ["error", "chat.end"] and "message.end" in kinds
+    return str(events[-2][1]["error"]["code"])
+
+
+def responses_ends(kinds: list[str | None], events: list[tuple[str | None, Any]]) -> str:
     assert kinds[-1] == "error"
     assert "response.content_part.done" in kinds and "response.completed" not in kinds
-    assert events[-1][1]["code"] == code
-    plain = await client.post("/v1/responses", json={**body, "stream": False})
+    return str(events[-1][1]["code"])
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(("failing_store", "code"), FAILURES, indirect=["failing_store"])
+@pytest.mark.parametrize(
+    ("path", "ending"), [("/api/v1/chat", native_chat_ends), ("/v1/responses", responses_ends)]
+)
+async def test_stream_ends_with_an_error_when_storing_fails(
+    client: TestClient,  # type: ignore[type-arg]
+    failing_store: Exception,
+    code: str,
+    path: str,
+    ending: Callable[[list[str | None], list[tuple[str | None, Any]]], str],
+) -> None:
+    body = {"model": MODEL, "input": "hi", "max_output_tokens": 2, "stream": True}
+    response = await client.post(path, json=body)
+    assert response.status == 200
+    events = sse_events(await response.text())
+    assert ending([kind for kind, _ in events], events) == code
+    assert "boom" not in json.dumps(events)  # an unexpected error's text stays in the log
+    plain = await client.post(path, json={**body, "stream": False})
     assert plain.status == (507 if code == "storage_full" else 500)
     assert (await plain.json())["error"]["code"] == code
