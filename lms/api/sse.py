@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
 
@@ -27,8 +28,12 @@ log = logging.getLogger("lms.api")
 
 #: Seconds a client may take to accept one write of a stream before the stream is cut.
 WRITE_TIMEOUT = 30.0
-#: Bytes of a stream held for a client that reads slowly before writes wait for it.
+#: Bytes of a stream held for a client that reads slowly before writes wait for it: in the
+#: server's write buffer, and in the kernel's send buffer (which the kernel doubles). A fixed
+#: send buffer also keeps the kernel from growing it to megabytes for a client that does not
+#: read, which would delay the cut by as much output.
 WRITE_BUFFER_BYTES = 16 * 1024
+SEND_BUFFER_BYTES = 32 * 1024
 
 _HEADERS = {
     "sse": {
@@ -70,8 +75,13 @@ class EventStream:
         """Send the headers of a stream (the status is 200 from here on)."""
         response = web.StreamResponse(headers=_HEADERS[framing])
         await response.prepare(request)
-        if request.transport is not None:
-            request.transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
+        transport = request.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         return cls(request, response, framing)
 
     async def send(self, data: Mapping[str, Any] | str, *, event: str | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from lms.api import sse
 from lms.api.state import CHATS
 from lms.errors import StorageFullError
-from lms.inference.generation import Generation
+from lms.inference.generation import Generation, GenerationResult, post
 from lms.inference.manager import ModelManager
+from lms.inference.sampling import SamplingParams
 
 MODEL = "google/gemma-3-270m"
 DEADLINE = 300.0  # seconds: generous, for a busy 2-core machine
@@ -172,41 +174,51 @@ async def test_a_stream_nobody_reads_is_cut_and_its_generation_cancelled(
     client: TestClient,  # type: ignore[type-arg]
     manager: ModelManager,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Through the real route and pipeline. The text comes from a feeder as fast as the loop
+    runs (the writer is the subject: a busy machine's real decoding would need minutes to
+    fill the buffers); it stops when the generation is cancelled, as the engine does."""
     monkeypatch.setattr(sse, "WRITE_TIMEOUT", 0.2)
     instance = await manager.acquire(MODEL)
-    engine = instance.engine
-    submitted: list[Generation] = []
-    observer = engine.observer
+    feeders: list[asyncio.Task[GenerationResult]] = []
 
-    def watch(generation: Generation) -> None:
-        submitted.append(generation)
-        if observer is not None:
-            observer(generation)
+    def submit(tokens: list[int], params: SamplingParams) -> Generation:
+        generation = Generation(asyncio.get_running_loop(), tokens, params)
 
-    monkeypatch.setattr(engine, "observer", watch)
-    max_tokens = 4000
+        async def feed() -> GenerationResult:
+            produced = 0
+            while not generation.is_cancelled and produced < 1_000_000:
+                post([(generation, f" {produced},")])
+                produced += 1
+                await asyncio.sleep(0)  # one token per turn of the loop
+            reason = "cancelled" if generation.is_cancelled else "length"
+            result = GenerationResult(reason, len(tokens), produced, 0.0, 0.0)
+            post([(generation, result)])
+            return result
+
+        feeders.append(asyncio.create_task(feed()))
+        return generation
+
+    monkeypatch.setattr(instance.engine, "submit", submit)
     body = json.dumps(
         {
             "model": MODEL,
-            "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
-            "max_tokens": max_tokens,
-            "temperature": 0,
+            "messages": [{"role": "user", "content": "Count."}],
             "stream": True,
-            "stream_options": {"include_usage": True},
         }
     ).encode()
     server = client.server
     assert server.host is not None and server.port is not None
-    with _silent_client(server.host, server.port, "/v1/completions", body):
-        await eventually(lambda: bool(submitted), "the generation to start")
-        generation = submitted[0]
-        await eventually(lambda: generation.result is not None, "the generation to end")
-    result = generation.result
-    assert result is not None
+    with (
+        caplog.at_level(logging.WARNING, "lms.api"),
+        _silent_client(server.host, server.port, "/v1/chat/completions", body),
+    ):
+        await eventually(lambda: bool(feeders) and feeders[0].done(), "the generation to end")
+        assert any("cut the stream of POST /v1/chat/completions" in m for m in caplog.messages)
+    result = feeders[0].result()
     assert result.finish_reason == "cancelled"
-    assert result.completion_tokens < max_tokens
-    await eventually(lambda: engine.active == 0, "the slot to be free")
+    assert result.completion_tokens < 1_000_000
 
 
 class _silent_client:
