@@ -21,23 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import json
 import secrets
 import string
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
 
-from lms import protocol
+from lms import pipeline, protocol
 from lms.api import bodies, instances
 from lms.api.anthropic_request import MessagesRequest
-from lms.api.openai import open_sse
 from lms.api.security import record_generation
+from lms.api.sse import EventStream
 from lms.errors import LmsError
-from lms.inference.engine import Generation, GenerationResult
-from lms.inference.manager import Instance
 from lms.inference.sampling import StopMatcher
 from lms.inference.tool_calls import (
     ArgumentsDelta,
@@ -57,10 +55,6 @@ def _message_id() -> str:
     return "msg_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
 
 
-def _event(name: str, data: Mapping[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
 def _tool_use_id(call_id: str) -> str:
     """Anthropic's ``toolu_`` spelling of a call id."""
     return "toolu_" + call_id.removeprefix("call_")
@@ -74,22 +68,18 @@ def _input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _prompt(instance: Instance, parsed: MessagesRequest) -> tuple[list[int], tuple[str, ...]]:
-    """Prompt tokens and the template's stops; a last assistant message is a prefill."""
-    stops = tuple(instance.formatter.stop_strings)
-    prefill = parsed.prefill
-    if prefill is not None:
-        text = instance.chat_text(parsed.messages[:-1], parsed.offered)
-        return instance.engine.tokenize(text + prefill), stops
-    return instance.chat_prompt(parsed.messages, parsed.offered)
+def _prompt(parsed: MessagesRequest) -> pipeline.ChatPrompt:
+    """The chat to render; a last assistant message is a prefill the answer continues."""
+    if parsed.prefill is not None:
+        return pipeline.ChatPrompt(parsed.messages[:-1], parsed.offered, prefill=parsed.prefill)
+    return pipeline.ChatPrompt(parsed.messages, parsed.offered)
 
 
 class _Answer:
     """Runs one generation, applying the request's stop sequences, and keeps the outcome."""
 
-    def __init__(self, request: web.Request, generation: Generation, stops: tuple[str, ...]):
-        self.request = request
-        self.generation = generation
+    def __init__(self, run: pipeline.Run, stops: tuple[str, ...]):
+        self.run = run
         self.stops = stops
         self.matcher = StopMatcher(stops)
         self.seen = ""
@@ -97,8 +87,8 @@ class _Answer:
 
     async def pieces(self) -> AsyncGenerator[str, None]:
         """Text as it may be shown; raises the generation's error (LmsError)."""
-        try:
-            async for piece in self.generation.stream():
+        async with self.run:
+            async for piece in self.run.stream():
                 if self.matcher.stopped:
                     continue  # cancelled: drain until the engine reports its counts
                 self.seen += piece
@@ -109,34 +99,25 @@ class _Answer:
                     self.stop_sequence = min(
                         (s for s in self.stops if s in self.seen), key=self.seen.find
                     )
-                    self.generation.cancel()
+                    self.run.cancel()
             tail = self.matcher.flush()
             if tail:
                 yield tail
-        finally:
-            self.generation.cancel()
-            result = self.generation.result
-            record_generation(
-                self.request,
-                len(self.generation.prompt_tokens),
-                result.completion_tokens if result else 0,
-            )
 
     def stop_reason(self, *, called: bool) -> str:
         """``tool_use`` when the model called a tool (unless cut by ``max_tokens``)."""
         if self.stop_sequence is not None:
             return "stop_sequence"
-        result = self.generation.result
+        result = self.run.result
         if result is not None and result.finish_reason == "length":
             return "max_tokens"
         return "tool_use" if called else "end_turn"
 
     @property
     def usage(self) -> dict[str, int]:
-        result: GenerationResult | None = self.generation.result
         return {
-            "input_tokens": len(self.generation.prompt_tokens),
-            "output_tokens": result.completion_tokens if result else 0,
+            "input_tokens": self.run.prompt_tokens,
+            "output_tokens": self.run.completion_tokens,
         }
 
 
@@ -145,9 +126,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     parsed = await asyncio.to_thread(MessagesRequest.parse, body)  # grammars: CPU work
     instance = await instances.acquire(request, parsed.model, ttl=bodies.get(body, "ttl", int))
-    tokens, template_stops = _prompt(instance, parsed)
-    params = dataclasses.replace(parsed.params, stop=template_stops)
-    answer = _Answer(request, instance.engine.submit(tokens, params), parsed.stop_sequences)
+    run = await pipeline.start(
+        instance,
+        _prompt(parsed),
+        parsed.params,  # its stops: the template's; the request's are matched by _Answer
+        record=functools.partial(record_generation, request),
+    )
+    answer = _Answer(run, parsed.stop_sequences)
     message: dict[str, Any] = {
         "id": _message_id(),
         "type": "message",
@@ -179,47 +164,48 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 "usage": answer.usage,
             }
         )
-    response = await open_sse(request)
+    events = await EventStream.open(request)
+
+    async def error(err: LmsError) -> None:
+        await events.send(protocol.anthropic_error_body(err), event="error")
+
+    async with events.guard(error), run:
+        await _stream(events, answer, parsed, message)
+    return events.response
+
+
+async def _stream(
+    events: EventStream, answer: _Answer, parsed: MessagesRequest, message: dict[str, Any]
+) -> None:
     start = {
         **message,
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": len(tokens), "output_tokens": 0},
+        "usage": {"input_tokens": answer.run.prompt_tokens, "output_tokens": 0},
     }
-    await response.write(_event("message_start", {"type": "message_start", "message": start}))
-    blocks_out = _Blocks(response)
+    await events.send({"type": "message_start", "message": start}, event="message_start")
+    blocks_out = _Blocks(events)
     if not parsed.offered:  # all text: its block opens at once, as Anthropic's own streams do
         await blocks_out.send(ContentDelta(""))
-    await response.write(_event("ping", {"type": "ping"}))
+    await events.send({"type": "ping"}, event="ping")
     output = ToolCallStream(parsed.offered, forced=parsed.forced)
-    try:
-        async with contextlib.aclosing(answer.pieces()) as pieces:
-            async for piece in pieces:
-                for event in output.feed(piece):
-                    await blocks_out.send(event)
-        for event in output.finish():
-            await blocks_out.send(event)
-    except LmsError as err:
-        await response.write(_event("error", protocol.anthropic_error_body(err)))
-        return response
+    async with contextlib.aclosing(answer.pieces()) as pieces:
+        async for piece in pieces:
+            for event in output.feed(piece):
+                await blocks_out.send(event)
+    for event in output.finish():
+        await blocks_out.send(event)
     await blocks_out.close()
     delta = {
         "stop_reason": answer.stop_reason(called=bool(output.calls)),
         "stop_sequence": answer.stop_sequence,
     }
-    await response.write(
-        _event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": delta,
-                "usage": {"output_tokens": answer.usage["output_tokens"]},
-            },
-        )
+    usage = {"output_tokens": answer.usage["output_tokens"]}
+    await events.send(
+        {"type": "message_delta", "delta": delta, "usage": usage}, event="message_delta"
     )
-    await response.write(_event("message_stop", {"type": "message_stop"}))
-    return response
+    await events.send({"type": "message_stop"}, event="message_stop")
 
 
 @routes.post(protocol.API_ANTHROPIC_COUNT_TOKENS)
@@ -229,7 +215,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     body = await bodies.read_json(request)
     parsed = await asyncio.to_thread(MessagesRequest.parse, body, counting=True)
     instance = await instances.acquire(request, parsed.model, ttl=bodies.get(body, "ttl", int))
-    tokens, _ = _prompt(instance, parsed)
+    tokens = await pipeline.tokens_of(instance, _prompt(parsed))
     return web.json_response({"input_tokens": len(tokens)})
 
 
@@ -237,8 +223,8 @@ class _Blocks:
     """Streams content blocks: text, and a ``tool_use`` block per call, each opened when its
     first event comes and closed when the next block opens (or at the end)."""
 
-    def __init__(self, response: web.StreamResponse) -> None:
-        self.response = response
+    def __init__(self, events: EventStream) -> None:
+        self.events = events
         self.index = -1
         self.open_kind: str | None = None
 
@@ -267,12 +253,12 @@ class _Blocks:
         self.index += 1
         self.open_kind = block["type"]
         start = {"type": "content_block_start", "index": self.index, "content_block": block}
-        await self.response.write(_event("content_block_start", start))
+        await self.events.send(start, event="content_block_start")
 
     async def _delta(self, delta: dict[str, Any]) -> None:
         data = {"type": "content_block_delta", "index": self.index, "delta": delta}
-        await self.response.write(_event("content_block_delta", data))
+        await self.events.send(data, event="content_block_delta")
 
     async def _stop(self) -> None:
         stop = {"type": "content_block_stop", "index": self.index}
-        await self.response.write(_event("content_block_stop", stop))
+        await self.events.send(stop, event="content_block_stop")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from lms.api import bodies
-from lms.inference.manager import Instance
 from lms.inference.structured import response_format_grammar
 from lms.inference.tool_calls import (
     ArgumentsDelta,
@@ -59,12 +58,6 @@ class ChatPlan:
     @property
     def offered(self) -> list[Tool]:
         return self.choice.offered(self.tools)
-
-    def prompt(
-        self, instance: Instance, messages: list[dict[str, Any]]
-    ) -> tuple[list[int], tuple[str, ...]]:
-        """Prompt tokens and stop strings, with the offered tools in the prompt."""
-        return instance.chat_prompt(messages, self.offered)
 
     def message(self, text: str, finish_reason: str) -> tuple[dict[str, Any], str]:
         """The non-streamed ``message`` and its finish reason."""

@@ -7,29 +7,16 @@ needs no API token, and the HTTP server need not be running.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from typing import Any
-
 from aiohttp import web
 
-from lms import protocol
+from lms import pipeline, protocol
 from lms.api import bodies, instances
+from lms.api.sse import EventStream
 from lms.api.state import LOGS
 from lms.errors import InvalidParameterError, LmsError
 from lms.logstream import SOURCES, LogHub
 
 routes = web.RouteTableDef()
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
-
-
-async def _ndjson(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-    return response
 
 
 @routes.get(protocol.CONTROL_LOGS)
@@ -40,13 +27,12 @@ async def stream_logs(request: web.Request) -> web.StreamResponse:
         raise InvalidParameterError(
             f"unknown log source {unknown[0]!r}; sources: {', '.join(SOURCES)}", param="source"
         )
-    response = await _ndjson(request)
+    lines = await EventStream.open(request, "ndjson")
     hub = request.app[LOGS]
     with hub.subscribe(frozenset(wanted)) as subscription:
-        await response.write(_line({"type": "subscribed", "sources": wanted}))
+        await lines.send({"type": "subscribed", "sources": wanted})
         while True:
-            event = await subscription.queue.get()
-            await response.write(_line(event))
+            await lines.send(await subscription.queue.get())
 
 
 @routes.post(protocol.CONTROL_CHAT)
@@ -66,30 +52,29 @@ async def chat(request: web.Request) -> web.StreamResponse:
             )
     params = bodies.sampling(body, max_token_fields=("max_tokens",))
     instance = await instances.acquire(request, model, ttl=bodies.get(body, "ttl", int))
-    tokens, stops = instance.chat_prompt(messages)
-    params = dataclasses.replace(params, stop=tuple(dict.fromkeys((*params.stop, *stops))))
-    generation = instance.engine.submit(tokens, params)
-    response = await _ndjson(request)
-    try:
-        await response.write(_line({"type": "start", "model_instance_id": instance.identifier}))
-        try:
-            async for piece in generation.stream():
-                await response.write(_line({"type": "delta", "content": piece}))
-        except LmsError as err:
-            await response.write(_line({"type": "error", **protocol.control_error_body(err)}))
-            return response
-        result = generation.result
+    # The local owner needs no token: nothing to count against.
+    run = await pipeline.start(
+        instance, pipeline.ChatPrompt(messages), params, record=pipeline.no_record
+    )
+    lines = await EventStream.open(request, "ndjson")
+
+    async def error(err: LmsError) -> None:
+        await lines.send({"type": "error", **protocol.control_error_body(err)})
+
+    async with lines.guard(error), run:
+        await lines.send({"type": "start", "model_instance_id": instance.identifier})
+        async for piece in run.stream():
+            await lines.send({"type": "delta", "content": piece})
+        result = run.result
         stats = {
             "stop_reason": result.finish_reason if result else "stop",
-            "prompt_tokens": len(tokens),
-            "predicted_tokens": result.completion_tokens if result else 0,
+            "prompt_tokens": run.prompt_tokens,
+            "predicted_tokens": run.completion_tokens,
             "tokens_per_second": round(result.tokens_per_second, 2) if result else 0.0,
             "time_to_first_token_seconds": round(result.time_to_first_token, 3) if result else 0,
         }
-        await response.write(_line({"type": "end", "stats": stats}))
-    finally:
-        generation.cancel()
-    return response
+        await lines.send({"type": "end", "stats": stats})
+    return lines.response
 
 
 def add_stream_routes(app: web.Application, hub: LogHub) -> None:

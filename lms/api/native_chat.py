@@ -13,21 +13,22 @@ stream.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
+import contextlib
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from lms import protocol
+from lms import pipeline, protocol
 from lms.api import bodies, instances, integrations
 from lms.api.integrations import Integration
 from lms.api.security import TOKEN, record_generation
+from lms.api.sse import EventStream
 from lms.api.state import CHATS
 from lms.errors import InvalidParameterError, LmsError
-from lms.inference.engine import Generation, PromptProgress
+from lms.inference.engine import PromptProgress
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.mcp import loop as tool_loop
@@ -179,20 +180,15 @@ def _owner(request: web.Request) -> str | None:
     return record.id if record is not None else None
 
 
-def _event(kind: str, **payload: Any) -> bytes:
-    data = json.dumps({"type": kind, **payload}, separators=(",", ":"))
-    return f"event: {kind}\ndata: {data}\n\n".encode()
-
-
 class _Sink:
-    """Where streaming events go: the SSE response, or nowhere (non-streaming requests)."""
+    """Where streaming events go: the event stream, or nowhere (non-streaming requests)."""
 
-    def __init__(self, response: web.StreamResponse | None) -> None:
-        self.response = response
+    def __init__(self, events: EventStream | None) -> None:
+        self.events = events
 
     async def send(self, kind: str, **payload: Any) -> None:
-        if self.response is not None:
-            await self.response.write(_event(kind, **payload))
+        if self.events is not None:
+            await self.events.send({"type": kind, **payload}, event=kind)
 
 
 @routes.post(protocol.API_NATIVE_CHAT)
@@ -217,26 +213,22 @@ async def _respond(
 ) -> web.StreamResponse:
     instance_id = found.instance.identifier if found.instance else found.key
     result = ChatResult(instance_id=instance_id)
-    response: web.StreamResponse | None = None
-    if chat_request.stream:
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-    sink = _Sink(response)
-    await sink.send("chat.start", model_instance_id=instance_id)
-    try:
-        await _run(request, chat_request, found, result, sink, toolbox)
-    except LmsError as err:
-        if response is None:
-            raise
+    if not chat_request.stream:
+        await _run(request, chat_request, found, result, _Sink(None), toolbox)
+        return web.json_response(result.body())
+    events = await EventStream.open(request)
+    sink = _Sink(events)
+
+    async def error(err: LmsError) -> None:
         result.error = err
         await sink.send("error", error=protocol.api_error_body(err)["error"])
-    if response is None:
-        return web.json_response(result.body())
-    await sink.send("chat.end", result=result.body())
-    await response.write_eof()
-    return response
+        await sink.send("chat.end", result=result.body())
+
+    async with events.guard(error):
+        await sink.send("chat.start", model_instance_id=instance_id)
+        await _run(request, chat_request, found, result, sink, toolbox)
+        await sink.send("chat.end", result=result.body())
+    return events.response
 
 
 async def _run(
@@ -254,17 +246,15 @@ async def _run(
         await _run_tools(request, chat_request, instance, result, sink, toolbox)
         return
     # A stored chat may hold tool calls and results (from a chat with integrations).
-    tokens, stops = instance.chat_prompt(chat_request.messages)
-    params = dataclasses.replace(
-        chat_request.params, stop=tuple(dict.fromkeys((*chat_request.params.stop, *stops)))
+    run = await pipeline.start(
+        instance,
+        pipeline.ChatPrompt(chat_request.messages),
+        chat_request.params,
+        record=functools.partial(record_generation, request),
     )
-    generation = instance.engine.submit(tokens, params)
-    result.input_tokens = len(tokens)
-    try:
-        await _stream(generation, result, sink)
-    finally:
-        generation.cancel()
-        record_generation(request, len(tokens), result.output_tokens)
+    result.input_tokens = run.prompt_tokens
+    async with run:
+        await _stream(run, result, sink)
     if chat_request.store:
         messages = [*chat_request.messages, {"role": "assistant", "content": result.content}]
         result.response_id = await asyncio.to_thread(
@@ -289,21 +279,28 @@ async def _run_tools(
     tool use, unless the request says ``"tool_choice": "auto"``."""
     choice = chat_request.tool_choice
     force = choice == "required" or (choice is None and not instance.model.trained_for_tool_use)
-    runner = tool_loop.ToolLoop(instance, toolbox, chat_request.params, force_first=force)
+    runner = tool_loop.ToolLoop(
+        instance,
+        toolbox,
+        chat_request.params,
+        force_first=force,
+        record=functools.partial(record_generation, request),
+    )
     in_prompt = False
     try:
-        async for event in runner.run(chat_request.messages):
-            if isinstance(event, tool_loop.Progress):
-                if not in_prompt:
-                    in_prompt = True
-                    await sink.send("prompt_processing.start")
-                await sink.send("prompt_processing.progress", progress=round(event.fraction, 3))
-                if event.fraction >= 1.0:
-                    in_prompt = False
-                    await sink.send("prompt_processing.end")
-            else:
-                kind, payload = _loop_event(event)
-                await sink.send(kind, **payload)
+        async with contextlib.aclosing(runner.run(chat_request.messages)) as loop_events:
+            async for event in loop_events:
+                if isinstance(event, tool_loop.Progress):
+                    if not in_prompt:
+                        in_prompt = True
+                        await sink.send("prompt_processing.start")
+                    await sink.send("prompt_processing.progress", progress=round(event.fraction, 3))
+                    if event.fraction >= 1.0:
+                        in_prompt = False
+                        await sink.send("prompt_processing.end")
+                else:
+                    kind, payload = _loop_event(event)
+                    await sink.send(kind, **payload)
     finally:
         outcome = runner.result
         result.items = outcome.output
@@ -312,7 +309,6 @@ async def _run_tools(
         result.output_tokens = outcome.completion_tokens
         result.tokens_per_second = outcome.tokens_per_second
         result.time_to_first_token = outcome.time_to_first_token or 0.0
-        record_generation(request, outcome.prompt_tokens, outcome.completion_tokens)
     if chat_request.store:
         result.response_id = await asyncio.to_thread(
             request.app[CHATS].save,
@@ -381,7 +377,7 @@ async def _load(
             chat_request.model,
             ttl=chat_request.ttl,
             context_length=chat_request.context_length,
-            progress=report if sink.response is not None else None,
+            progress=report if sink.events is not None else None,
             resolved=found,
         )
     finally:
@@ -397,11 +393,11 @@ async def _load(
     return instance
 
 
-async def _stream(generation: Generation, result: ChatResult, sink: _Sink) -> None:
+async def _stream(run: pipeline.Run, result: ChatResult, sink: _Sink) -> None:
     started_prompt = started_message = False
     pieces: list[str] = []
     try:
-        async for item in generation.events():
+        async for item in run.events():
             if isinstance(item, PromptProgress):
                 if not started_prompt:
                     started_prompt = True
@@ -417,7 +413,7 @@ async def _stream(generation: Generation, result: ChatResult, sink: _Sink) -> No
             await sink.send("message.delta", content=item)
     finally:
         result.content = "".join(pieces)
-        outcome = generation.result
+        outcome = run.result
         if outcome is not None:
             result.output_tokens = outcome.completion_tokens
             result.tokens_per_second = outcome.tokens_per_second

@@ -1,9 +1,15 @@
-"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions."""
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions.
+
+Generation goes through :mod:`lms.pipeline` and streams through :mod:`lms.api.sse`; this module
+only reads OpenAI's request fields and writes OpenAI's shapes. ``n`` > 1, ``logprobs``,
+``top_logprobs`` > 0 and ``best_of`` > 1 are refused (400), not silently ignored.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
+import functools
 import secrets
 import time
 from collections.abc import Mapping
@@ -11,13 +17,14 @@ from typing import Any
 
 from aiohttp import web
 
-from lms import protocol
+from lms import pipeline, protocol
 from lms.api import bodies, instances
 from lms.api.chat_completions import ChatPlan, delta
 from lms.api.security import model_filter, record_generation
+from lms.api.sse import EventStream
 from lms.api.state import CONFIG, MANAGER
-from lms.errors import InvalidParameterError
-from lms.inference.engine import Generation, GenerationResult
+from lms.errors import InvalidParameterError, LmsError
+from lms.inference.engine import GenerationResult
 from lms.inference.manager import Instance
 
 routes = web.RouteTableDef()
@@ -38,23 +45,6 @@ def _usage(result: GenerationResult | None) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": result.cached_tokens if result else 0},
     }
-
-
-def _sse(data: Mapping[str, Any] | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
-
-
-async def open_sse(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
-    return response
 
 
 @routes.get(protocol.API_OPENAI_MODELS)
@@ -106,18 +96,67 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
+def refuse_unsupported(body: Mapping[str, Any], *, completions: bool = False) -> None:
+    """Refuse what lms cannot do rather than ignore it: several choices (``n``, ``best_of``)
+    and log probabilities. The values that ask for nothing (``n: 1``, ``logprobs: false``,
+    ``top_logprobs: 0``) are accepted, as common clients send them."""
+    n = bodies.get(body, "n", int)
+    if n is not None and n != 1:
+        raise InvalidParameterError(
+            "'n' must be 1: lms generates one choice per request (send several requests)",
+            param="n",
+        )
+    if completions:
+        best_of = bodies.get(body, "best_of", int)
+        if best_of is not None and best_of != 1:
+            raise InvalidParameterError(
+                "'best_of' must be 1: lms generates one choice per request", param="best_of"
+            )
+    logprobs = body.get("logprobs")
+    if logprobs is not None and logprobs is not False:
+        raise InvalidParameterError(
+            "'logprobs' is not supported: lms does not return log probabilities"
+            " (leave it out or send false)",
+            param="logprobs",
+        )
+    refuse_top_logprobs(body)
+
+
+def refuse_top_logprobs(body: Mapping[str, Any]) -> None:
+    """``top_logprobs`` above 0 is refused (chat completions and responses)."""
+    top = body.get("top_logprobs")
+    if top is not None and top != 0:
+        raise InvalidParameterError(
+            "'top_logprobs' is not supported: lms does not return log probabilities"
+            " (leave it out or send 0)",
+            param="top_logprobs",
+        )
+
+
+def _error_event(events: EventStream) -> Any:
+    async def send(err: LmsError) -> None:
+        await events.send(protocol.api_error_body(err))
+        await events.send("[DONE]")
+
+    return send
+
+
 @routes.post(protocol.API_OPENAI_CHAT)
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     messages = _messages(body)
+    refuse_unsupported(body)
     params = bodies.sampling(body, max_token_fields=("max_completion_tokens", "max_tokens"))
     plan = await asyncio.to_thread(ChatPlan.read, body)  # grammars: CPU work
     stream = bodies.get(body, "stream", bool, False)
     include_usage = _include_usage(body)
     instance = await _instance(request, body)
-    tokens, template_stops = plan.prompt(instance, messages)
-    params = _replace(_with_stops(params, template_stops), grammar=plan.grammar)
-    generation = instance.engine.submit(tokens, params)
+    run = await pipeline.start(
+        instance,
+        pipeline.ChatPrompt(messages, plan.offered),
+        dataclasses.replace(params, grammar=plan.grammar),
+        record=functools.partial(record_generation, request),
+    )
     meta = {
         "id": _id("chatcmpl-"),
         "created": int(time.time()),
@@ -125,9 +164,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "system_fingerprint": instance.identifier,
     }
     if not stream:
-        async with _cancel_on_exit(request, generation):
-            text = await generation.text()
-        result = generation.result
+        async with run:
+            text = await run.text()
+        result = run.result
         message, finish = plan.message(text, _FINISH[result.finish_reason] if result else "stop")
         return web.json_response(
             {
@@ -145,26 +184,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         extra = {"usage": None} if include_usage else {}
         return {**meta, "object": "chat.completion.chunk", "choices": [choice], **extra}
 
-    response = await open_sse(request)
+    events = await EventStream.open(request)
     output = plan.stream()
-    async with _cancel_on_exit(request, generation):
-        await response.write(_sse(chunk({"role": "assistant", "content": ""}, None)))
-        async for piece in _stream_or_error(generation, response):
+    async with events.guard(_error_event(events)), run:
+        await events.send(chunk({"role": "assistant", "content": ""}, None))
+        async for piece in run.stream():
             for event in output.feed(piece):
-                await response.write(_sse(chunk(delta(event), None)))
-        result = generation.result
-        if result is not None and result.error is None:
-            for event in output.finish():
-                await response.write(_sse(chunk(delta(event), None)))
-            finish = _FINISH[result.finish_reason]
-            if output.calls and finish == "stop":  # a call cut by max_tokens stays "length"
-                finish = "tool_calls"
-            await response.write(_sse(chunk({}, finish)))
-            if include_usage:
-                usage_chunk = {**meta, "object": "chat.completion.chunk", "choices": []}
-                await response.write(_sse({**usage_chunk, "usage": _usage(result)}))
-        await response.write(_sse("[DONE]"))
-    return response
+                await events.send(chunk(delta(event), None))
+        result = run.result
+        assert result is not None
+        for event in output.finish():
+            await events.send(chunk(delta(event), None))
+        finish = _FINISH[result.finish_reason]
+        if output.calls and finish == "stop":  # a call cut by max_tokens stays "length"
+            finish = "tool_calls"
+        await events.send(chunk({}, finish))
+        if include_usage:
+            usage_chunk = {**meta, "object": "chat.completion.chunk", "choices": []}
+            await events.send({**usage_chunk, "usage": _usage(result)})
+        await events.send("[DONE]")
+    return events.response
 
 
 @routes.post(protocol.API_OPENAI_COMPLETIONS)
@@ -175,18 +214,24 @@ async def completions(request: web.Request) -> web.StreamResponse:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise InvalidParameterError("'prompt' must be a string", param="prompt")
+    refuse_unsupported(body, completions=True)
     params = bodies.sampling(body, max_token_fields=("max_tokens",))
     if params.max_tokens is None and "max_tokens" not in body:
-        params = _replace(params, max_tokens=16)  # OpenAI's documented default
+        params = dataclasses.replace(params, max_tokens=16)  # OpenAI's documented default
     stream = bodies.get(body, "stream", bool, False)
     include_usage = _include_usage(body)
     instance = await _instance(request, body)
-    generation = instance.engine.submit(instance.engine.tokenize(prompt), params)
+    run = await pipeline.start(
+        instance,
+        pipeline.TextPrompt(prompt),
+        params,
+        record=functools.partial(record_generation, request),
+    )
     meta = {"id": _id("cmpl-"), "created": int(time.time()), "model": instance.model.key}
     if not stream:
-        async with _cancel_on_exit(request, generation):
-            text = await generation.text()
-        result = generation.result
+        async with run:
+            text = await run.text()
+        result = run.result
         return web.json_response(
             {
                 **meta,
@@ -208,54 +253,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
         extra = {"usage": None} if include_usage else {}
         return {**meta, "object": "text_completion", "choices": [choice], **extra}
 
-    response = await open_sse(request)
-    async with _cancel_on_exit(request, generation):
-        async for piece in _stream_or_error(generation, response):
-            await response.write(_sse(chunk(piece, None)))
-        result = generation.result
-        if result is not None and result.error is None:
-            await response.write(_sse(chunk("", _FINISH[result.finish_reason])))
-            if include_usage:
-                usage_chunk = {**meta, "object": "text_completion", "choices": []}
-                await response.write(_sse({**usage_chunk, "usage": _usage(result)}))
-        await response.write(_sse("[DONE]"))
-    return response
-
-
-def _replace(params: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(params, **changes)
-
-
-def _with_stops(params: Any, extra: tuple[str, ...]) -> Any:
-    return _replace(params, stop=tuple(dict.fromkeys((*params.stop, *extra))))
-
-
-class _cancel_on_exit:
-    """Cancel the generation when the handler leaves early (client gone, error, cancel), and
-    count what it used against the request's token."""
-
-    def __init__(self, request: web.Request, generation: Generation) -> None:
-        self.request = request
-        self.generation = generation
-
-    async def __aenter__(self) -> Generation:
-        return self.generation
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.generation.cancel()
-        result = self.generation.result
-        completion = result.completion_tokens if result else 0
-        record_generation(self.request, len(self.generation.prompt_tokens), completion)
-
-
-async def _stream_or_error(generation: Generation, response: web.StreamResponse) -> Any:
-    """Stream the text; an error after the headers went out becomes an SSE error event."""
-    from lms.errors import LmsError
-
-    try:
-        async for piece in generation.stream():
-            yield piece
-    except LmsError as err:
-        await response.write(_sse(protocol.api_error_body(err)))
+    events = await EventStream.open(request)
+    async with events.guard(_error_event(events)), run:
+        async for piece in run.stream():
+            await events.send(chunk(piece, None))
+        result = run.result
+        assert result is not None
+        await events.send(chunk("", _FINISH[result.finish_reason]))
+        if include_usage:
+            usage_chunk = {**meta, "object": "text_completion", "choices": []}
+            await events.send({**usage_chunk, "usage": _usage(result)})
+        await events.send("[DONE]")
+    return events.response

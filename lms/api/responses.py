@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
+import functools
 import secrets
 import time
 from collections.abc import Mapping
@@ -17,13 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from lms import protocol
-from lms.api import bodies, instances, integrations, responses_mcp
+from lms import pipeline, protocol
+from lms.api import bodies, instances, integrations, openai, responses_mcp
 from lms.api.security import TOKEN, record_generation
+from lms.api.sse import EventStream
 from lms.api.state import CHATS
 from lms.chats import new_response_id
-from lms.errors import InvalidParameterError, LmsError, NotImplementedYetError
-from lms.inference.engine import Generation
+from lms.errors import InvalidParameterError, NotImplementedYetError
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.inference.structured import text_format_grammar
@@ -152,6 +152,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     new_messages = _input_messages(body["input"])
     wanted = _mcp_tools(body.get("tools"))
     grammar = await asyncio.to_thread(text_format_grammar, body.get("text"), tools=bool(wanted))
+    _refuse_logprobs(body)
     instructions = bodies.get(body, "instructions", str)
     store = bool(bodies.get(body, "store", bool, True))
     stream = bool(bodies.get(body, "stream", bool, False))
@@ -174,9 +175,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if admitted:
         return await _with_tools(request, body, instance, messages, params, admitted, owner)
     # A stored conversation may hold tool calls and results (from a response with MCP tools).
-    tokens, stops = instance.chat_prompt(messages)
-    params = dataclasses.replace(params, stop=tuple(dict.fromkeys((*params.stop, *stops))))
-    generation = instance.engine.submit(tokens, params)
+    run = await pipeline.start(
+        instance,
+        pipeline.ChatPrompt(messages),
+        params,
+        record=functools.partial(record_generation, request),
+    )
     response_id = new_response_id()
     message_id = "msg_" + secrets.token_hex(24)
     created_at = int(time.time())
@@ -195,11 +199,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         )
 
     async def finish(text: str) -> dict[str, Any]:
-        result = generation.result
+        result = run.result
         usage: dict[str, Any] = {
-            "input_tokens": len(tokens),
-            "output_tokens": result.completion_tokens if result else 0,
-            "total_tokens": len(tokens) + (result.completion_tokens if result else 0),
+            "input_tokens": run.prompt_tokens,
+            "output_tokens": run.completion_tokens,
+            "total_tokens": run.prompt_tokens + run.completion_tokens,
             "input_tokens_details": {"cached_tokens": result.cached_tokens if result else 0},
             "output_tokens_details": {"reasoning_tokens": 0},
         }
@@ -216,15 +220,23 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             )
         return final
 
-    try:
-        if not stream:
-            text = await generation.text()
-            return web.json_response(await finish(text))
-        return await _stream(request, generation, snapshot, finish, message_id)
-    finally:
-        generation.cancel()
-        result = generation.result
-        record_generation(request, len(tokens), result.completion_tokens if result else 0)
+    if not stream:
+        async with run:
+            text = await run.text()
+        return web.json_response(await finish(text))
+    return await _stream(request, run, snapshot, finish, message_id)
+
+
+def _refuse_logprobs(body: Mapping[str, Any]) -> None:
+    """Log probabilities are refused (400), not silently left out; 0 asks for none."""
+    openai.refuse_top_logprobs(body)
+    include = body.get("include")
+    if isinstance(include, list) and "message.output_text.logprobs" in include:
+        raise InvalidParameterError(
+            "'include' of 'message.output_text.logprobs' is not supported: lms does not"
+            " return log probabilities",
+            param="include",
+        )
 
 
 def _mcp_tools(value: Any) -> list[integrations.Integration]:
@@ -287,72 +299,32 @@ async def _with_tools(
 
 async def _stream(
     request: web.Request,
-    generation: Generation,
+    run: pipeline.Run,
     snapshot: Any,
     finish: Any,
     message_id: str,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    sequence = 0
-
-    async def send(kind: str, **payload: Any) -> None:
-        nonlocal sequence
-        data = json.dumps({"type": kind, "sequence_number": sequence, **payload})
-        sequence += 1
-        await response.write(f"event: {kind}\ndata: {data}\n\n".encode())
-
-    await send("response.created", response=snapshot("in_progress", "", None))
-    await send("response.in_progress", response=snapshot("in_progress", "", None))
-    item = {"id": message_id, "type": "message", "status": "in_progress", "role": "assistant"}
-    await send("response.output_item.added", output_index=0, item={**item, "content": []})
-    part = {"type": "output_text", "text": "", "annotations": []}
-    await send(
-        "response.content_part.added",
-        item_id=message_id,
-        output_index=0,
-        content_index=0,
-        part=part,
-    )
-    pieces: list[str] = []
-    try:
-        async for piece in generation.stream():
+    events = responses_mcp.Events(await EventStream.open(request))
+    send = events.send
+    async with events.stream.guard(events.error), run:
+        await send("response.created", response=snapshot("in_progress", "", None))
+        await send("response.in_progress", response=snapshot("in_progress", "", None))
+        item = {"id": message_id, "type": "message", "status": "in_progress", "role": "assistant"}
+        await send("response.output_item.added", output_index=0, item={**item, "content": []})
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": message_id, "output_index": 0, "content_index": 0}
+        await send("response.content_part.added", **where, part=part)
+        pieces: list[str] = []
+        async for piece in run.stream():
             pieces.append(piece)
-            await send(
-                "response.output_text.delta",
-                item_id=message_id,
-                output_index=0,
-                content_index=0,
-                delta=piece,
-                logprobs=[],
-            )
-    except LmsError as err:
-        await send("error", code=err.code, message=err.message, param=err.param)
-        await response.write_eof()
-        return response
-    text = "".join(pieces)
-    await send(
-        "response.output_text.done",
-        item_id=message_id,
-        output_index=0,
-        content_index=0,
-        text=text,
-        logprobs=[],
-    )
-    await send(
-        "response.content_part.done",
-        item_id=message_id,
-        output_index=0,
-        content_index=0,
-        part={**part, "text": text},
-    )
-    final = await finish(text)
-    await send("response.output_item.done", output_index=0, item=final["output"][0])
-    await send(
-        "response.incomplete" if final["status"] == "incomplete" else "response.completed",
-        response=final,
-    )
-    await response.write_eof()
-    return response
+            await send("response.output_text.delta", **where, delta=piece, logprobs=[])
+        text = "".join(pieces)
+        await send("response.output_text.done", **where, text=text, logprobs=[])
+        await send("response.content_part.done", **where, part={**part, "text": text})
+        final = await finish(text)  # stores the response: a failure is the error event
+        await send("response.output_item.done", output_index=0, item=final["output"][0])
+        await send(
+            "response.incomplete" if final["status"] == "incomplete" else "response.completed",
+            response=final,
+        )
+    return events.stream.response

@@ -11,6 +11,8 @@ a tool outside ``allowed_tools``, bad arguments — has ``status: "failed"`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import secrets
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from lms.api.security import record_generation
+from lms.api.sse import EventStream
 from lms.api.state import CHATS
 from lms.errors import InvalidParameterError, LmsError
 from lms.inference.manager import Instance
@@ -73,14 +76,20 @@ def _label(provider_info: dict[str, str]) -> str:
 
 
 @dataclass
-class _Stream:
-    response: web.StreamResponse
+class Events:
+    """The events of a streamed response, each with its ``sequence_number``."""
+
+    stream: EventStream
     sequence: int = 0
 
     async def send(self, kind: str, **payload: Any) -> None:
-        data = json.dumps({"type": kind, "sequence_number": self.sequence, **payload})
+        data = {"type": kind, "sequence_number": self.sequence, **payload}
         self.sequence += 1
-        await self.response.write(f"event: {kind}\ndata: {data}\n\n".encode())
+        await self.stream.send(data, event=kind)
+
+    async def error(self, err: LmsError) -> None:
+        """The ``error`` event that ends a stream which failed after it started."""
+        await self.send("error", code=err.code, message=err.message, param=err.param)
 
 
 async def respond(
@@ -95,60 +104,56 @@ async def respond(
     response_id: str,
     owner: str | None,
 ) -> web.StreamResponse:
-    runner = tool_loop.ToolLoop(instance, toolbox, params, force_first=force_first(body, instance))
-    output = list_tools_items(toolbox)
-    stream: _Stream | None = None
-    if body.get("stream"):
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        stream = _Stream(response)
-        await stream.send("response.created", response=shape("in_progress", [], None))
-        await stream.send("response.in_progress", response=shape("in_progress", [], None))
-        for item in output:
-            await _list_tools_events(stream, item, output.index(item))
-    items = _Items(output, stream)
-    try:
-        async for event in runner.run(messages):
-            await items.handle(event)
-    except LmsError as err:
-        if stream is None:
-            raise
-        await stream.send("error", code=err.code, message=err.message, param=err.param)
-        await stream.response.write_eof()
-        return stream.response
-    finally:
-        result = runner.result
-        record_generation(request, result.prompt_tokens, result.completion_tokens)
-    usage = {
-        "input_tokens": result.prompt_tokens,
-        "output_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-        "input_tokens_details": {"cached_tokens": result.cached_tokens},
-        "output_tokens_details": {"reasoning_tokens": 0},
-    }
-    status = "incomplete" if result.finish_reason == "length" else "completed"
-    final = shape(status, output, usage)
-    if body.get("store", True) is not False:
-        await asyncio.to_thread(
-            request.app[CHATS].save,
-            owner=owner,
-            model=instance.model.key,
-            messages=[*messages, *result.messages],
-            output=output,
-            response_id=response_id,
-        )
-    if stream is None:
-        return web.json_response(final)
-    await stream.send(
-        "response.incomplete" if status == "incomplete" else "response.completed", response=final
+    runner = tool_loop.ToolLoop(
+        instance,
+        toolbox,
+        params,
+        force_first=force_first(body, instance),
+        record=functools.partial(record_generation, request),
     )
-    await stream.response.write_eof()
-    return stream.response
+    output = list_tools_items(toolbox)
+
+    async def run_loop(events: Events | None) -> dict[str, Any]:
+        items = _Items(output, events)
+        async with contextlib.aclosing(runner.run(messages)) as loop_events:
+            async for event in loop_events:
+                await items.handle(event)
+        result = runner.result
+        usage = {
+            "input_tokens": result.prompt_tokens,
+            "output_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "input_tokens_details": {"cached_tokens": result.cached_tokens},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+        status = "incomplete" if result.finish_reason == "length" else "completed"
+        final = shape(status, output, usage)
+        if body.get("store", True) is not False:
+            await asyncio.to_thread(
+                request.app[CHATS].save,
+                owner=owner,
+                model=instance.model.key,
+                messages=[*messages, *result.messages],
+                output=output,
+                response_id=response_id,
+            )
+        return final
+
+    if not body.get("stream"):
+        return web.json_response(await run_loop(None))
+    events = Events(await EventStream.open(request))
+    async with events.stream.guard(events.error):
+        await events.send("response.created", response=shape("in_progress", [], None))
+        await events.send("response.in_progress", response=shape("in_progress", [], None))
+        for item in output:
+            await _list_tools_events(events, item, output.index(item))
+        final = await run_loop(events)
+        kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+        await events.send(kind, response=final)
+    return events.stream.response
 
 
-async def _list_tools_events(stream: _Stream, item: dict[str, Any], index: int) -> None:
+async def _list_tools_events(stream: Events, item: dict[str, Any], index: int) -> None:
     await stream.send("response.output_item.added", output_index=index, item=item)
     for kind in ("response.mcp_list_tools.in_progress", "response.mcp_list_tools.completed"):
         await stream.send(kind, item_id=item["id"], output_index=index)
@@ -158,7 +163,7 @@ async def _list_tools_events(stream: _Stream, item: dict[str, Any], index: int) 
 class _Items:
     """Turns tool-loop events into output items, and into stream events when streaming."""
 
-    def __init__(self, output: list[dict[str, Any]], stream: _Stream | None) -> None:
+    def __init__(self, output: list[dict[str, Any]], stream: Events | None) -> None:
         self.output = output
         self.stream = stream
         self._message: dict[str, Any] | None = None

@@ -22,13 +22,15 @@ API shape, reference §2.2) and the conversation's new messages in :class:`LoopR
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lms import pipeline
 from lms.errors import InvalidParameterError
 from lms.inference.engine import GenerationResult, PromptProgress
 from lms.inference.manager import Instance
@@ -236,8 +238,11 @@ class ToolLoop:
         *,
         force_first: bool,
         max_tool_rounds: int = MAX_TOOL_ROUNDS,
+        record: pipeline.Recorder = pipeline.no_record,
     ) -> None:
+        """``record`` counts each round's generation (the request's token, say)."""
         self.instance = instance
+        self.record = record
         self.toolbox = toolbox
         self.params = params
         self.force_first = force_first
@@ -245,7 +250,7 @@ class ToolLoop:
         self.result = LoopResult()
         self._made: set[tuple[str, str]] = set()
 
-    async def run(self, messages: list[dict[str, Any]]) -> AsyncIterator[LoopEvent]:
+    async def run(self, messages: list[dict[str, Any]]) -> AsyncGenerator[LoopEvent, None]:
         """Rounds until the model answers; ``messages`` is the conversation so far."""
         conversation = list(messages)
         tool_rounds = 0
@@ -282,25 +287,22 @@ class ToolLoop:
         assistant's turn to ``conversation``."""
         instance = self.instance
         offered = self.toolbox.tools if tools_on else []
-        tokens, stops = instance.chat_prompt(conversation, offered)
-        grammar = _forcing_grammar(offered) if forced else None
+        # MCP servers' schemas become a grammar off the event loop (bounded: docs/LIMITS.md).
+        grammar = await asyncio.to_thread(_forcing_grammar, offered) if forced else None
         max_tokens = self.params.max_tokens
         if grammar is not None and max_tokens is not None:
             max_tokens = max(max_tokens, FORCED_CALL_TOKENS)  # a call cut short is of no use
-        params = dataclasses.replace(
-            self.params,
-            stop=tuple(dict.fromkeys((*self.params.stop, *stops))),
-            grammar=grammar,
-            max_tokens=max_tokens,
-        )
+        params = dataclasses.replace(self.params, grammar=grammar, max_tokens=max_tokens)
         stream = ToolCallStream(
             self.toolbox.recognised if tools_on else [], forced=grammar is not None
         )
         message = _Message(self.result)
-        generation = instance.engine.submit(tokens, params)
+        run = await pipeline.start(
+            instance, pipeline.ChatPrompt(conversation, offered), params, record=self.record
+        )
         self.result.rounds += 1
         try:
-            async for item in generation.events():
+            async for item in run.events():
                 if isinstance(item, PromptProgress):
                     yield Progress(item.fraction)
                     continue
@@ -313,8 +315,8 @@ class ToolLoop:
             for out in message.end():
                 yield out
         finally:
-            generation.cancel()
-            self._count(len(tokens), generation.result)
+            run.close()
+            self._count(run.prompt_tokens, run.result)
         calls.extend(stream.calls)
         turn: dict[str, Any] = {"role": "assistant", "content": message.round_text or None}
         if calls:
@@ -486,7 +488,13 @@ def _forcing_grammar(tools: list[Tool]) -> str | None:
                 usable.append(tool)
             except InvalidParameterError:
                 log.warning("the schema of the MCP tool %r cannot be a grammar", tool.name)
-        return call_grammar(usable) if usable else None
+        if not usable:
+            return None
+        try:  # each fits alone, yet together they may cross the total bound
+            return call_grammar(usable)
+        except InvalidParameterError:
+            log.warning("the MCP tools' schemas together are too large for a grammar")
+            return None
 
 
 def _result_text(result: mcp_types.CallToolResult, budget: int) -> str:

@@ -135,11 +135,6 @@ def test_a_full_disk_refuses_every_write_clearly_and_loses_nothing(full_home: Fu
 
 
 @pytest.mark.model
-@pytest.mark.xfail(
-    strict=True,
-    reason="/v1/responses streams end without an error event when storing fails: needs the"
-    " generation pipeline's error event at the end of a stream (lms/api/responses.py)",
-)
 def test_a_responses_stream_ends_with_an_error_event_when_storing_fails(
     full_home: FullHome,
 ) -> None:

@@ -18,15 +18,16 @@ from lms.mcp.loop import Toolbox, ToolLoop
 
 
 class FakeGeneration:
-    def __init__(self, text: str, prompt_tokens: int) -> None:
+    def __init__(self, text: str, prompt_tokens: list[int], params: SamplingParams) -> None:
         self.text = text
         self.prompt_tokens = prompt_tokens
+        self.params = params
         self.result: GenerationResult | None = None
 
     async def events(self) -> Any:
         for start in range(0, len(self.text), 7):  # arrives in pieces, as tokens do
             yield self.text[start : start + 7]
-        self.result = GenerationResult("stop", self.prompt_tokens, 5, 0.01, 0.1)
+        self.result = GenerationResult("stop", len(self.prompt_tokens), 5, 0.01, 0.1)
 
     def cancel(self) -> None:
         pass
@@ -39,7 +40,7 @@ class FakeEngine:
 
     def submit(self, tokens: list[int], params: SamplingParams) -> FakeGeneration:
         self.params.append(params)
-        return FakeGeneration(self.outputs.pop(0), len(tokens))
+        return FakeGeneration(self.outputs.pop(0), tokens, params)
 
 
 class FakeFormatter:
@@ -211,3 +212,21 @@ async def test_the_number_of_tool_rounds_is_bounded() -> None:
     assert instance.prompts[2][1] == []
     assert loop.result.content == "Done."
     assert loop.result.rounds == 3
+
+
+async def test_each_round_is_recorded_once_with_the_template_stops() -> None:
+    instance = FakeInstance([call("fetch"), "The docs say hi."])
+    toolbox = Toolbox()
+    toolbox.add(FakeConnection(), TOOLS, ["fetch"])  # type: ignore[arg-type]
+    recorded: list[tuple[int, int]] = []
+    loop = ToolLoop(
+        instance,  # type: ignore[arg-type]
+        toolbox,
+        SamplingParams(temperature=0, max_tokens=8, stop=("STOP",)),
+        force_first=True,
+        record=lambda prompt, completion: recorded.append((prompt, completion)),
+    )
+    async for _ in loop.run([{"role": "user", "content": "Docs?"}]):
+        pass
+    assert recorded == [(3, 5), (3, 5)]
+    assert all(p.stop == ("STOP", "<end_of_turn>") for p in instance.engine.params)

@@ -11,10 +11,10 @@ forwards what it yields, so the socket keeps reading (cancel, pings, other calls
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from typing import Any
 
+from lms import pipeline
 from lms.api.chat_completions import ChatPlan
 from lms.api.sdk import history, kvconfig, models, records, wire
 from lms.api.sdk.calls import Call, Channel, Endpoint, channel, rpc
@@ -98,29 +98,26 @@ async def predict(channel: Channel, parameter: Any) -> None:
     settings = await asyncio.to_thread(kvconfig.prediction, parameter.get("predictionConfigStack"))
     history.sdk_messages(parameter.get("history"))  # a bad history is refused before any load
     instance = await models.required_instance(channel, parameter, "modelSpecifier")
-    engine = instance.engine
+    instance.engine  # noqa: B018  (refuses an embedding instance before any work)
     files, owner = channel.app[FILES], channel.client.scope
     plan: ChatPlan | None = None
+    prompt: pipeline.Prompt
     if settings.raw_prompt:
-        tokens = engine.tokenize(history.raw_prompt(parameter["history"], files, owner))
-        template_stops: tuple[str, ...] = ()
+        prompt = pipeline.TextPrompt(history.raw_prompt(parameter["history"], files, owner))
     else:
         messages = history.chat_messages(parameter["history"], files, owner)
         if settings.tools:
             plan = ChatPlan.read({"tools": settings.tools})
-            tokens, template_stops = plan.prompt(instance, messages)
+            prompt = pipeline.ChatPrompt(messages, plan.offered)
         else:
-            tokens, template_stops = instance.chat_prompt(messages)
-    params = dataclasses.replace(
-        settings.params, stop=tuple(dict.fromkeys((*settings.params.stop, *template_stops)))
-    )
-    generation = engine.submit(tokens, params)
-    channel.on_cancel(generation.cancel)
+            prompt = pipeline.ChatPrompt(messages)
+    run = await pipeline.start(instance, prompt, settings.params, record=channel.record_tokens)
+    channel.on_cancel(run.cancel)
     output: ToolCallStream | None = plan.stream() if plan is not None else None
-    try:
+    async with run:
         await channel.send({"type": "promptProcessingProgress", "progress": 0.0})
         last = 0.0
-        async for item in generation.events():
+        async for item in run.events():
             if isinstance(item, PromptProgress):
                 if item.fraction > last:
                     last = item.fraction
@@ -132,11 +129,7 @@ async def predict(channel: Channel, parameter: Any) -> None:
                 for event in output.feed(item):
                     if isinstance(event, ContentDelta):
                         await channel.send(fragment(event.text))
-    finally:
-        generation.cancel()
-        done = generation.result
-        channel.record_tokens(len(tokens), done.completion_tokens if done else 0)
-    result = generation.result
+    result = run.result
     assert result is not None
     calls: list[ToolCall] = []
     if output is not None and result.finish_reason != "cancelled":
@@ -153,7 +146,7 @@ async def predict(channel: Channel, parameter: Any) -> None:
     await channel.finish(
         {
             "type": "success",
-            "stats": stats(result, stop_reason(result, params, calls)),
+            "stats": stats(result, stop_reason(result, run.params, calls)),
             "modelInfo": records.instance_info(instance),
             "loadModelConfig": records.load_config(instance),
             "predictionConfig": {"fields": settings.echo},
@@ -161,7 +154,7 @@ async def predict(channel: Channel, parameter: Any) -> None:
     )
 
 
-def _template_text(
+async def _template_text(
     instance: Instance, parameter: dict[str, Any], files: FileStore, owner: str
 ) -> str:
     opts = parameter.get("opts") or {}
@@ -169,7 +162,7 @@ def _template_text(
         raise InvalidParameterError("'opts' must be an object", param="opts")
     messages = history.chat_messages(parameter.get("history"), files, owner)
     tools = ChatPlan.read({"tools": opts.get("toolDefinitions")}).offered
-    text = instance.chat_text(messages, tools)
+    text = await asyncio.to_thread(instance.chat_text, messages, tools)  # no CPU on the loop
     bos = instance.formatter.bos_token
     return text if opts.get("omitBosToken") or not bos else bos + text
 
@@ -180,7 +173,7 @@ async def apply_prompt_template(call: Call, parameter: Any) -> dict[str, Any]:
     history.sdk_messages(parameter.get("history"))
     instance = await models.required_instance(call, parameter)
     instance.engine  # noqa: B018  (refuses an embedding instance, as predict would)
-    text = _template_text(instance, parameter, call.app[FILES], call.client.scope)
+    text = await _template_text(instance, parameter, call.app[FILES], call.client.scope)
     return {"formatted": text}
 
 
