@@ -1,4 +1,4 @@
-"""The tool loop of a chat with MCP integrations (SPEC §8).
+"""The tool loop of a chat with MCP integrations (README: MCP integrations).
 
 Each round renders the conversation with the offered tools, generates, reads the calls the model
 made (:mod:`lms.inference.tool_calls`) and runs them through their MCP sessions; the results go
