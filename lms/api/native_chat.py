@@ -4,11 +4,10 @@ The conversation is rebuilt from the stored response named by ``previous_respons
 response belongs to the token that made it. Streaming sends ``chat.start`` first and ``chat.end``
 (carrying the full response body) last, always — an error in between is an ``error`` event.
 
-``integrations`` (MCP servers, README: MCP integrations) pass their gates before anything else happens, and their
-servers are connected before the response starts; the tool loop (:mod:`lms.mcp.loop`) then
-puts ``tool_call`` / ``invalid_tool_call`` items in ``output`` and ``tool_call.*`` events in the
-stream.
-"""
+``integrations`` (MCP servers, README: MCP integrations) pass their gates before anything else
+happens, and their servers are connected before the response starts; the tool loop
+(:mod:`lms.mcp.loop`) then puts ``tool_call`` / ``invalid_tool_call`` items in ``output`` and
+``tool_call.*`` events in the stream. """
 
 from __future__ import annotations
 
