@@ -7,7 +7,7 @@ response belongs to the token that made it. Streaming sends ``chat.start`` first
 ``integrations`` (MCP servers, README: MCP integrations) pass their gates before anything else
 happens, and their servers are connected before the response starts; the tool loop
 (:mod:`lms.mcp.loop`) then puts ``tool_call`` / ``invalid_tool_call`` items in ``output`` and
-``tool_call.*`` events in the stream. """
+``tool_call.*`` events in the stream."""
 
 from __future__ import annotations
 
