@@ -40,6 +40,10 @@ def loads(raw: bytes | str, *, what: str = "the request body") -> Any:
         raise InvalidJsonError(f"{what} is nested deeper than {MAX_DEPTH} levels") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidJsonError(f"{what} is not valid JSON: {exc}") from None
+    except ValueError:  # an integer literal past Python's 4,300-digit conversion limit
+        raise InvalidJsonError(
+            f"{what} holds an integer far beyond 64 bits (integers must fit in 64 bits)"
+        ) from None
     check(value, what=what)
     return value
 

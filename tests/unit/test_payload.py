@@ -59,3 +59,9 @@ def test_invalid_utf8_and_syntax_are_invalid_json() -> None:
         payload.loads(b'{"a": "\xff"}')
     with pytest.raises(InvalidJsonError):
         payload.loads(b'{"a": ')
+
+
+def test_an_integer_past_the_conversion_limit_is_invalid_json() -> None:
+    # Python refuses to convert more than 4,300 digits (a ValueError, not a JSONDecodeError).
+    with pytest.raises(InvalidJsonError, match="64 bits"):
+        payload.loads('{"instance_id": 1' + "0" * 4400 + "}")
