@@ -143,3 +143,15 @@ class Daemon:
     def close(self) -> None:
         self.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def unload_extras(daemon: Daemon) -> None:
+    """Unload what a load case added (anything but the default model's two instances), so that
+    cases never pile instances up."""
+    status, body = daemon.request("GET", "/api/v1/models")
+    assert status == 200, body
+    for model in body["models"]:
+        for instance in model["loaded_instances"]:
+            name = instance["id"]
+            if name not in (MODEL, MODEL + ":embedding"):
+                daemon.request("POST", "/api/v1/models/unload", {"instance_id": name})

@@ -20,6 +20,9 @@ from daemon import MODEL, Daemon
 from ledger import Ledger
 
 LIVENESS_SECONDS = 60.0
+#: A small real completion checks the workers after every this many cases of a route (and
+#: after any case that broke a property); ``/health`` after every case.
+PROBE_EVERY = 5
 
 #: The documented 5xx answers (docs/LIMITS.md and the error table): code → where it may come.
 ALLOWED_5XX: dict[tuple[int, str], frozenset[str] | None] = {
@@ -129,12 +132,15 @@ def outcome_of(path: str, answer: Answer) -> str:
     return f"{answer.status} {code or '?'}"
 
 
-def still_serving(daemon: Daemon) -> str | None:
-    """None when ``/health`` and one small real completion succeed; else what failed."""
+def still_serving(daemon: Daemon, *, completion: bool = True) -> str | None:
+    """None when ``/health`` and (unless told otherwise) one small real completion succeed;
+    else what failed."""
     try:
         status, body = daemon.request("GET", "/health", timeout=LIVENESS_SECONDS)
         if status != 200:
             return f"/health answered {status}: {body!r}"
+        if not completion:
+            return None
         probe = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
         status, body = daemon.request("POST", "/v1/completions", probe, timeout=LIVENESS_SECONDS)
         if status != 200 or not isinstance(body, dict) or not body.get("choices"):
@@ -147,6 +153,7 @@ def still_serving(daemon: Daemon) -> str | None:
 def check_case(daemon: Daemon, ledger: Ledger, route: str, body: bytes, shown: str) -> None:
     """Send one case, judge it, count it, then check that the daemon still serves (and start
     it again when it does not, under the collecting profile)."""
+    broken = True
     try:
         answer = send(daemon, route, body)
     except TimeoutError:
@@ -158,10 +165,12 @@ def check_case(daemon: Daemon, ledger: Ledger, route: str, body: bytes, shown: s
     else:
         ledger.count(route, outcome_of(route, answer))
         problem = judge(route, answer)
+        broken = problem is not None
         if problem:
             kind, detail = problem
             ledger.fail(route, kind, f"{shown}\n  -> {detail}")
-    after = still_serving(daemon)
+    probe = broken or ledger.cases[route] % PROBE_EVERY == 0
+    after = still_serving(daemon, completion=probe)
     if after:
         try:
             ledger.fail(route, "daemon stopped serving afterwards", f"{shown}\n  -> {after}")

@@ -5,24 +5,13 @@ serving a small real completion after each case."""
 from __future__ import annotations
 
 import pytest
-from daemon import MODEL, Daemon
+from daemon import Daemon, unload_extras
 from hypothesis import given
 from ledger import Ledger
-from properties import check_case
+from properties import check_case, still_serving
 from routes import ROUTES, Route, case
 
 pytestmark = pytest.mark.model
-
-
-def unload_extras(daemon: Daemon) -> None:
-    """Unload what a load case added, so cases never pile instances up."""
-    status, body = daemon.request("GET", "/api/v1/models")
-    assert status == 200, body
-    for model in body["models"]:
-        for instance in model["loaded_instances"]:
-            name = instance["id"]
-            if name not in (MODEL, MODEL + ":embedding"):
-                daemon.request("POST", "/api/v1/models/unload", {"instance_id": name})
 
 
 @pytest.mark.parametrize("path", sorted(ROUTES))
@@ -39,3 +28,4 @@ def test_post_route_survives_generated_bodies(path: str, daemon: Daemon, ledger:
                 unload_extras(daemon)
 
     one()
+    assert still_serving(daemon) is None

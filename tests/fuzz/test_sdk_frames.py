@@ -1,0 +1,75 @@
+"""Generated frames for every SDK endpoint and hostile auth packets over real sockets: every
+frame gets an answer or an error close, never silence, and the socket server still serves a
+fresh connection after each case."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from daemon import Daemon, unload_extras
+from hypothesis import given
+from hypothesis import strategies as st
+from ledger import Ledger
+from properties import PROBE_EVERY, still_serving
+from sdk_client import Outcome, auth_case, frames_case, socket_serves
+from sdk_frames import NAMESPACES, auth_packet, frame
+
+pytestmark = pytest.mark.model
+
+
+def _after_case(daemon: Daemon, ledger: Ledger, route: str, shown: str) -> None:
+    """The socket server (and, every few cases, the HTTP side) still serves."""
+    after = socket_serves(daemon)
+    if after is None and ledger.cases[route] % PROBE_EVERY == 0:
+        after = still_serving(daemon)
+    if after:
+        try:
+            ledger.fail(route, "daemon stopped serving afterwards", f"{shown}\n  -> {after}")
+        finally:
+            daemon.restart()
+    unload_extras(daemon)
+
+
+def _record(ledger: Ledger, route: str, outcome: Outcome, shown: str) -> None:
+    ledger.count(route, outcome.label)
+    if outcome.problem:
+        ledger.fail(route, outcome.problem.split(":")[0][:80], f"{shown}\n  -> {outcome.problem}")
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_sdk_socket_answers_every_generated_frame(
+    namespace: str, daemon: Daemon, ledger: Ledger
+) -> None:
+    route = f"WS /{namespace}"
+
+    @given(st.lists(frame(namespace), min_size=1, max_size=3))
+    def one(frames: list[tuple[bytes, str, bool]]) -> None:
+        shown = " | ".join(f[1] for f in frames)
+        try:
+            outcomes = frames_case(daemon, namespace, frames)
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            outcomes = [Outcome("connection broken", f"connection broken: {exc!r}")]
+        for outcome in outcomes:
+            _record(ledger, route, outcome, shown)
+        _after_case(daemon, ledger, route, shown)
+
+    one()
+    assert socket_serves(daemon) is None
+
+
+@pytest.mark.parametrize("namespace", ["llm", "system"])
+def test_sdk_auth_packet_gets_one_reply(namespace: str, daemon: Daemon, ledger: Ledger) -> None:
+    route = f"WS /{namespace} auth"
+    identifier, secret = daemon.token.removeprefix("sk-lm-").split(":")
+
+    @given(auth_packet(identifier, secret))
+    def one(packet: tuple[bytes, str, bool]) -> None:
+        data, shown, binary = packet
+        try:
+            outcome = auth_case(daemon, namespace, data, binary)
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            outcome = Outcome("connection broken", f"connection broken: {exc!r}")
+        _record(ledger, route, outcome, shown)
+        _after_case(daemon, ledger, route, shown)
+
+    one()
