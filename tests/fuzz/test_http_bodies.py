@@ -11,7 +11,11 @@ from ledger import Ledger
 from properties import check_case, still_serving
 from routes import ROUTES, Route, case
 
-pytestmark = pytest.mark.model
+pytestmark = [
+    pytest.mark.model,
+    # Hypothesis warns when it prints a large generated case; large cases are the point here.
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),
+]
 
 
 @pytest.mark.parametrize("path", sorted(ROUTES))

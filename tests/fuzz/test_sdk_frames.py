@@ -14,7 +14,11 @@ from properties import PROBE_EVERY, still_serving
 from sdk_client import Outcome, auth_case, frames_case, socket_serves
 from sdk_frames import NAMESPACES, auth_packet, frame
 
-pytestmark = pytest.mark.model
+pytestmark = [
+    pytest.mark.model,
+    # Hypothesis warns when it prints a large generated case; large cases are the point here.
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),
+]
 
 
 def _after_case(daemon: Daemon, ledger: Ledger, route: str, shown: str) -> None:
@@ -33,7 +37,9 @@ def _after_case(daemon: Daemon, ledger: Ledger, route: str, shown: str) -> None:
 def _record(ledger: Ledger, route: str, outcome: Outcome, shown: str) -> None:
     ledger.count(route, outcome.label)
     if outcome.problem:
-        ledger.fail(route, outcome.problem.split(":")[0][:80], f"{shown}\n  -> {outcome.problem}")
+        kind = outcome.problem.split(":")[0][:80]
+        where = f"{outcome.frame}: " if outcome.frame else ""
+        ledger.fail(route, kind, f"{shown}\n  -> {where}{outcome.problem}")
 
 
 @pytest.mark.parametrize("namespace", NAMESPACES)
