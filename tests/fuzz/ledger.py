@@ -13,8 +13,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Where the figures of the last run go (gitignored), besides the terminal summary.
-FIGURES_FILE = Path(__file__).parent / ".last-run.json"
+#: Where the figures of the last run go (gitignored), besides the terminal summary;
+#: LMS_FUZZ_FIGURES moves them (to keep one run's figures while another runs).
+FIGURES_FILE = Path(os.environ.get("LMS_FUZZ_FIGURES") or Path(__file__).parent / ".last-run.json")
 
 
 class CaseFailure(AssertionError):
