@@ -5,7 +5,7 @@ Profiles (``--hypothesis-profile``):
 * ``ci`` (the default here, what ``make test`` runs): 10 derandomized cases per test, no
   example database, a failure raised at once (not shrunk);
 * ``fuzz`` (``make fuzz``): 600 cases per test (over 10,000 in all), seeded by
-  ``--hypothesis-seed``; failures are written down and the run goes on (see ``ledger.py``).
+  ``--hypothesis-seed``; failures are written down and the run goes on (see ``fuzz_ledger.py``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Daemon
+from fuzz_daemon import Daemon
+from fuzz_ledger import Ledger
 from hypothesis import HealthCheck, Phase, settings
-from ledger import Ledger
 
 _COMMON = {
-    "deadline": None,  # the liveness bound is ours (see properties.py), not a timing assertion
+    "deadline": None,  # the liveness bound is ours (see fuzz_properties.py), not a timing assertion
     "database": None,  # no .hypothesis directory left behind
     "suppress_health_check": [
         HealthCheck.too_slow,

@@ -5,11 +5,11 @@ serving a small real completion after each case."""
 from __future__ import annotations
 
 import pytest
-from daemon import Daemon, unload_extras
+from fuzz_daemon import Daemon, unload_extras
+from fuzz_ledger import Ledger
+from fuzz_properties import check_case, still_serving
+from fuzz_routes import ROUTES, Route, case
 from hypothesis import given
-from ledger import Ledger
-from properties import check_case, still_serving
-from routes import ROUTES, Route, case
 
 pytestmark = [
     pytest.mark.model,

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from daemon import Daemon, unload_extras
+from fuzz_daemon import Daemon, unload_extras
+from fuzz_ledger import Ledger
+from fuzz_properties import PROBE_EVERY, still_serving
+from fuzz_sdk_client import Outcome, auth_case, frames_case, socket_serves
+from fuzz_sdk_frames import NAMESPACES, auth_packet, frame
 from hypothesis import given
 from hypothesis import strategies as st
-from ledger import Ledger
-from properties import PROBE_EVERY, still_serving
-from sdk_client import Outcome, auth_case, frames_case, socket_serves
-from sdk_frames import NAMESPACES, auth_packet, frame
 
 pytestmark = [
     pytest.mark.model,

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from daemon import MODEL, Daemon
-from ledger import Ledger
+from fuzz_daemon import MODEL, Daemon
+from fuzz_ledger import Ledger
 
 LIVENESS_SECONDS = 60.0
 #: A small real completion checks the workers after every this many cases of a route (and

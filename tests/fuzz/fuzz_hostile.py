@@ -4,11 +4,10 @@ grammars. Sizes are bounded so that one case stays fast (a few MB at most)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from fuzz_rawjson import Raw, encode, nested_arrays, nested_objects
 from hypothesis import strategies as st
-from rawjson import Raw, nested_arrays, nested_objects
 
 # --- numbers ----------------------------------------------------------------------------------
 
@@ -312,10 +311,6 @@ hostile = st.one_of(
 
 def as_text(value: Any) -> str:
     """Readable form of a generated value (for figures and failure lists)."""
-    from rawjson import encode
 
     shown = encode(value)
     return shown if len(shown) <= 300 else f"{shown[:240]}...<{len(shown)} chars>"
-
-
-__all__ = ["Raw", "as_text", "deep", "gbnf", "hostile", "json", "json_schema", "number", "string"]

@@ -14,10 +14,10 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-import hostile as h
-from daemon import MODEL
+import fuzz_hostile as h
+from fuzz_daemon import MODEL
+from fuzz_rawjson import Raw, encode
 from hypothesis import strategies as st
-from rawjson import Raw, encode
 
 St = st.SearchStrategy[Any]
 Path = tuple[str | int, ...]

@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType
-from daemon import Daemon
-from properties import LIVENESS_SECONDS
-from sdk_frames import SILENT_TYPES
+from fuzz_daemon import Daemon
+from fuzz_properties import LIVENESS_SECONDS
+from fuzz_sdk_frames import SILENT_TYPES
 
 from lms import payload
 from lms.errors import LmsError

@@ -1,17 +1,18 @@
 """Frames for every SDK endpoint (lms/api/sdk/*, the table lms.auth.permissions.SDK_ACCESS):
 a valid ``rpcCall``/``channelCreate`` per endpoint with parameters as the lmstudio SDK sends
-them, mutated like the HTTP bodies (routes.py), plus frames of other types and hostile auth
+them, mutated like the HTTP bodies (fuzz_routes.py), plus frames of other types and hostile auth
 packets."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-import hostile as h
-from daemon import MODEL
+import fuzz_hostile as h
+from fuzz_daemon import MODEL
+from fuzz_rawjson import Raw, encode
+from fuzz_routes import Route, case
 from hypothesis import strategies as st
-from rawjson import Raw
-from routes import Route, case
 
 SPEC = {"type": "query", "query": {"identifier": MODEL}}
 HISTORY = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Say hi"}]}]}
@@ -292,7 +293,6 @@ def frame(draw: st.DrawFn, namespace: str) -> tuple[bytes, str, bool]:
         return data, f"binary frame {data!r}", True
     if kind <= 2:
         value = draw(_OTHER_FRAMES)
-        from rawjson import encode
 
         return encode(value).encode("utf-8", "surrogatepass"), h.as_text(value), False
     own = [r for p, r in ROUTES.items() if p.startswith(f"/{namespace}:")]
@@ -308,9 +308,6 @@ def frame(draw: st.DrawFn, namespace: str) -> tuple[bytes, str, bool]:
 
 @st.composite
 def _with_extra_field(draw: st.DrawFn, route: Route) -> tuple[bytes, str]:
-    import copy
-
-    from rawjson import encode
 
     value = copy.deepcopy(route.base)
     fields = value["creationParameter"]["predictionConfigStack"]["layers"][0]["config"]["fields"]
@@ -344,7 +341,6 @@ def auth_packet(identifier: str, passkey: str) -> st.SearchStrategy[tuple[bytes,
                     ]
                 )
             )
-            from rawjson import encode
 
             return encode(fixed).encode("utf-8", "surrogatepass"), h.as_text(fixed), False
         body, shown = draw(case(route))
