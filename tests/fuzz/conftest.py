@@ -10,6 +10,7 @@ Profiles (``--hypothesis-profile``):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +39,13 @@ settings.register_profile(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     **_COMMON,
 )
-settings.register_profile("fuzz", max_examples=600, derandomize=False, **_COMMON)
+# LMS_FUZZ_EXAMPLES changes the number of cases per test of the fuzz profile (a shorter run).
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("LMS_FUZZ_EXAMPLES") or 600),
+    derandomize=False,
+    **_COMMON,
+)
 if settings.get_current_profile_name() == "default":
     settings.load_profile("ci")
 

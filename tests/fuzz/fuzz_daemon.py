@@ -28,7 +28,7 @@ CONFIG_TOML = """\
 required = true
 
 [models]
-context_length = 512
+context_length = 256
 allow_private_urls = true
 """
 

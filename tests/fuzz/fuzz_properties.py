@@ -19,10 +19,10 @@ from typing import Any
 from fuzz_daemon import MODEL, Daemon
 from fuzz_ledger import Ledger
 
-LIVENESS_SECONDS = 60.0
+LIVENESS_SECONDS = 120.0
 #: A small real completion checks the workers after every this many cases of a route (and
 #: after any case that broke a property); ``/health`` after every case.
-PROBE_EVERY = 5
+PROBE_EVERY = 10
 
 #: The documented 5xx answers (docs/LIMITS.md and the error table): code → where it may come.
 ALLOWED_5XX: dict[tuple[int, str], frozenset[str] | None] = {
