@@ -33,7 +33,10 @@ class Failure:
 class Ledger:
     profile: str
     seed: str = ""
+    #: Generated cases per route (an SDK case is one to three frames on one socket).
     cases: Counter[str] = field(default_factory=Counter)
+    #: Outcomes per route: one per HTTP case, one per SDK frame.
+    outcomes: Counter[str] = field(default_factory=Counter)
     statuses: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     failures: list[Failure] = field(default_factory=list)
     restarts: int = 0
@@ -42,11 +45,16 @@ class Ledger:
     def collecting(self) -> bool:
         return self.profile == "fuzz"
 
-    def count(self, route: str, outcome: str) -> None:
+    def case(self, route: str) -> None:
+        """One generated case of ``route`` begins."""
         self.cases[route] += 1
-        self.statuses[route][outcome] += 1
         if sum(self.cases.values()) % 100 == 0:
             self.save()
+
+    def count(self, route: str, outcome: str) -> None:
+        """What one request or frame got (a status and code, or an SDK answer)."""
+        self.outcomes[route] += 1
+        self.statuses[route][outcome] += 1
 
     def fail(self, route: str, outcome: str, case: str) -> None:
         """A broken property: raised now (ci), or written down (fuzz)."""
@@ -66,6 +74,7 @@ class Ledger:
             "seed": self.seed,
             "total_cases": sum(self.cases.values()),
             "cases": dict(sorted(self.cases.items())),
+            "outcomes": dict(sorted(self.outcomes.items())),
             "statuses": {r: dict(sorted(c.items())) for r, c in sorted(self.statuses.items())},
             "failures": len(self.failures),
             "daemon_restarts": self.restarts,
@@ -89,7 +98,7 @@ class Ledger:
         ]
         for route, n in sorted(self.cases.items()):
             seen = ", ".join(f"{s} x{k}" for s, k in sorted(self.statuses[route].items()))
-            lines.append(f"  {route}: {n} cases ({seen})")
+            lines.append(f"  {route}: {n} cases, {self.outcomes[route]} outcomes ({seen})")
         for kind in figures["failure_kinds"]:  # type: ignore[attr-defined]
             lines.append(
                 f"  FAILED {kind['route']}: {kind['outcome']} x{kind['count']};"

@@ -153,6 +153,7 @@ def still_serving(daemon: Daemon, *, completion: bool = True) -> str | None:
 def check_case(daemon: Daemon, ledger: Ledger, route: str, body: bytes, shown: str) -> None:
     """Send one case, judge it, count it, then check that the daemon still serves (and start
     it again when it does not, under the collecting profile)."""
+    ledger.case(route)
     broken = True
     try:
         answer = send(daemon, route, body)

@@ -51,6 +51,7 @@ def test_sdk_socket_answers_every_generated_frame(
     @given(st.lists(frame(namespace), min_size=1, max_size=3))
     def one(frames: list[tuple[bytes, str, bool]]) -> None:
         shown = " | ".join(f[1] for f in frames)
+        ledger.case(route)
         try:
             outcomes = frames_case(daemon, namespace, frames)
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
@@ -71,6 +72,7 @@ def test_sdk_auth_packet_gets_one_reply(namespace: str, daemon: Daemon, ledger: 
     @given(auth_packet(identifier, secret))
     def one(packet: tuple[bytes, str, bool]) -> None:
         data, shown, binary = packet
+        ledger.case(route)
         try:
             outcome = auth_case(daemon, namespace, data, binary)
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
