@@ -38,9 +38,12 @@ class Expect:
 
 
 def expectation(data: bytes, binary: bool) -> Expect:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        binary = True  # not UTF-8: _send sends it as a binary frame
     if binary:
         return Expect("warning")
-    text = data.decode("utf-8")
     try:
         value = payload.loads(text)
         lenient = False
