@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 LMS = str(Path(sys.executable).with_name("lms"))
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception|Exit)\b.*")
 MODEL = "google/gemma-3-270m"
 
 #: Settings of the fuzz daemon. A short default context bounds any generation a hostile
@@ -105,6 +107,32 @@ class Daemon:
                 return response.status, raw
         finally:
             connection.close()
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "logs" / "daemon.log"
+
+    def log_size(self) -> int:
+        """Where the daemon log ends now (mark it before a case, read what the case added)."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def last_error(self, since: int = 0) -> str:
+        """The exception line of the last traceback the daemon logged after offset ``since``
+        (the cause of a 500 or of a socket the daemon dropped); "" when there is none."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(since, log.tell() - 64_000))
+                tail = log.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        for line in reversed(tail):
+            if _EXCEPTION_LINE.match(line):
+                return line[:160]
+        return ""
 
     def pid(self) -> int | None:
         try:

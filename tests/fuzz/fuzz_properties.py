@@ -154,6 +154,7 @@ def check_case(daemon: Daemon, ledger: Ledger, route: str, body: bytes, shown: s
     """Send one case, judge it, count it, then check that the daemon still serves (and start
     it again when it does not, under the collecting profile)."""
     ledger.case(route)
+    mark = daemon.log_size()
     broken = True
     try:
         answer = send(daemon, route, body)
@@ -169,6 +170,9 @@ def check_case(daemon: Daemon, ledger: Ledger, route: str, body: bytes, shown: s
         broken = problem is not None
         if problem:
             kind, detail = problem
+            if answer.status >= 500:  # the cause, from the daemon's log (a traceback's last line)
+                cause = daemon.last_error(since=mark)
+                kind, detail = f"{kind} [{cause.split(':')[0]}]", f"{detail} [{cause}]"
             ledger.fail(route, kind, f"{shown}\n  -> {detail}")
     probe = broken or ledger.cases[route] % PROBE_EVERY == 0
     after = still_serving(daemon, completion=probe)

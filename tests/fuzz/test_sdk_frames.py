@@ -34,12 +34,21 @@ def _after_case(daemon: Daemon, ledger: Ledger, route: str, shown: str) -> None:
     unload_extras(daemon)
 
 
-def _record(ledger: Ledger, route: str, outcome: Outcome, shown: str) -> None:
+def _record(
+    daemon: Daemon, ledger: Ledger, route: str, outcome: Outcome, shown: str, mark: int
+) -> None:
     ledger.count(route, outcome.label)
     if outcome.problem:
         kind = outcome.problem.split(":")[0][:80]
         where = f"{outcome.frame}: " if outcome.frame else ""
-        ledger.fail(route, kind, f"{shown}\n  -> {where}{outcome.problem}")
+        detail = f"{where}{outcome.problem}"
+        if outcome.closed or "closed" in outcome.problem:
+            # the cause, from the daemon's log (its last traceback line) once it is written:
+            # the fresh socket of socket_serves() has been answered by then
+            socket_serves(daemon)
+            cause = daemon.last_error(since=mark)
+            kind, detail = f"{kind} [{cause.split(':')[0]}]", f"{detail} [{cause}]"
+        ledger.fail(route, kind, f"{shown}\n  -> {detail}")
 
 
 @pytest.mark.parametrize("namespace", NAMESPACES)
@@ -52,12 +61,13 @@ def test_sdk_socket_answers_every_generated_frame(
     def one(frames: list[tuple[bytes, str, bool]]) -> None:
         shown = " | ".join(f[1] for f in frames)
         ledger.case(route)
+        mark = daemon.log_size()
         try:
             outcomes = frames_case(daemon, namespace, frames)
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             outcomes = [Outcome("connection broken", f"connection broken: {exc!r}")]
         for outcome in outcomes:
-            _record(ledger, route, outcome, shown)
+            _record(daemon, ledger, route, outcome, shown, mark)
         _after_case(daemon, ledger, route, shown)
 
     one()
@@ -73,11 +83,12 @@ def test_sdk_auth_packet_gets_one_reply(namespace: str, daemon: Daemon, ledger: 
     def one(packet: tuple[bytes, str, bool]) -> None:
         data, shown, binary = packet
         ledger.case(route)
+        mark = daemon.log_size()
         try:
             outcome = auth_case(daemon, namespace, data, binary)
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             outcome = Outcome("connection broken", f"connection broken: {exc!r}")
-        _record(ledger, route, outcome, shown)
+        _record(daemon, ledger, route, outcome, shown, mark)
         _after_case(daemon, ledger, route, shown)
 
     one()
