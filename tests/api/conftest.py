@@ -1,4 +1,9 @@
-"""The TCP API application under aiohttp's test client, with the real default model."""
+"""The TCP API application under aiohttp's test client.
+
+``manager`` (and ``client`` on it) serves the real default model to tests marked ``model`` and a
+scripted :class:`~fakes.FakeEngine` to every other test (plumbing: shapes, errors, auth); such a
+test scripts replies with the ``fake_model`` fixture (a :class:`~fakes.FakeLoader`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
+from fakes import FakeLoader
 
 from lms.api.app import build_api_app
 from lms.api.state import Listener
@@ -23,9 +30,22 @@ def lms_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-async def manager(lms_home: Path, default_models_dir: Path) -> AsyncIterator[ModelManager]:
+def fake_model() -> FakeLoader:
+    """What the fake engines of a plumbing test's ``manager`` answer (``fake_model.say(...)``)."""
+    return FakeLoader()
+
+
+@pytest.fixture
+async def manager(
+    request: pytest.FixtureRequest, lms_home: Path, fake_model: FakeLoader
+) -> AsyncIterator[ModelManager]:
     config = ConfigWatcher({})
-    models = ModelManager(config.current, models_dir=lambda: default_models_dir)
+    if request.node.get_closest_marker("model") is not None:
+        models_dir: Path = request.getfixturevalue("default_models_dir")
+        models = ModelManager(config.current, models_dir=lambda: models_dir)
+    else:
+        fake_dir: Path = request.getfixturevalue("fake_models_dir")
+        models = ModelManager(config.current, models_dir=lambda: fake_dir, loader=fake_model)
     yield models
     await models.close()
 
