@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-
 from fakes import FakeLoader
 
 from lms.api.app import build_api_app
