@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: run test lint bench generate clean
+.PHONY: run test test-fast lint bench generate clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
+
+# Every test that does not need the real model (no `model` marker): plumbing on the scripted
+# FakeEngine (tests/fakes.py), unit, CLI and API tests; under a minute on 2 cores.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -m "not model"
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check lms tests bench
