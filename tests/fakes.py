@@ -62,7 +62,8 @@ class Reply:
     the request is cancelled, or the engine closes): a generation held open without timing.
     """
 
-    pieces: Sequence[str] = ("Hello", " from", " the", " fake", " model.")
+    #: By default a long answer, as a real model's usually is: ``max_tokens`` ends it.
+    pieces: Sequence[str] = ("Hello", " from", " the", " fake", " model.") * 20
     finish: FinishReason = "stop"
     error: BaseException | None = None
     gate: threading.Event | None = None

@@ -7,9 +7,10 @@ test scripts replies with the ``fake_model`` fixture (a :class:`~fakes.FakeLoade
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import llama_cpp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fakes import FakeLoader
@@ -17,7 +18,11 @@ from fakes import FakeLoader
 from lms.api.app import build_api_app
 from lms.api.state import Listener
 from lms.config import ConfigWatcher
-from lms.inference.manager import ModelManager
+from lms.inference.catalog import ModelFile
+from lms.inference.embedder import Embedder
+from lms.inference.engine import Engine, LoadOptions
+from lms.inference.manager import ModelManager, load_backend
+from lms.inference.promptcache import PromptCache
 
 
 @pytest.fixture
@@ -26,6 +31,67 @@ def lms_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("LMS_SERVER_PORT", "LMS_MODELS_JIT", "LMS_MODELS_TTL"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
+
+
+class KeptEngine(Engine):
+    """A real engine that outlives its instance: unloading an idle one forgets its KV cells and
+    prompt cache and hands it back to :class:`KeptEngines` for the next test's load."""
+
+    in_use = False
+
+    def close(self) -> None:
+        if self.outstanding or self.active or self.queued or self._closed:
+            super().close()  # busy: unload for real, as a test of unloading expects
+        else:
+            llama_cpp.llama_memory_clear(self._ctx.memory, True)  # the worker is idle
+            self._cache = PromptCache(self.options.parallel)
+            self.observer = None
+        self.in_use = False
+
+    def release(self) -> None:
+        super().close()
+
+
+class KeptEngines:
+    """A loader that loads the real default model once per load options for the whole session
+    (a load costs about a second, more on a busy machine) and never gives one engine to two
+    instances at once. Embedding instances are loaded as usual."""
+
+    def __init__(self) -> None:
+        self.engines: list[KeptEngine] = []
+
+    def __call__(
+        self,
+        model: ModelFile,
+        options: LoadOptions,
+        embedding: bool,
+        progress: Callable[[float], None] | None = None,
+    ) -> Engine | Embedder:
+        if embedding:
+            return load_backend(model, options, embedding, progress)
+        for engine in self.engines:
+            if (
+                not engine.in_use
+                and not engine._closed
+                and (engine.path, engine.options) == (model.path, options)
+            ):
+                engine.in_use = True
+                if progress is not None:
+                    progress(1.0)
+                return engine
+        engine = KeptEngine.load(model.path, options, progress)
+        assert isinstance(engine, KeptEngine)
+        engine.in_use = True
+        self.engines.append(engine)
+        return engine
+
+
+@pytest.fixture(scope="session")
+def kept_engines() -> Iterator[KeptEngines]:
+    kept = KeptEngines()
+    yield kept
+    for engine in kept.engines:
+        engine.release()
 
 
 @pytest.fixture
@@ -41,7 +107,8 @@ async def manager(
     config = ConfigWatcher({})
     if request.node.get_closest_marker("model") is not None:
         models_dir: Path = request.getfixturevalue("default_models_dir")
-        models = ModelManager(config.current, models_dir=lambda: models_dir)
+        kept: KeptEngines = request.getfixturevalue("kept_engines")
+        models = ModelManager(config.current, models_dir=lambda: models_dir, loader=kept)
     else:
         fake_dir: Path = request.getfixturevalue("fake_models_dir")
         models = ModelManager(config.current, models_dir=lambda: fake_dir, loader=fake_model)
