@@ -107,8 +107,10 @@ async def manager(
     config = ConfigWatcher({})
     if request.node.get_closest_marker("model") is not None:
         models_dir: Path = request.getfixturevalue("default_models_dir")
-        kept: KeptEngines = request.getfixturevalue("kept_engines")
-        models = ModelManager(config.current, models_dir=lambda: models_dir, loader=kept)
+        loader = load_backend
+        if request.node.get_closest_marker("fresh_load") is None:
+            loader = request.getfixturevalue("kept_engines")
+        models = ModelManager(config.current, models_dir=lambda: models_dir, loader=loader)
     else:
         fake_dir: Path = request.getfixturevalue("fake_models_dir")
         models = ModelManager(config.current, models_dir=lambda: fake_dir, loader=fake_model)

@@ -32,6 +32,7 @@ async def events_of(response: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.mark.model
+@pytest.mark.fresh_load  # asserts the first request's load time
 async def test_response_shape(client: TestClient) -> None:  # type: ignore[type-arg]
     first = await (await chat(client, input="What is the capital of France?")).json()
     assert first["model_instance_id"] == MODEL
