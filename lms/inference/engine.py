@@ -166,6 +166,13 @@ class Engine(ModelWorker):
     def active(self) -> int:
         return sum(1 for s in self._slots if s is not None)
 
+    @property
+    def queued(self) -> int:
+        """Generations waiting for a slot (each member of a :meth:`submit_many` group counts)."""
+        with self._jobs.mutex:
+            waiting = sum(len(j) if isinstance(j, tuple) else 1 for j in self._jobs.queue)
+        return waiting + len(self._held)
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Tokens of a prompt, with BOS when the model wants one (never twice, even when a chat
         template already wrote it); ``special`` parses control tokens like ``<start_of_turn>``.

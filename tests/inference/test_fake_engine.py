@@ -94,3 +94,24 @@ async def test_close_fails_what_is_held(fake: FakeEngine) -> None:
     for generation in (held, queued):
         with pytest.raises(ShuttingDownError):
             await generation.text()
+
+
+async def test_submit_many_counts_each_member_and_is_all_or_nothing() -> None:
+    engine = FakeEngine(options=LoadOptions(context_length=64, queue_length=3))
+    try:
+        gate = threading.Event()
+        engine.say(Reply(("first",), gate=gate), "a", "b")
+        first = engine.submit([1, 2], SamplingParams())
+        deadline = asyncio.get_running_loop().time() + 60
+        while engine.active == 0:  # the worker took the first request and waits at its gate
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        group = engine.submit_many([([1, 3], SamplingParams()), ([1, 4], SamplingParams())])
+        assert engine.queued == 2
+        with pytest.raises(ServerBusyError):  # 1 running + 2 waiting + 2 more > 1 + 3
+            engine.submit_many([([1, 5], SamplingParams()), ([1, 6], SamplingParams())])
+        assert engine.outstanding == 3
+        gate.set()
+        assert [await g.text() for g in (first, *group)] == ["first", "a", "b"]
+    finally:
+        engine.close()
