@@ -24,9 +24,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
-# Everything but the fuzz suite (tests/fuzz runs a bounded, derandomized set within `make test`).
+# Every test that does not need the real model (no `model` marker): plumbing on the scripted
+# FakeEngine (tests/fakes.py), unit, CLI and API tests; under a minute on 2 cores.
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest --ignore=tests/fuzz
+	$(PY) -m pytest -m "not model"
 
 # The property-based fuzz suite at length: 600 generated cases for each of the 17 tests (10,200)
 # against one real daemon. SEED=N repeats a run, EXAMPLES=N changes the cases per test; the seed

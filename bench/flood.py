@@ -137,9 +137,7 @@ def main() -> int:
         for block in range(args.blocks):
             quiet += timed_requests(conn, args.per_block, token)
             threads = [
-                threading.Thread(
-                    target=flood, args=(port, per_thread, block * 100 + i, refused, i)
-                )
+                threading.Thread(target=flood, args=(port, per_thread, block * 100 + i, refused, i))
                 for i in range(args.threads)
             ]
             for thread in threads:

@@ -38,7 +38,45 @@ def default_model_path(default_models_dir: Path) -> Path:
     return path
 
 
+# Every test that reaches the real model through these fixtures carries the `model` marker
+# (`make test-fast` runs `-m "not model"`): a test without it that asks for them, directly or
+# through another fixture, fails before it starts, so the fast tier stays fast by construction.
+
+REAL_MODEL_FIXTURES = ("default_models_dir", "default_model_path")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    fixtures = getattr(item, "fixturenames", ())
+    uses = [name for name in REAL_MODEL_FIXTURES if name in fixtures]
+    if uses and item.get_closest_marker("model") is None:
+        pytest.fail(
+            f"{item.nodeid} uses the real model ({', '.join(uses)}) without the `model` marker:"
+            " mark it @pytest.mark.model, or script a FakeEngine (tests/fakes.py) if its"
+            " subject is plumbing",
+            pytrace=False,
+        )
+
+
 # --- end of the default model block ------------------------------------------------------------
+
+
+# --- a tiny stand-in for the default model, for plumbing tests ----------------------------------
+# `fake_models_dir` has the default model's layout (google/gemma-3-270m/<file>.gguf) holding a
+# tiny real GGUF (no weights worth running): discovery, keys and the catalog read it as usual,
+# and a ModelManager with a FakeLoader (tests/fakes.py) serves it with scripted replies.
+
+
+@pytest.fixture(scope="session")
+def fake_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder whose default-model file is a tiny GGUF, for the FakeEngine."""
+    from lms.inference import defaultmodel  # lazy: collection must not import the engine side
+
+    models_dir = tmp_path_factory.mktemp("fake-models")
+    _write_gguf(defaultmodel.default_model_path(models_dir), tensor_bytes=4096, name="gemma-3-270m")
+    return models_dir
+
+
+# --- end of the stand-in block -----------------------------------------------------------------
 
 
 # --- small real GGUF files ---------------------------------------------------------------------
@@ -47,26 +85,27 @@ def default_model_path(default_models_dir: Path) -> Path:
 # real files the catalog reads, far smaller than the default model.
 
 
+def _write_gguf(path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test") -> bytes:
+    import gguf
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(name)
+    writer.add_context_length(256)
+    count = max(16, tensor_bytes // 4)
+    values = np.arange(count, dtype=np.float32).reshape(-1, 16)
+    writer.add_tensor("token_embd.weight", values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
 @pytest.fixture
 def make_gguf() -> Callable[..., bytes]:
-    def write(path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test") -> bytes:
-        import gguf
-        import numpy as np
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = gguf.GGUFWriter(str(path), "llama")
-        writer.add_name(name)
-        writer.add_context_length(256)
-        count = max(16, tensor_bytes // 4)
-        values = np.arange(count, dtype=np.float32).reshape(-1, 16)
-        writer.add_tensor("token_embd.weight", values)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        return path.read_bytes()
-
-    return write
+    return _write_gguf
 
 
 # --- end of the small GGUF block ---------------------------------------------------------------

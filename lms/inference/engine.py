@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
 import contextlib
 import ctypes
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,7 @@ from lms.errors import (
     InvalidParameterError,
     LmsError,
     ModelLoadError,
+    ServerBusyError,
     ShuttingDownError,
 )
 from lms.inference.choice import Chooser
@@ -117,6 +119,8 @@ class Engine(ModelWorker):
         self._chooser = Chooser(self._vocab, self.n_vocab)
         self._cache = PromptCache(options.parallel)
         self._outbox: list[tuple[Generation, Item]] = []  # handed over once per step
+        #: Members of a submit_many group not yet admitted (worker thread only).
+        self._held: collections.deque[Generation] = collections.deque()
         #: Called on the event loop with every submitted generation (logs, metrics).
         self.observer: Callable[[Generation], None] | None = None
         self.status: Literal["idle", "processing_prompt", "generating"] = "idle"
@@ -162,6 +166,13 @@ class Engine(ModelWorker):
     def active(self) -> int:
         return sum(1 for s in self._slots if s is not None)
 
+    @property
+    def queued(self) -> int:
+        """Generations waiting for a slot (each member of a :meth:`submit_many` group counts)."""
+        with self._jobs.mutex:
+            waiting = sum(len(j) if isinstance(j, tuple) else 1 for j in self._jobs.queue)
+        return waiting + len(self._held)
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Tokens of a prompt, with BOS when the model wants one (never twice, even when a chat
         template already wrote it); ``special`` parses control tokens like ``<start_of_turn>``.
@@ -197,6 +208,48 @@ class Engine(ModelWorker):
         ``parallel`` running and ``queue_length`` waiting generations (cancelled ones do not
         count).
         """
+        return self.submit_many([(prompt_tokens, params)])[0]
+
+    def submit_many(self, requests: Sequence[tuple[list[int], SamplingParams]]) -> list[Generation]:
+        """Queue several generations as one job: the worker admits them in the same step, as far
+        as slots are free (what does not fit waits at the head of the queue).
+
+        Requests admitted in one step are prefilled in one batch, so their results do not depend
+        on when each happened to be queued (what OpenAI's ``n`` > 1 needs, and what makes
+        batching tests deterministic). Every request is checked before any is queued: one bad
+        request, or too little room in the queue for all of them (ServerBusyError), refuses the
+        whole call.
+        """
+        if not requests:
+            return []
+        for prompt_tokens, params in requests:
+            self._check_request(prompt_tokens, params)
+        if self._closed:
+            raise ShuttingDownError(f"the model {self.path.name} is being unloaded")
+        admitted = 0
+        try:
+            for _ in requests:
+                self._admit_request()
+                admitted += 1
+        except ServerBusyError:  # all or none
+            for _ in range(admitted):
+                self._release()
+            raise
+        loop = asyncio.get_running_loop()
+        generations = []
+        for prompt_tokens, params in requests:
+            generation = Generation(loop, prompt_tokens, params)
+            generation._on_settled = self._release
+            if self.observer is not None:
+                try:
+                    self.observer(generation)
+                except Exception:  # logs and metrics must not cost the request
+                    log.exception("the generation observer failed")
+            generations.append(generation)
+        self._jobs.put(generations[0] if len(generations) == 1 else tuple(generations))
+        return generations
+
+    def _check_request(self, prompt_tokens: list[int], params: SamplingParams) -> None:
         if not prompt_tokens:
             raise InvalidParameterError("the prompt is empty", param="prompt")
         room = self.n_ctx_per_seq - len(prompt_tokens)
@@ -208,18 +261,6 @@ class Engine(ModelWorker):
             )
         if params.grammar is not None:  # refuse a bad grammar now, as a 400, not mid-stream
             self._chooser.check_grammar(params.grammar)
-        if self._closed:
-            raise ShuttingDownError(f"the model {self.path.name} is being unloaded")
-        generation = Generation(asyncio.get_running_loop(), prompt_tokens, params)
-        self._admit_request()
-        generation._on_settled = self._release
-        if self.observer is not None:
-            try:
-                self.observer(generation)
-            except Exception:  # logs and metrics must not cost the request
-                log.exception("the generation observer failed")
-        self._jobs.put(generation)
-        return generation
 
     # --- worker thread -----------------------------------------------------------------------
 
@@ -263,12 +304,18 @@ class Engine(ModelWorker):
             idle = not self._active()
             if idle:
                 self._flush()  # never sit on results while waiting for work
-            try:
-                job = self._jobs.get(block=idle)
-            except queue.Empty:
-                return True
-            if job is STOP:
-                return False
+            if self._held:
+                job = self._held.popleft()
+            else:
+                try:
+                    job = self._jobs.get(block=idle)
+                except queue.Empty:
+                    return True
+                if job is STOP:
+                    return False
+                if isinstance(job, tuple):  # submit_many: admitted together, as slots allow
+                    self._held.extend(job)
+                    continue
             if job.is_cancelled:
                 self._emit(job, GenerationResult("cancelled", len(job.prompt_tokens), 0, 0.0, 0.0))
                 continue
@@ -296,11 +343,15 @@ class Engine(ModelWorker):
             llama_cpp.llama_memory_seq_rm(self._ctx.memory, slot, -1, -1)
 
     def _drain_queue(self, reason: FinishReason, err: LmsError | None) -> None:
+        waiting = list(self._held)
+        self._held.clear()
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
-                return
+                break
+            waiting.extend(job if isinstance(job, tuple) else [job])
+        for job in waiting:
             if isinstance(job, Generation):
                 self._emit(job, GenerationResult(reason, len(job.prompt_tokens), 0, 0.0, 0.0, err))
 

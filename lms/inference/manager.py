@@ -50,6 +50,25 @@ from lms.logstream import LogHub
 
 log = logging.getLogger("lms.models")
 
+#: Builds the backend of a new instance (blocking: the manager calls it off the event loop)
+#: from the model file, its load options, whether it loads in embedding mode, and a progress
+#: callback (0..1, from the loading thread).
+Loader = Callable[[ModelFile, LoadOptions, bool, Callable[[float], None] | None], Engine | Embedder]
+
+
+def load_backend(
+    model: ModelFile,
+    options: LoadOptions,
+    embedding: bool,
+    progress: Callable[[float], None] | None = None,
+) -> Engine | Embedder:
+    """The real loader: an :class:`Embedder` or an :class:`Engine` on the GGUF file."""
+    if embedding:
+        return Embedder.load(
+            model.path, options, encoder=model.type == "embedding", progress=progress
+        )
+    return Engine.load(model.path, options, progress)
+
 
 class ModelManager:
     """Owns every loaded instance of the daemon."""
@@ -59,8 +78,12 @@ class ModelManager:
         settings: Callable[[], Settings],
         models_dir: Callable[[], Path] = paths.models_dir,
         hub: LogHub | None = None,
+        loader: Loader = load_backend,
     ) -> None:
+        """``loader`` builds each instance's backend (:func:`load_backend` reads the GGUF with
+        llama.cpp; tests of HTTP plumbing pass one that builds a scripted fake engine)."""
         self._settings = settings
+        self._loader = loader
         self._models_dir = models_dir
         self._hub = hub
         self._instances: dict[str, Instance] = {}
@@ -305,17 +328,7 @@ class ModelManager:
             queue_length=self._settings().models_queue_length,
         )
         started = time.perf_counter()
-        backend: Engine | Embedder
-        if embedding:
-            backend = await asyncio.to_thread(
-                Embedder.load,
-                model.path,
-                options,
-                encoder=model.type == "embedding",
-                progress=progress,
-            )
-        else:
-            backend = await asyncio.to_thread(Engine.load, model.path, options, progress)
+        backend = await asyncio.to_thread(self._loader, model, options, embedding, progress)
         instance = Instance(
             identifier=identifier,
             model=model,

@@ -10,7 +10,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 MODEL = "google/gemma-3-270m"
-pytestmark = pytest.mark.model
 
 Client = TestClient  # type: ignore[type-arg]
 ASK = [{"role": "user", "content": "Write a short story about a dog."}]
@@ -35,6 +34,7 @@ def events(raw: str) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+@pytest.mark.model
 async def test_message_shape(client: Client) -> None:
     message = await create(client, max_tokens=5)
     assert message["id"].startswith("msg_") and len(message["id"]) > 10
@@ -68,6 +68,7 @@ async def test_stream_events_match_the_plain_answer(client: Client) -> None:
     assert delta["usage"]["output_tokens"] == plain["usage"]["output_tokens"]
 
 
+@pytest.mark.model
 async def test_stop_sequence(client: Client) -> None:
     text = (await create(client, max_tokens=24))["content"][0]["text"]
     words = [w for w in text.split() if len(w) > 2]

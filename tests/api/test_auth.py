@@ -182,7 +182,6 @@ async def test_allowlist_filters_and_refuses(
     assert reasons == ["model_not_allowed"]  # one line per token, route and reason per interval
 
 
-@pytest.mark.model
 async def test_valid_token_is_served(
     client: TestClient,  # type: ignore[type-arg]
     tokens: dict[str, str],

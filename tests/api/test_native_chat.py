@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestClient
 from lms.auth.registry import Registry
 
 MODEL = "google/gemma-3-270m"
-pytestmark = pytest.mark.model
 
 
 async def chat(client: TestClient, **payload: Any) -> Any:  # type: ignore[type-arg]
@@ -32,6 +31,8 @@ async def events_of(response: Any) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+@pytest.mark.model
+@pytest.mark.fresh_load  # asserts the first request's load time
 async def test_response_shape(client: TestClient) -> None:  # type: ignore[type-arg]
     first = await (await chat(client, input="What is the capital of France?")).json()
     assert first["model_instance_id"] == MODEL
@@ -45,6 +46,7 @@ async def test_response_shape(client: TestClient) -> None:  # type: ignore[type-
     assert "model_load_time_seconds" not in second["stats"]
 
 
+@pytest.mark.model
 async def test_stream_event_order(client: TestClient) -> None:  # type: ignore[type-arg]
     response = await chat(client, input=[{"type": "text", "content": "Say hi"}], stream=True)
     assert response.headers["Content-Type"].startswith("text/event-stream")

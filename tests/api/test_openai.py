@@ -9,7 +9,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 MODEL = "google/gemma-3-270m"
-pytestmark = pytest.mark.model
 
 
 async def sse_events(response: Any) -> list[Any]:
@@ -22,6 +21,7 @@ async def sse_events(response: Any) -> list[Any]:
     return events
 
 
+@pytest.mark.model
 async def test_completion(client: TestClient) -> None:  # type: ignore[type-arg]
     response = await client.post(
         "/v1/completions",
@@ -44,6 +44,7 @@ async def test_completion(client: TestClient) -> None:  # type: ignore[type-arg]
     assert body["usage"]["total_tokens"] == 14
 
 
+@pytest.mark.model
 async def test_completion_stream_matches_non_stream(client: TestClient) -> None:  # type: ignore[type-arg]
     payload = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}
     plain = await (await client.post("/v1/completions", json=payload)).json()
@@ -62,6 +63,7 @@ async def test_completion_stream_matches_non_stream(client: TestClient) -> None:
     assert len(events) > 5  # token by token, not one lump
 
 
+@pytest.mark.model
 async def test_stop_string(client: TestClient) -> None:  # type: ignore[type-arg]
     payload = {
         "model": MODEL,
@@ -78,6 +80,7 @@ async def test_stop_string(client: TestClient) -> None:  # type: ignore[type-arg
     assert full["text"].startswith(choice["text"])
 
 
+@pytest.mark.model
 async def test_seed_makes_sampling_repeatable(client: TestClient) -> None:  # type: ignore[type-arg]
     payload = {
         "model": MODEL,
@@ -136,6 +139,7 @@ async def test_chat_stream_with_usage(client: TestClient) -> None:  # type: igno
     assert content
 
 
+@pytest.mark.model
 async def test_models_lists_default_model(client: TestClient) -> None:  # type: ignore[type-arg]
     body = await (await client.get("/v1/models")).json()
     assert body["object"] == "list"
@@ -149,6 +153,7 @@ async def test_models_lists_default_model(client: TestClient) -> None:  # type: 
     assert entry["format"] == "gguf"
 
 
+@pytest.mark.model
 async def test_jit_load_shows_instance(client: TestClient) -> None:  # type: ignore[type-arg]
     await client.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 1})
     native = await (await client.get("/api/v1/models")).json()
@@ -157,6 +162,7 @@ async def test_jit_load_shows_instance(client: TestClient) -> None:  # type: ign
     assert instances[0]["config"]["context_length"] == 4096
 
 
+@pytest.mark.model
 async def test_cache_prompt_false_decodes_the_whole_prompt(client: TestClient) -> None:  # type: ignore[type-arg]
     payload = {"model": MODEL, "prompt": "A list of rivers: the Nile,", "max_tokens": 4}
     payload["temperature"] = 0

@@ -460,7 +460,6 @@ async def test_repository_answers_an_error_not_silence(client: Client) -> None:
 # --- with the real model -------------------------------------------------------------------
 
 
-@pytest.mark.model
 async def test_predict_streams_then_terminal_packet_then_close(client: Client) -> None:
     ws = await connect(client)
     await ws.send_json(predict_request(3, "The capital of France is", 6))

@@ -157,6 +157,7 @@ def test_status_of_a_broken_registry_is_shown_and_exits_1(runner: CliRunner) -> 
     assert "BROKEN" in text.stdout
 
 
+@pytest.mark.model
 def test_status_asks_the_running_daemon(runner: CliRunner, running_daemon: DaemonStatus) -> None:
     result = runner.invoke(app, ["auth", "status", "--json"])
     assert result.exit_code == 0, result.stderr

@@ -82,6 +82,7 @@ def every_file(root: Path) -> set[str]:
     return {str(Path(d, f).relative_to(root)) for d, _, files in os.walk(root) for f in files}
 
 
+@pytest.mark.model
 def test_get(runner: CliRunner, running_daemon: DaemonStatus, file_server: str) -> None:
     url = f"{file_server}/files/tiny.gguf"
     refused = runner.invoke(app, ["get", url])
@@ -126,6 +127,7 @@ def test_get(runner: CliRunner, running_daemon: DaemonStatus, file_server: str) 
     }
 
 
+@pytest.mark.model
 def test_import(
     runner: CliRunner,
     running_daemon: DaemonStatus,
@@ -190,6 +192,7 @@ def test_import(
     assert before <= after_good
 
 
+@pytest.mark.model
 def test_get_shows_a_progress_bar_on_a_terminal(
     runner: CliRunner, running_daemon: DaemonStatus, file_server: str
 ) -> None:

@@ -42,6 +42,7 @@ def _variety(make_gguf: Callable[..., bytes], default_model_path: Path) -> None:
     (root / "bad" / "zeros" / "zeros.gguf").write_bytes(b"\0" * 64)
 
 
+@pytest.mark.model
 def test_ls_json_is_the_same_document_with_the_daemon_down_and_up(
     runner: CliRunner, make_gguf: Callable[..., bytes], default_model_path: Path
 ) -> None:

@@ -105,6 +105,7 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.model
 def test_list_tools_asks_the_daemon(runner: CliRunner, running_daemon: DaemonStatus) -> None:
     config = servers()
     marker = f"tiktoken-{uuid.uuid4().hex}"  # the server's name argument: finds its process

@@ -288,6 +288,7 @@ def test_unload_all_and_unknown(runner: CliRunner, fake_daemon: FakeControlServe
     assert "no instance 'zzz'" in unknown.stderr
 
 
+@pytest.mark.model
 @pytest.mark.usefixtures("running_daemon")
 @pytest.mark.parametrize(
     ("field", "value", "says"),

@@ -21,6 +21,7 @@ from lms.protocol import DaemonStatus
 pytestmark = pytest.mark.usefixtures("lms_home")
 
 
+@pytest.mark.model
 @pytest.mark.usefixtures("real_daemon_available", "shared_models")
 def test_daemon_up_status_down_with_the_real_daemon(runner: CliRunner) -> None:
     up = runner.invoke(app, ["daemon", "up", "--json"])
@@ -69,6 +70,7 @@ def _reap_soon(pid: int, timeout: float = 2.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.model
 def test_server_start_status_stop_with_the_real_daemon(
     runner: CliRunner, running_daemon: DaemonStatus
 ) -> None:
@@ -90,6 +92,7 @@ def test_server_start_status_stop_with_the_real_daemon(
     assert runner.invoke(app, ["server", "stop"]).exit_code == 3
 
 
+@pytest.mark.model
 def test_unknown_instance_with_the_real_daemon(
     runner: CliRunner, running_daemon: DaemonStatus
 ) -> None:

@@ -194,6 +194,7 @@ def _job(url: str, job_id: str) -> tuple[dict[str, Any], bytes]:
     return json.loads(raw), raw
 
 
+@pytest.mark.model
 def test_lms_get_onto_a_full_disk_fails_clearly_then_works_once_space_is_freed(
     make_gguf: Callable[..., bytes], tmp_path: Path, default_models_dir: Path
 ) -> None:

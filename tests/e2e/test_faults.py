@@ -146,6 +146,7 @@ def test_kill_9_during_a_stream_then_a_new_daemon_has_everything(daemon_home: Ho
 # --- kill -9 of `lms token create` at its write ----------------------------------------------
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     ("syscalls", "nth", "stored"),
     [

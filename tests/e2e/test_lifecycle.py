@@ -69,6 +69,7 @@ def test_up_start_complete_stop(home: Home) -> None:
     assert home.lms("daemon", "status").returncode == 3
 
 
+@pytest.mark.model
 def test_second_daemon_refused(home: Home) -> None:
     assert home.lms("daemon", "up").returncode == 0
     pid = home.daemon_pid()
@@ -87,6 +88,7 @@ def test_second_daemon_refused(home: Home) -> None:
     assert json.loads(status.stdout)["pid"] == pid
 
 
+@pytest.mark.model
 def test_kill_9_then_clean_start(home: Home) -> None:
     assert home.lms("daemon", "up").returncode == 0
     pid = home.daemon_pid()
@@ -108,6 +110,7 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+@pytest.mark.model
 def test_runtime_dir_with_wrong_mode_refused(home: Home) -> None:
     home.run_dir.mkdir(mode=0o700)
     os.chmod(home.run_dir, 0o755)
@@ -117,6 +120,7 @@ def test_runtime_dir_with_wrong_mode_refused(home: Home) -> None:
     assert "Traceback" not in up.stderr
 
 
+@pytest.mark.model
 def test_port_in_use(home: Home) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

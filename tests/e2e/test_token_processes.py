@@ -122,6 +122,7 @@ def daemon_down_afterwards(home: Home) -> Iterator[None]:
         assert down.returncode in (0, 3), down.stderr
 
 
+@pytest.mark.model
 def test_the_daemon_enforces_token_changes_on_the_next_request(
     home: Home, monkeypatch: pytest.MonkeyPatch
 ) -> None:
