@@ -115,6 +115,10 @@ async def _answer(ws: aiohttp.ClientWebSocketResponse, expect: Expect) -> Outcom
             problem = _error_object_problem(reply)
             if problem:
                 return Outcome(kind, problem)
+            if expect.lenient:
+                # A frame too deep (or too odd) for this oracle to decode: the server still
+                # reads the call or channel it opens from its top level and fails that.
+                return Outcome(kind)
         if kind == "communicationWarning":
             if expect.kind == "warning" or expect.lenient:
                 return Outcome("warning")
