@@ -4,6 +4,7 @@ socket's frames and open calls are bounded (docs/LIMITS.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,39 @@ async def test_open_calls_are_bounded_and_channel_0_can_be_cancelled(
     await ws.send_json({"type": "rpcCall", "endpoint": "listLoaded", "callId": 6})
     assert (await frame(ws))["type"] == "rpcResult"  # the channel's slot is free again
     await ws.close()
+
+
+async def test_a_client_that_stops_reading_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame the client never takes ends the socket after the write bound (the prediction it
+    belongs to then sees the client gone), instead of holding its slot for ever."""
+    from aiohttp import web
+
+    from lms.api import sse
+    from lms.api.sdk.session import Session
+
+    monkeypatch.setattr(sse, "WRITE_TIMEOUT", 0.05)
+
+    class StalledSocket:
+        closed = False
+
+        async def send_str(self, data: str) -> None:
+            await asyncio.Event().wait()  # the client's window never opens
+
+    class Transport:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    transport = Transport()
+    session = Session(
+        web.Application(),
+        "llm",
+        StalledSocket(),  # type: ignore[arg-type]
+        {},
+        None,
+        transport,  # type: ignore[arg-type]
+    )
+    with pytest.raises(ConnectionResetError):
+        await session.send({"type": "keepAliveAck"})
+    assert transport.aborted

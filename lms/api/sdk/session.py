@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from lms.api import sse
 from lms.api.sdk import wire
 from lms.api.sdk.auth import AUTH_TIMEOUT, Client, SocketAuth, packet_reply, read_packet
 from lms.api.sdk.calls import Call, Channel, ChannelEndpoint, Endpoint, RpcEndpoint
@@ -63,11 +64,13 @@ class Session:
         ws: web.WebSocketResponse,
         endpoints: dict[tuple[str, str], Endpoint],
         peer: str | None = None,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.app = app
         self.namespace = namespace
         self.ws = ws
         self.peer = peer
+        self._transport = transport
         self._endpoints = endpoints
         self._auth: SocketAuth | None = None
         self._calls: dict[int, asyncio.Task[None]] = {}
@@ -75,10 +78,23 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, frame: dict[str, Any]) -> None:
-        """Send one frame; ConnectionResetError once the socket is gone."""
+        """Send one frame; ConnectionResetError once the socket is gone, or once the client has
+        taken no data for :data:`lms.api.sse.WRITE_TIMEOUT` seconds (a reader that stalls is cut,
+        as on the HTTP streams, so its prediction is cancelled and its slot freed)."""
         if self.ws.closed:
             raise ConnectionResetError("the SDK socket is closed")
-        await self.ws.send_str(wire.dumps(frame))
+        try:
+            async with asyncio.timeout(sse.WRITE_TIMEOUT):
+                await self.ws.send_str(wire.dumps(frame))
+        except TimeoutError:
+            log.warning(
+                "cut the SDK socket /%s: the client accepted no data for %g seconds",
+                self.namespace,
+                sse.WRITE_TIMEOUT,
+            )
+            if self._transport is not None:
+                self._transport.abort()
+            raise ConnectionResetError("the SDK client stopped reading") from None
 
     async def run(self) -> None:
         """Authenticate, then serve until the client closes the socket."""
@@ -373,7 +389,10 @@ async def serve(
     sockets.open.add(ws)
     try:
         with contextlib.suppress(ConnectionError):  # the client left
-            await Session(request.app, namespace, ws, endpoints, request.remote).run()
+            session = Session(
+                request.app, namespace, ws, endpoints, request.remote, request.transport
+            )
+            await session.run()
     finally:
         sockets.open.discard(ws)
         await ws.close()
