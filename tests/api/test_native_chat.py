@@ -1,4 +1,5 @@
-"""POST /api/v1/chat on the real model: shapes, events, stateful chats, errors."""
+"""POST /api/v1/chat: shapes, events, stateful chats and errors on the scripted FakeEngine; what
+the model says on the real default model (the tests marked `model`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""/v1/completions and /v1/chat/completions with the real default model."""
+"""/v1/completions and /v1/chat/completions: plumbing on the scripted FakeEngine, what the model
+says on the real default model (the tests marked `model`)."""
 
 from __future__ import annotations
 
