@@ -32,12 +32,13 @@ test-fast: $(VENV)/.installed-test
 # The property-based fuzz suite at length: 600 generated cases for each of the 17 tests (10,200)
 # against one real daemon. SEED=N repeats a run, EXAMPLES=N changes the cases per test; the seed
 # is printed first and the figures (cases per route, statuses, failures) last, and kept in
-# tests/fuzz/.last-run.json.
+# tests/fuzz/.last-run.json. The per-test limit of `make test` is off (600 cases take minutes);
+# each case has its own liveness bound.
 fuzz: $(VENV)/.installed-test
 	@seed=$${SEED:-$$($(PY) -c 'import secrets; print(secrets.randbelow(2**32))')}; \
 	echo "fuzz seed: $$seed (make fuzz SEED=$$seed repeats this run)"; \
 	LMS_FUZZ_EXAMPLES=$(EXAMPLES) $(PY) -m pytest tests/fuzz -p no:cacheprovider \
-		--hypothesis-profile=fuzz --hypothesis-seed=$$seed -q
+		--hypothesis-profile=fuzz --hypothesis-seed=$$seed -q --timeout=0
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check lms tests bench
