@@ -1,4 +1,4 @@
-"""Token enforcement on every route of the application (SPEC §4)."""
+"""Token enforcement on every route of the application (README: Authentication)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Browser and network defences (SPEC §6): they hold with auth on or off."""
+"""Browser and network defences (README: Settings): they hold with auth on or off."""
 
 from __future__ import annotations
 

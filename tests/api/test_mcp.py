@@ -1,4 +1,5 @@
-"""MCP integrations (SPEC §8) on the TCP API, with REAL MCP servers written with the ``mcp`` SDK
+"""MCP integrations (README: MCP integrations) on the TCP API, with REAL MCP servers written
+with the ``mcp`` SDK
 (``tests/mcp_servers``): a stdio server from mcp.json and a streamable-HTTP server on loopback.
 
 Gate tests need no model: every gate is checked before a server is started or the model is
