@@ -18,12 +18,14 @@ here: those tests use the real model and carry the ``model`` marker.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lms.errors import (
     ContextOverflowError,
@@ -302,3 +304,29 @@ class FakeLoader:
         engine = FakeEngine(model.path, options, self.script)
         self.engines.append(engine)
         return engine
+
+
+#: Seconds a gate waits: generous, only ever reached when something is broken.
+GATE_DEADLINE = 120.0
+
+
+class GroupGate:
+    """Wraps a real embedder's ``_embed_group``: records each group's size and holds the worker
+    inside the first group (computed for real) until the test opens ``gate``."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.original = embedder._embed_group
+        self.sizes: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, group: list[list[int]]) -> Any:
+        vectors = self.original(group)
+        self.sizes.append(len(group))
+        if len(self.sizes) == 1:
+            self.entered.set()
+            self.gate.wait(GATE_DEADLINE)
+        return vectors
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, GATE_DEADLINE)

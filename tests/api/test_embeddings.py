@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
+from fakes import GroupGate
 
 from lms.api.embeddings import MAX_INPUTS
 from lms.inference.embedder import Embedder
@@ -216,28 +216,6 @@ async def test_auth_refusals(client: Client, lms_home: Path) -> None:
     assert await status(listing) == (403, "insufficient_permissions")
     assert await status(other) == (404, "model_not_found")  # outside the allowlist: missing
     assert (await status(good))[0] == 200
-
-
-class GroupGate:
-    """Wraps an embedder's ``_embed_group``: records each group's size and holds the worker in
-    the first group (computed for real) until the test opens the gate."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.original = embedder._embed_group
-        self.sizes: list[int] = []
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def __call__(self, group: list[list[int]]) -> Any:
-        vectors = self.original(group)
-        self.sizes.append(len(group))
-        if len(self.sizes) == 1:
-            self.entered.set()
-            self.gate.wait(DEADLINE)
-        return vectors
-
-    async def wait_entered(self) -> None:
-        assert await asyncio.to_thread(self.entered.wait, DEADLINE)
 
 
 async def poll(condition: Callable[[], bool]) -> None:

@@ -10,13 +10,13 @@ a test-controlled event.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import GroupGate
 
 from lms.errors import (
     InternalError,
@@ -171,28 +171,6 @@ async def test_closing_stops_running_work_at_the_next_step(default_model_path: P
 
 
 # --- embedder ------------------------------------------------------------------------------
-
-
-class GroupGate:
-    """Wraps ``Embedder._embed_group``: records each group's size and holds the worker inside
-    the first group (computed for real) until the test opens the gate."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.original = embedder._embed_group
-        self.sizes: list[int] = []
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def __call__(self, group: list[list[int]]) -> Any:
-        vectors = self.original(group)
-        self.sizes.append(len(group))
-        if len(self.sizes) == 1:
-            self.entered.set()
-            self.gate.wait(DEADLINE)
-        return vectors
-
-    async def wait_entered(self) -> None:
-        assert await asyncio.to_thread(self.entered.wait, DEADLINE)
 
 
 @pytest.fixture(scope="module")
