@@ -3,7 +3,8 @@
 A prompt (a chat, a chat the answer continues, or plain text) goes in; :func:`start` renders
 and tokenizes it in a worker thread (a 30 MB prompt must not freeze the event loop: the
 tokenizer reads only the model's vocabulary, which llama.cpp lets other threads use while the
-engine's worker decodes), adds the template's stop strings to the request's once, and submits
+engine's worker decodes) and compiles its grammar against the vocabulary there too, adds the
+template's stop strings to the request's once, and submits
 it. The :class:`Run` it returns yields the generation's events; leaving its ``async with``
 cancels the generation (client gone, error, early exit) and records its usage exactly once,
 with the recorder the caller passed (an API token, an SDK client, nobody).
@@ -65,6 +66,17 @@ def render(instance: Instance, prompt: Prompt) -> tuple[list[int], tuple[str, ..
     return instance.chat_prompt(prompt.messages, prompt.tools)
 
 
+def prepare(
+    instance: Instance, prompt: Prompt, params: SamplingParams
+) -> tuple[list[int], SamplingParams]:
+    """Prompt tokens and ``params`` with the template's stops, the grammar compiled against the
+    model's vocabulary (blocking: call it off the event loop)."""
+    tokens, template_stops = render(instance, prompt)
+    if params.grammar is not None:
+        instance.engine.check_grammar(params.grammar)
+    return tokens, with_stops(params, template_stops)
+
+
 async def tokens_of(instance: Instance, prompt: Prompt) -> list[int]:
     """The prompt's tokens, counted in a worker thread (Anthropic's ``count_tokens``)."""
     tokens, _ = await asyncio.to_thread(render, instance, prompt)
@@ -79,15 +91,15 @@ def with_stops(params: SamplingParams, extra: Sequence[str]) -> SamplingParams:
 async def start(
     instance: Instance, prompt: Prompt, params: SamplingParams, *, record: Recorder
 ) -> Run:
-    """Render ``prompt`` off the event loop, merge the template's stops, submit.
+    """Render ``prompt`` and compile its grammar off the event loop, merge the template's stops,
+    submit.
 
     Use the result as ``async with``: the generation is cancelled and counted on the way out.
-    Errors of the submission (an empty prompt, a context overflow, a full queue) propagate
-    before anything ran; nothing is recorded for them.
+    Errors of the submission (an empty prompt, a context overflow, a bad grammar, a full queue)
+    propagate before anything ran; nothing is recorded for them.
     """
-    tokens, template_stops = await asyncio.to_thread(render, instance, prompt)
-    submitted = with_stops(params, template_stops)
-    return Run(instance.engine.submit(tokens, submitted), record)
+    tokens, submitted = await asyncio.to_thread(prepare, instance, prompt, params)
+    return Run(instance.engine.submit(tokens, submitted, grammar_checked=True), record)
 
 
 class Run:

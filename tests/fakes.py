@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from lms.errors import (
-    ContextOverflowError,
     InvalidParameterError,
     LmsError,
     ModelLoadError,
@@ -46,7 +45,7 @@ from lms.inference.generation import (
     PromptProgress,
     post,
 )
-from lms.inference.sampling import SamplingParams, StopMatcher
+from lms.inference.sampling import StopMatcher
 from lms.inference.worker import STOP, internal_error
 
 BOS = 1
@@ -156,16 +155,8 @@ class FakeEngine(Engine):
         prefix = "<bos>" if special and tokens[:1] == [BOS] else ""
         return prefix + data.decode("utf-8", "replace")
 
-    def _check_request(self, prompt_tokens: list[int], params: SamplingParams) -> None:
-        if not prompt_tokens:
-            raise InvalidParameterError("the prompt is empty", param="prompt")
-        if len(prompt_tokens) >= self.n_ctx_per_seq:
-            raise ContextOverflowError(
-                f"the prompt has {len(prompt_tokens)} tokens but the context holds"
-                f" {self.n_ctx_per_seq}; load the model with a larger context length",
-                param="context_length",
-            )
-        # Grammars are not checked: the fake has no vocabulary to compile them against.
+    def check_grammar(self, grammar: str) -> None:
+        """Grammars are not checked: the fake has no vocabulary to compile them against."""
 
     def close(self) -> None:
         if self._closed:

@@ -201,16 +201,31 @@ class Engine(ModelWorker):
             pieces.append(buf.raw[: max(n, 0)])
         return b"".join(pieces).decode("utf-8", "replace")
 
-    def submit(self, prompt_tokens: list[int], params: SamplingParams) -> Generation:
+    def submit(
+        self, prompt_tokens: list[int], params: SamplingParams, *, grammar_checked: bool = False
+    ) -> Generation:
         """Queue a generation; its text arrives through the returned handle.
 
         Raises ServerBusyError (503, ``Retry-After``) at once when the instance already holds
         ``parallel`` running and ``queue_length`` waiting generations (cancelled ones do not
-        count).
+        count). ``grammar_checked`` says the caller already ran :meth:`check_grammar` on
+        ``params.grammar`` in a worker thread (compiling a grammar is CPU work the event loop
+        must not do; :func:`lms.pipeline.start` does so).
         """
-        return self.submit_many([(prompt_tokens, params)])[0]
+        return self.submit_many([(prompt_tokens, params)], grammar_checked=grammar_checked)[0]
 
-    def submit_many(self, requests: Sequence[tuple[list[int], SamplingParams]]) -> list[Generation]:
+    def check_grammar(self, grammar: str) -> None:
+        """Refuse a grammar that does not compile against this model's vocabulary (a 400, at
+        submission, not mid-stream). Blocking (it parses the whole grammar): call it off the
+        event loop; safe beside the worker (it only reads the vocabulary)."""
+        self._chooser.check_grammar(grammar)
+
+    def submit_many(
+        self,
+        requests: Sequence[tuple[list[int], SamplingParams]],
+        *,
+        grammar_checked: bool = False,
+    ) -> list[Generation]:
         """Queue several generations as one job: the worker admits them in the same step, as far
         as slots are free (what does not fit waits at the head of the queue).
 
@@ -224,6 +239,8 @@ class Engine(ModelWorker):
             return []
         for prompt_tokens, params in requests:
             self._check_request(prompt_tokens, params)
+            if params.grammar is not None and not grammar_checked:
+                self.check_grammar(params.grammar)
         if self._closed:
             raise ShuttingDownError(f"the model {self.path.name} is being unloaded")
         admitted = 0
@@ -259,8 +276,6 @@ class Engine(ModelWorker):
                 f" {self.n_ctx_per_seq}; load the model with a larger context length",
                 param="context_length",
             )
-        if params.grammar is not None:  # refuse a bad grammar now, as a 400, not mid-stream
-            self._chooser.check_grammar(params.grammar)
 
     # --- worker thread -----------------------------------------------------------------------
 

@@ -137,6 +137,68 @@ async def test_prompts_are_tokenized_off_the_event_loop(
         assert threading.main_thread() not in threads, path
 
 
+@pytest.mark.model
+async def test_grammars_are_compiled_off_the_event_loop(
+    client: TestClient,  # type: ignore[type-arg]
+    manager: ModelManager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Compiling a grammar against the vocabulary parses all of it (up to 512 KiB): the pipeline
+    # does it in its worker thread, and submit does not do it again on the loop.
+    instance = await manager.acquire(MODEL)
+    engine = instance.engine
+    check_grammar = engine.check_grammar
+    threads: list[threading.Thread] = []
+
+    def watched(grammar: str) -> None:
+        threads.append(threading.current_thread())
+        check_grammar(grammar)
+
+    monkeypatch.setattr(engine, "check_grammar", watched)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    messages = [{"role": "user", "content": "hi"}]
+    tool = {"name": "f", "description": "f", "input_schema": schema}
+    requests: list[tuple[str, dict[str, Any]]] = [
+        (
+            "/v1/chat/completions",
+            {
+                "model": MODEL,
+                "messages": messages,
+                "max_tokens": 1,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": schema},
+                },
+            },
+        ),
+        (
+            "/v1/messages",
+            {
+                "model": MODEL,
+                "messages": messages,
+                "max_tokens": 1,
+                "tools": [tool],
+                "tool_choice": {"type": "any"},
+            },
+        ),
+        (
+            "/v1/responses",
+            {
+                "model": MODEL,
+                "input": "hi",
+                "max_output_tokens": 1,
+                "text": {"format": {"type": "json_schema", "name": "x", "schema": schema}},
+            },
+        ),
+    ]
+    for path, body in requests:
+        threads.clear()
+        response = await client.post(path, json=body)
+        assert response.status == 200, (path, await response.text())
+        assert len(threads) == 1, path
+        assert threads[0] is not threading.main_thread(), path
+
+
 # --- a client that does not read is cut ----------------------------------------------------------
 
 
