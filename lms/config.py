@@ -356,24 +356,36 @@ def load(
     return build(read_file(), merged)
 
 
-def set_value(key: str, text: str) -> Any:
+#: Called with (key, old, new) under config.toml's lock just before a write (``old``: the
+#: file's value, or the default when absent): what the audit log needs (see lms.auth.audit).
+BeforeWrite = Callable[[str, Any, Any], None]
+
+
+def set_value(key: str, text: str, *, before_write: BeforeWrite | None = None) -> Any:
     """Validate and write one setting to config.toml (atomically, under its lock)."""
     value = parse_text(key, text)
     path = paths.config_file()
     with storage.locked(path):
         values = read_file(path)
+        if before_write is not None:
+            before_write(key, values.get(key, setting(key).default), value)
         values[key] = value
         storage.write_atomic(path, _dump(values))
     return value
 
 
-def unset_value(key: str) -> None:
-    setting(key)
+def unset_value(key: str, *, before_write: BeforeWrite | None = None) -> Any:
+    """Remove a setting from config.toml; returns the default that applies again."""
+    default = setting(key).default
     path = paths.config_file()
     with storage.locked(path):
         values = read_file(path)
-        if values.pop(key, None) is not None:
+        if key in values:
+            if before_write is not None:
+                before_write(key, values[key], default)
+            del values[key]
             storage.write_atomic(path, _dump(values))
+    return default
 
 
 def _dump(values: Mapping[str, Any]) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lms import limits, protocol
+from lms import protocol
 from lms.api import bodies, instances
 from lms.api.security import check_model, model_filter
 from lms.api.state import DOWNLOADS, MANAGER
@@ -60,7 +60,7 @@ async def load(request: web.Request) -> web.Response:
     allowed = model_filter(request)
     manager.check_request(ttl=ttl, context_length=context_length)
     if identifier is not None:
-        limits.check_identifier(identifier)
+        manager.check_identifier(identifier, allowed)
     model = await manager.resolve(
         query, allowed, hidden=lambda: instances.audit_hidden(request, query)
     )

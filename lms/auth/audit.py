@@ -1,6 +1,9 @@
 """The audit log (README: Authentication): one JSON object per line. ``audit.jsonl`` holds token and
 setting changes, appended by whichever process made them (the CLI, or the daemon for
-``server.cors``); it is written at a human pace and never rotated. Refused requests are counted
+``server.cors``); it is written at a human pace and never rotated. A change's entry is written
+before the change, under the lock of the file it changes: every change that was made is in the
+log (a full disk refuses the change, never just its entry); an entry whose change then failed
+records an attempt, and the command that tried said so. Refused requests are counted
 apart, in ``refusals.jsonl`` and its rotated files (:mod:`lms.auth.refusals`), so that no flood can
 push a change out of the log. :func:`read` merges both.
 
@@ -23,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from lms import paths, storage
+from lms import config, paths, storage
 from lms.auth.refusals import RefusalLog
 from lms.auth.tokens import redact
 
@@ -77,6 +80,16 @@ def setting_changed(
         else (AuditEvent.AUTH_SETTING_CHANGED)
     )
     return append(event, path=path, now=now, key=key, old=old, new=new)
+
+
+def security_setting(key: str, old: Any, new: Any) -> None:
+    """A :data:`lms.config.BeforeWrite` hook: record a change of a security setting."""
+    if config.setting(key).security and old != new:
+        setting_changed(key, _jsonable(old), _jsonable(new))
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def read(since: datetime | None = None, *, path: Path | None = None) -> list[dict[str, Any]]:

@@ -23,8 +23,11 @@ the new file, both whole. A file that cannot be read or does not validate raises
 ConfigBrokenError naming it; writes refuse too, so a hand-damaged registry is never silently
 replaced. A missing file is an empty registry.
 
-Every successful change is appended to the audit log (``token_created``, ``token_edited``,
-``token_rotated``, ``token_removed``) by the process that made it.
+Every change is appended to the audit log (``token_created``, ``token_edited``,
+``token_rotated``, ``token_removed``) by the process that makes it, under the registry's lock and
+before the write: a change is never made without its entry. When the audit log cannot be
+written (a full disk) nothing changes, so a token is never stored whose secret was not shown, and
+a rotation never invalidates a secret without handing out the new one.
 """
 
 from __future__ import annotations
@@ -209,16 +212,16 @@ class Registry:
                 expires_at=expires_at,
                 rpm=rpm,
             )
+            audit.append(
+                audit.AuditEvent.TOKEN_CREATED,
+                token_id=record.id,
+                name=record.name,
+                permissions=sorted_permissions(record.permissions),
+                models=list(record.models),
+                expires_at=_iso(record.expires_at),
+                rpm=record.rpm,
+            )
             self._write(state, (*_pruned(state.records, now), record))
-        audit.append(
-            audit.AuditEvent.TOKEN_CREATED,
-            token_id=record.id,
-            name=record.name,
-            permissions=sorted_permissions(record.permissions),
-            models=list(record.models),
-            expires_at=_iso(record.expires_at),
-            rpm=record.rpm,
-        )
         return record, full
 
     def edit(
@@ -292,8 +295,10 @@ class Registry:
             }
             if not diff:
                 return old
+            audit.append(
+                audit.AuditEvent.TOKEN_EDITED, token_id=new.id, name=new.name, changes=diff
+            )
             self._write(state, _replaced(_pruned(state.records, now), new))
-        audit.append(audit.AuditEvent.TOKEN_EDITED, token_id=new.id, name=new.name, changes=diff)
         return new
 
     def rotate(self, id_or_name: str, grace: timedelta = timedelta(0)) -> tuple[TokenRecord, str]:
@@ -316,14 +321,14 @@ class Registry:
                 previous_hash=old.hash if grace else None,
                 previous_hash_expires_at=now + grace if grace else None,
             )
+            audit.append(
+                audit.AuditEvent.TOKEN_ROTATED,
+                token_id=new.id,
+                name=new.name,
+                grace_seconds=int(grace.total_seconds()),
+                previous_valid_until=_iso(new.previous_hash_expires_at),
+            )
             self._write(state, _replaced(_pruned(state.records, now), new))
-        audit.append(
-            audit.AuditEvent.TOKEN_ROTATED,
-            token_id=new.id,
-            name=new.name,
-            grace_seconds=int(grace.total_seconds()),
-            previous_valid_until=_iso(new.previous_hash_expires_at),
-        )
         return new, full
 
     def remove(self, id_or_name: str) -> TokenRecord:
@@ -333,8 +338,8 @@ class Registry:
             state = read(self.path)
             old = _resolve(state, id_or_name)
             kept = tuple(r for r in _pruned(state.records, now) if r.id != old.id)
+            audit.append(audit.AuditEvent.TOKEN_REMOVED, token_id=old.id, name=old.name)
             self._write(state, kept)
-        audit.append(audit.AuditEvent.TOKEN_REMOVED, token_id=old.id, name=old.name)
         return old
 
     def _write(self, state: RegistryState, records: Iterable[TokenRecord]) -> None:

@@ -57,13 +57,7 @@ def require(
     from lms.auth import audit
 
     key = "auth.required"
-    try:
-        old = config.read_file().get(key, config.setting(key).default)
-    except ConfigBrokenError:
-        old = None  # set_value refuses a broken file below, saying why
-    new = config.set_value(key, state.value)
-    if new != old:
-        audit.setting_changed(key, old, new)
+    new = config.set_value(key, state.value, before_write=audit.security_setting)
     where = paths.config_file()
     if new:
         render.note(f"authentication is ON: every API request needs a token ({key} in {where})")

@@ -9,7 +9,6 @@ import typer
 
 from lms import config, paths
 from lms.cli import completers, render
-from lms.errors import ConfigBrokenError
 
 app = typer.Typer(
     help="Show and change settings (written to config.toml; no daemon needed).",
@@ -94,9 +93,7 @@ def set_cmd(
     A change of a security setting (auth.*, mcp.*, server.cors*, server.allowed_hosts, ...) is
     recorded in the audit log.
     """
-    old = _file_value(key)
-    stored = config.set_value(key, value)
-    _audit_change(key, old, stored)
+    stored = config.set_value(key, value, before_write=_audit_change)
     render.note(f"{key} = {render.format_value(stored)} (in {paths.config_file()})")
     _explain_effect(key)
 
@@ -104,34 +101,17 @@ def set_cmd(
 @app.command("unset")
 def unset_cmd(key: KeyArgument) -> None:
     """Remove a setting from config.toml: its default applies again."""
-    old = _file_value(key)
-    config.unset_value(key)
-    spec = config.setting(key)
-    _audit_change(key, old, spec.default)
-    render.note(f"{key} reset to its default ({render.format_value(spec.default)})")
+    default = config.unset_value(key, before_write=_audit_change)
+    render.note(f"{key} reset to its default ({render.format_value(default)})")
     _explain_effect(key)
 
 
-def _file_value(key: str) -> Any:
-    """The value config.toml gives ``key`` now (its default when absent), for the audit log.
-
-    Security settings come from the file only, so this is what the daemon enforced before.
-    A broken file is reported by the write that follows.
-    """
-    spec = config.setting(key)
-    try:
-        return config.read_file().get(key, spec.default)
-    except ConfigBrokenError:
-        return None
-
-
 def _audit_change(key: str, old: Any, new: Any) -> None:
-    # lms.config may not import lms.auth (a lower layer): the CLI records the change.
-    if not config.setting(key).security or old == new:
-        return
+    # lms.config may not import lms.auth (a lower layer): the CLI hands it the audit's hook,
+    # which records the change before the write, under config.toml's lock.
     from lms.auth import audit
 
-    audit.setting_changed(key, _json_value(old), _json_value(new))
+    audit.security_setting(key, old, new)
 
 
 def _explain_effect(key: str) -> None:

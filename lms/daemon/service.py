@@ -323,10 +323,7 @@ async def _every(seconds: float, work: Callable[[], Awaitable[object]], what: st
 
 def _record_cors(on: bool) -> None:
     """Write ``server.cors`` (a security setting: config.toml only) and audit a change."""
-    old = config.read_file().get("server.cors", config.SETTINGS["server.cors"].default)
-    config.set_value("server.cors", "on" if on else "off")
-    if old != on:
-        audit.setting_changed("server.cors", old, on)
+    config.set_value("server.cors", "on" if on else "off", before_write=audit.security_setting)
 
 
 def _listen(bind: str, port: int) -> socket.socket:

@@ -29,6 +29,7 @@ from lms.config import MAX_PARALLEL, Settings
 from lms.errors import (
     ConflictError,
     InstanceNotFoundError,
+    InvalidParameterError,
     InvalidRequestError,
     ModelNotFoundError,
     PermissionDeniedError,
@@ -130,6 +131,25 @@ class ModelManager:
         )
         choosing.check_serves(model, kind)
         return Choice(model.key, self._find(model.key, kind), model)
+
+    def check_identifier(self, identifier: object, allowed: ModelFilter | None = None) -> str:
+        """Refuse a new instance's ``identifier`` (400 naming it) unless it is printable, of
+        bounded length (:mod:`lms.limits`), free, and matched by ``allowed``.
+
+        A token limited to some models names its instances inside its allowlist (as if the
+        identifier were a key): "that name is taken" then only ever speaks of a name in the
+        token's own namespace, never of an instance of a model it may not see.
+        """
+        identifier = limits.check_identifier(identifier)
+        if allowed is not None and not allowed(identifier):
+            raise InvalidParameterError(
+                f'the identifier "{identifier}" is outside this token\'s model allowlist; a token'
+                " limited to some models names its instances with names its allowlist matches",
+                param="identifier",
+            )
+        if identifier in self._instances:
+            raise ConflictError(f'an instance named "{identifier}" is already loaded')
+        return identifier
 
     def check_request(
         self,
@@ -286,15 +306,15 @@ class ModelManager:
         """
         self.check_request(ttl=ttl, context_length=context_length, context_param=context_param)
         if identifier is not None:
-            limits.check_identifier(identifier)
+            self.check_identifier(identifier, allowed)
         if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
             raise InvalidRequestError(
                 f"parallel must be between 1 and {MAX_PARALLEL}", param="parallel"
             )
         model = query if isinstance(query, ModelFile) else await self.resolve(query, allowed)
         async with self._lock:
-            if identifier is not None and identifier in self._instances:
-                raise ConflictError(f'an instance named "{identifier}" is already loaded')
+            if identifier is not None:  # again: another load may have taken it meanwhile
+                self.check_identifier(identifier, allowed)
             return await self._load_locked(
                 model,
                 context_length=context_length or self._settings().models_context_length,

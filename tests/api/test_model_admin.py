@@ -140,6 +140,42 @@ async def test_load_checks_the_token_allowlist(
     assert await loaded_ids(client) == []
 
 
+async def test_a_limited_token_names_instances_inside_its_allowlist(
+    client: TestClient,  # type: ignore[type-arg]
+    lms_home: Path,
+) -> None:
+    # "That name is taken" must not tell a token of an instance it may not see: a token limited
+    # to some models names its instances with names its allowlist matches.
+    loaded = await client.post(
+        "/api/v1/models/load", json={"model": MODEL, "identifier": "secret", "context_length": 256}
+    )
+    assert loaded.status == 200, await loaded.json()
+    _, limited = Registry().create("limited", permissions={Permission.MODELS}, models=["x/*"])
+    config = lms_home / "config" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[auth]\nrequired = true\n")
+    headers = {"Authorization": f"Bearer {limited}"}
+    errors = {}
+    for identifier in ("secret", "free"):
+        response = await client.post(
+            "/api/v1/models/load",
+            json={"model": "x/thing", "identifier": identifier},
+            headers=headers,
+        )
+        assert response.status == 400
+        errors[identifier] = (await response.json())["error"]
+    assert errors["secret"]["param"] == "identifier"
+    assert errors["secret"]["message"] == errors["free"]["message"].replace("free", "secret")
+    inside = await client.post(
+        "/api/v1/models/load",
+        json={"model": "x/thing", "identifier": "x/mine"},
+        headers=headers,
+    )
+    assert inside.status == 404  # the identifier passes; x/thing does not exist
+    config.write_text("[auth]\nrequired = false\n")
+    assert await loaded_ids(client) == ["secret"]
+
+
 @pytest.mark.model
 async def test_unload_hides_instances_outside_the_allowlist(
     client: TestClient,  # type: ignore[type-arg]

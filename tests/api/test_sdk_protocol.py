@@ -16,7 +16,9 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
+from lms.api.sdk import records
 from lms.api.sdk import session as sdk_session
+from lms.api.state import AUTH
 from lms.auth import audit
 from lms.auth.permissions import Permission
 from lms.auth.registry import Registry
@@ -273,13 +275,19 @@ async def test_allowlist_filters_listings_and_refuses_models(
     assert hidden["type"] == "channelError"
     hidden.pop("channelId"), missing.pop("channelId")
     assert json.dumps(hidden) == json.dumps(missing).replace("nobody/nothing", MODEL)
+    # Only the audit log hears that a hidden model was named (the missing one is not a refusal).
+    assert refused_in_audit() == [("/llm:getOrLoad", "model_not_allowed")]
     await ws.close()
+
+
+def refused_in_audit() -> list[tuple[str, str]]:
+    return [(e["route"], e["reason"]) for e in audit.read() if e.get("event") == "request_refused"]
 
 
 async def test_loaded_instances_outside_the_allowlist_are_invisible(
     client: Client, tokens: dict[str, str], manager: ModelManager
 ) -> None:
-    await manager.load(MODEL, identifier="secret", context_length=256)
+    secret = await manager.load(MODEL, identifier="secret", context_length=256)
     ws = await connect(client, "/llm", packet(tokens["other"]))
     assert (await call(ws, "listLoaded"))["result"] == []
     replies = []
@@ -292,7 +300,20 @@ async def test_loaded_instances_outside_the_allowlist_are_invisible(
     assert info_hidden["errorData"]["code"] == "model_not_found"
     assert json.dumps(info_hidden) == json.dumps(info_missing).replace("nothing", "secret")
     assert json.dumps(unload_hidden) == json.dumps(unload_missing).replace("nothing", "secret")
+    reference = {"specifier": {"type": "instanceReference", "instanceReference": "x"}}
+    reference["specifier"]["instanceReference"] = records.instance_reference(secret)
+    by_reference = await call(ws, "getModelInfo", reference, call_id=21)
+    assert by_reference["error"]["errorData"]["code"] == "instance_not_found"
     assert [i.identifier for i in manager.instances()] == ["secret"]
+    # Only the hidden instance's lookups are refusals (twice, counted in one line), beside the
+    # unloads this token may not make at all.
+    assert sorted(refused_in_audit()) == [
+        ("/llm:getModelInfo", "model_not_allowed"),
+        ("/llm:unloadModel", "insufficient_permissions"),
+    ]
+    client.app[AUTH].refusals.flush()  # the repeat is counted at the end of its window
+    counts = [e.get("count", 1) for e in audit.read() if e.get("route") == "/llm:getModelInfo"]
+    assert sum(counts) == 2
     await ws.close()
 
 

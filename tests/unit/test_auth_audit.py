@@ -12,15 +12,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fulldisk import small_tmpfs
 
-from lms import paths
+from lms import config, paths
 from lms.auth import audit, refusals
 from lms.auth.gate import TokenGate, Where
 from lms.auth.permissions import Permission
 from lms.auth.refusals import OTHER, RefusalKey, RefusalLog, RefusalRecorder, peer_class
 from lms.auth.registry import Registry
 from lms.auth.tokens import compose, random_id, random_secret
-from lms.errors import AuthError
+from lms.errors import AuthError, StorageFullError
 
 
 @pytest.fixture
@@ -280,3 +281,29 @@ def test_a_flooding_network_is_answered_late_and_no_one_else(home: Path) -> None
     assert gate.refusal_delay(other) == 0.0
     gate.refusals.flush()  # a new window
     assert gate.refusal_delay(flooder) == 0.0
+
+
+def test_a_security_setting_is_not_changed_when_its_audit_entry_cannot_be_written(
+    home: Path,
+) -> None:
+    config.set_value("auth.required", "on", before_write=audit.security_setting)
+    config.set_value("server.port", "1300", before_write=audit.security_setting)
+    before = paths.config_file().read_bytes()
+    with small_tmpfs("1m") as disk:
+        (home / "data").rename(home / "data.old")
+        (home / "data").symlink_to(disk.root)
+        disk.fill()
+        for change in (
+            lambda: config.set_value("auth.required", "off", before_write=audit.security_setting),
+            lambda: config.unset_value("auth.required", before_write=audit.security_setting),
+        ):
+            with pytest.raises(StorageFullError):
+                change()
+            assert paths.config_file().read_bytes() == before
+        # A setting that is not a security one has no entry to write: it changes.
+        config.set_value("server.port", "1301", before_write=audit.security_setting)
+        (home / "data").unlink()
+        (home / "data.old").rename(home / "data")
+    assert config.read_file()["server.port"] == 1301
+    changes = [(e["key"], e["new"]) for e in audit.read() if e["event"] == "auth_setting_changed"]
+    assert changes == [("auth.required", True)]

@@ -344,3 +344,31 @@ def test_a_full_disk_refuses_a_write_and_leaves_tokens_toml_whole(
         record, _ = reg.create("phone")
         assert [r.name for r in reg.list()] == ["ci", "laptop", "phone"]
         assert record.name == "phone"
+
+
+def test_a_change_whose_audit_entry_cannot_be_written_is_not_made(
+    home: Path, reg: Registry
+) -> None:
+    # The audit log's disk is full while tokens.toml's is not: the entry is written first, so
+    # no token is stored whose secret was never shown, a rotation keeps the old secret, and a
+    # removal leaves the token (and the command says so).
+    _, ci_secret = reg.create("ci")
+    reg.create("laptop")
+    before = reg.path.read_bytes()
+    with small_tmpfs("1m") as disk:
+        (home / "data").rename(home / "data.old")
+        (home / "data").symlink_to(disk.root)
+        disk.fill()
+        for change in (
+            lambda: reg.create("phone"),
+            lambda: reg.rotate("ci"),
+            lambda: reg.edit("ci", rpm=5),
+            lambda: reg.remove("laptop"),
+        ):
+            with pytest.raises(StorageFullError):
+                change()
+            assert reg.path.read_bytes() == before
+        (home / "data").unlink()
+        (home / "data.old").rename(home / "data")
+    assert reg.find("ci").hash == tokens.hash_token(ci_secret)  # the secret shown still works
+    assert [r.name for r in reg.list()] == ["ci", "laptop"]

@@ -28,7 +28,13 @@ from lms.auth.gate import Where
 from lms.auth.permissions import ANY_TOKEN, Access, sdk_access_for
 from lms.auth.record import TokenRecord
 from lms.auth.tokens import token_from_sdk_auth
-from lms.errors import InvalidJsonError, InvalidRequestError, LmsError, MissingApiKeyError
+from lms.errors import (
+    InvalidJsonError,
+    InvalidRequestError,
+    LmsError,
+    MissingApiKeyError,
+    ModelNotAllowedError,
+)
 
 #: Seconds a client has, after the upgrade, to send its auth packet.
 AUTH_TIMEOUT = 10.0
@@ -120,6 +126,12 @@ class SocketAuth:
 
     def record_tokens(self, record: TokenRecord | None, prompt: int, completion: int) -> None:
         self.app[AUTH].record_tokens(record, prompt, completion)
+
+    def hidden(self, record: TokenRecord, endpoint: str, query: str) -> None:
+        """Count (in the audit log only) that ``query`` named a model or instance outside the
+        token's allowlist: the client got the same answer as for a missing one."""
+        err = ModelNotAllowedError(f'"{query}" is outside the allowlist')
+        self.app[AUTH].refuse(self.where(endpoint), err, record.id)
 
     def refused(self, endpoint: str, err: LmsError) -> None:
         """Count a refusal of this socket that the gate did not decide (a malformed packet)."""

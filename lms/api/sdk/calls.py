@@ -62,6 +62,12 @@ class Call:
     def record_tokens(self, prompt: int, completion: int) -> None:
         self.auth.record_tokens(self.record, prompt, completion)
 
+    def hidden(self, query: str) -> None:
+        """Audit that ``query`` named a model or instance the token may not see (the client
+        is answered as if it did not exist)."""
+        if self.record is not None:
+            self.auth.hidden(self.record, self.endpoint, query)
+
 
 @dataclass
 class Channel(Call):

@@ -21,14 +21,12 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lms import limits
 from lms.api.sdk import kvconfig, records, wire
 from lms.api.sdk.calls import Call, Channel, Endpoint, channel, rpc
 from lms.api.sdk.records import Kind
 from lms.api.state import AUTH, CONFIG
 from lms.auth.permissions import Permission
 from lms.errors import (
-    ConflictError,
     InstanceNotFoundError,
     InvalidParameterError,
     MissingParameterError,
@@ -76,8 +74,19 @@ def text_param(parameter: Any, name: str) -> str:
 
 
 def match_loaded(call: Call, kind: Kind, query: dict[str, Any]) -> Instance | None:
-    """The first loaded instance of ``kind`` that ``query`` names (None: no match)."""
-    instances = loaded(call, kind)
+    """The first loaded instance of ``kind`` that ``query`` names (None: no match). A name that
+    only an instance outside the token's allowlist matches is audited (see :meth:`Call.hidden`).
+    """
+    found = _match(loaded(call, kind), query, kind)
+    wanted = query.get("identifier") or query.get("path")
+    if found is None and call.record is not None and isinstance(wanted, str):
+        every = [i for i in call.manager.instances() if i.type == kind]
+        if _match(every, query, kind) is not None:
+            call.hidden(wanted)
+    return found
+
+
+def _match(instances: list[Instance], query: dict[str, Any], kind: Kind) -> Instance | None:
     if query.get("vision") is True:
         instances = [i for i in instances if i.model.vision]
     identifier, path = query.get("identifier"), query.get("path")
@@ -105,17 +114,29 @@ def match_loaded(call: Call, kind: Kind, query: dict[str, Any]) -> Instance | No
 
 async def downloaded(call: Call, name: str, kind: Kind) -> ModelFile:
     """The downloaded model ``name`` means (key, name, or a path prefix); the error lists only
-    the models the token may use."""
-    models = [m for m in await call.manager.models() if call.allows(m.key)]
+    the models the token may use, and a name only a hidden model answers to is audited."""
+    every = await call.manager.models()
+    models = [m for m in every if call.allows(m.key)]
+    try:
+        return _resolve(name, models, kind)
+    except ModelNotFoundError as err:
+        if call.record is not None and len(models) < len(every):
+            with contextlib.suppress(ModelNotFoundError):
+                _resolve(name, every, kind)
+                call.hidden(name)
+        message = None if "ambiguous" not in err.message else err.message
+        raise wire.path_not_found(name, [m.key for m in models], message) from None
+
+
+def _resolve(name: str, models: list[ModelFile], kind: Kind) -> ModelFile:
     try:
         return catalog.resolve(model_query(name, kind), models)
-    except ModelNotFoundError as err:
+    except ModelNotFoundError:
         lowered = name.lower()
         by_path = [m for m in models if records.model_path(m).lower().startswith(lowered)]
         if by_path and "/" in name:
             return by_path[0]
-        message = None if "ambiguous" not in err.message else err.message
-        raise wire.path_not_found(name, [m.key for m in models], message) from None
+        raise
 
 
 def _specifier(parameter: Any, name: str) -> dict[str, Any]:
@@ -145,9 +166,13 @@ async def instance_for(
     if spec["type"] == "instanceReference":
         reference = spec["instanceReference"]
         instance = next(
-            (i for i in loaded(call, kind) if records.instance_reference(i) == reference), None
+            (i for i in call.manager.instances() if records.instance_reference(i) == reference),
+            None,
         )
-        if instance is None:
+        if instance is not None and not call.allows(instance.model.key):
+            call.hidden(instance.identifier)
+            instance = None
+        if instance is None or instance.type != kind:
             raise InstanceNotFoundError(
                 "that model instance is no longer loaded", param=name, hint="get a new handle"
             )
@@ -285,14 +310,12 @@ async def load_model(channel: Channel, parameter: Any) -> None:
     key = text_param(parameter, "modelKey")
     identifier = parameter.get("identifier")
     if identifier is not None:
-        identifier = limits.check_identifier(identifier)
+        identifier = channel.manager.check_identifier(identifier, channel.allows)
     context_length = kvconfig.load_settings(parameter.get("loadConfigStack"), kind)
     ttl = kvconfig.ttl_seconds(parameter.get("ttlMs"), "ttlMs")
     channel.manager.check_request(context_length=context_length, context_param="contextLength")
     model = await downloaded(channel, key, kind)
     channel.check_model(model.key)
-    if identifier is not None and channel.manager.find_instance(identifier) is not None:
-        raise ConflictError(f'a model instance with the identifier "{identifier}" already exists')
     await channel.send({"type": "resolved", "info": records.model_info(model, kind)})
     instance = await loading(
         channel,
@@ -315,7 +338,8 @@ async def unload_model(call: Call, parameter: Any) -> None:
     kind = kind_of(call)
     identifier = text_param(parameter, "identifier")
     instance = next((i for i in loaded(call, kind) if i.identifier == identifier), None)
-    if instance is None or not call.allows(instance.model.key):
+    if instance is None:
+        match_loaded(call, kind, {"identifier": identifier})  # audits a hidden one
         raise wire.no_model_matching({"identifier": identifier}, visible(call, kind))
     call.check_model(instance.model.key)
     await call.manager.unload(identifier)
