@@ -1,6 +1,6 @@
 """Who is at the other end of the control socket: the peer's uid (``SO_PEERCRED``).
 
-Both ends check it: the daemon serves its owner only (:mod:`lms.api.control`) and the CLI talks
+Both ends check it: the daemon serves its owner only (:mod:`lms.api.control.app`) and the CLI talks
 only to a daemon of its own user (:mod:`lms.client`). Standard library only.
 """
 

@@ -5,19 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from lms import protocol
-from lms.api import (
-    anthropic,
-    embeddings,
-    middlewares,
-    model_admin,
-    native,
-    native_chat,
-    openai,
-    requestlog,
-    responses,
-    sdk,
-    security,
-)
+from lms.api import middlewares, requestlog, sdk, security
+from lms.api.anthropic import messages
+from lms.api.native import chat, model_admin, models
+from lms.api.openai import completions, embeddings, responses
 from lms.api.state import (
     AUTH,
     CHATS,
@@ -93,13 +84,13 @@ def build_api_app(
         app.on_cleanup.append(lambda _app: mcp.close())
     app[MCP] = mcp
     app.add_routes(routes)
-    app.add_routes(openai.routes)
-    app.add_routes(native.routes)
-    app.add_routes(native_chat.routes)
+    app.add_routes(completions.routes)
+    app.add_routes(models.routes)
+    app.add_routes(chat.routes)
     app.add_routes(responses.routes)
     app.add_routes(model_admin.routes)
     app.add_routes(embeddings.routes)
-    app.add_routes(anthropic.routes)
+    app.add_routes(messages.routes)
     sdk.setup(app)
     app.on_response_prepare.append(middlewares.add_cors_headers)
     return app

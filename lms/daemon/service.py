@@ -22,8 +22,8 @@ from aiohttp import web
 import lms
 from lms import config, paths
 from lms.api.app import build_api_app
-from lms.api.control import build_control_app
-from lms.api.control_stream import add_stream_routes
+from lms.api.control.app import build_control_app
+from lms.api.control.streams import add_stream_routes
 from lms.api.state import AuthGuard, Listener
 from lms.auth import audit
 from lms.config import ConfigWatcher

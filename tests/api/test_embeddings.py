@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from fakes import GroupGate
 
-from lms.api.embeddings import MAX_INPUTS
+from lms.api.openai.embeddings import MAX_INPUTS
 from lms.inference.embedder import Embedder
 from lms.inference.generation import LoadOptions
 from lms.inference.manager import ModelManager

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lms.api.anthropic_request import MessagesRequest, parse_messages
+from lms.api.anthropic.request import MessagesRequest, parse_messages
 from lms.errors import InvalidParameterError
 from lms.inference.tools import ToolChoice
 

@@ -38,7 +38,14 @@ class FakeEngine:
         self.outputs = outputs
         self.params: list[SamplingParams] = []
 
-    def submit(self, tokens: list[int], params: SamplingParams) -> FakeGeneration:
+    def check_grammar(self, grammar: str) -> None:
+        """No vocabulary to compile against: the forced call's grammar is checked by the
+        real model's tests (tests/api/test_mcp.py)."""
+
+    def submit(
+        self, tokens: list[int], params: SamplingParams, *, grammar_checked: bool = False
+    ) -> FakeGeneration:
+        assert grammar_checked or params.grammar is None  # the pipeline compiled it already
         self.params.append(params)
         return FakeGeneration(self.outputs.pop(0), tokens, params)
 

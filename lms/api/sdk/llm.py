@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from lms import pipeline
-from lms.api.chat_completions import ChatPlan
+from lms.api.chat_plan import ChatPlan
 from lms.api.sdk import history, kvconfig, models, records, wire
 from lms.api.sdk.calls import Call, Channel, Endpoint, channel, rpc
 from lms.api.sdk.files import FILES, FileStore

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, middlewares
-from lms.api.model_admin import DOWNLOAD_ANSWER_SECONDS
+from lms.api.native.model_admin import DOWNLOAD_ANSWER_SECONDS
 from lms.api.state import DOWNLOADS, MANAGER, MCP
 from lms.download import importer
 from lms.download.downloader import DownloadManager

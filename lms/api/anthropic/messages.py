@@ -1,6 +1,6 @@
 """Anthropic-compatible ``POST /v1/messages`` (reference/lmstudio-api.md §4).
 
-The body is read by :mod:`anthropic_request` (messages with ``text``, ``tool_use`` and
+The body is read by :mod:`.request` (messages with ``text``, ``tool_use`` and
 ``tool_result`` blocks; custom ``tools`` and ``tool_choice``). ``thinking`` and ``metadata`` are
 accepted and ignored. A last ``assistant`` message without tool calls is a prefill: the answer
 continues it.
@@ -32,7 +32,7 @@ from aiohttp import web
 
 from lms import pipeline, protocol
 from lms.api import bodies, instances
-from lms.api.anthropic_request import MessagesRequest
+from lms.api.anthropic.request import MessagesRequest
 from lms.api.security import record_generation
 from lms.api.sse import EventStream
 from lms.errors import LmsError

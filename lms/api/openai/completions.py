@@ -19,7 +19,7 @@ from aiohttp import web
 
 from lms import pipeline, protocol
 from lms.api import bodies, instances
-from lms.api.chat_completions import ChatPlan, delta
+from lms.api.chat_plan import ChatPlan, delta
 from lms.api.security import model_filter, record_generation
 from lms.api.sse import EventStream
 from lms.api.state import CONFIG, MANAGER

@@ -1,5 +1,6 @@
 """What ``POST /v1/chat/completions`` adds to plain text: ``tools``, ``tool_choice`` and
-``response_format`` (reference §3.2), as a :class:`ChatPlan` the route in ``openai.py`` follows.
+``response_format`` (reference §3.2), as a :class:`ChatPlan` its route follows
+(``lms/api/openai/completions.py``), and the SDK's ``predict`` too.
 
 The plan renders the prompt (tools offered the way the model's template can take them), carries
 the grammar of the request (a forced tool call, or the response format), and turns the output

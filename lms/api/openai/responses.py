@@ -18,7 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from lms import pipeline, protocol
-from lms.api import bodies, instances, integrations, openai, responses_mcp
+from lms.api import bodies, instances, integrations
+from lms.api.openai import completions, responses_mcp
 from lms.api.security import TOKEN, record_generation
 from lms.api.sse import EventStream
 from lms.api.state import CHATS
@@ -229,7 +230,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 def _refuse_logprobs(body: Mapping[str, Any]) -> None:
     """Log probabilities are refused (400), not silently left out; 0 asks for none."""
-    openai.refuse_top_logprobs(body)
+    completions.refuse_top_logprobs(body)
     include = body.get("include")
     if isinstance(include, list) and "message.output_text.logprobs" in include:
         raise InvalidParameterError(
