@@ -60,6 +60,7 @@ from lms.errors import (
     ShuttingDownError,
 )
 from lms.inference.generation import LoadOptions
+from lms.inference.vocab import Vocabulary
 from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
 
 log = logging.getLogger("lms.embedder")
@@ -165,8 +166,8 @@ class Embedder(ModelWorker):
         self._model = model
         self._ctx = ctx
         self._skipper = skipper  # keeps the ctypes callback alive as long as the context
-        self._vocab = model.vocab
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.vocab = Vocabulary(model)
+        self.n_vocab = self.vocab.n_tokens
         self.n_embd = int(llama_cpp.llama_model_n_embd(model.model))
         # llama.cpp rounds a small context up (to 256): hold inputs to what was asked for
         self.n_ctx = min(ctx.n_ctx(), options.context_length)
@@ -335,16 +336,7 @@ class Embedder(ModelWorker):
             self.status = "idle"
 
     def _tokenize(self, text: str, where: str = "text") -> list[int]:
-        try:
-            encoded = text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidParameterError(
-                f"'{where}' holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text",
-                param="input",
-            ) from None
-        # add_special: BOS (and EOS/SEP where the vocabulary wants them); control tokens in
-        # the text are plain text.
-        return list(self._model.tokenize(encoded, True, False))
+        return self.vocab.tokenize_input(text, where)
 
     def _checked_tokens(self, index: int, item: EmbeddingInput) -> list[int]:
         where = f"input[{index}]"

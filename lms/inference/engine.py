@@ -1,7 +1,7 @@
 """The llama.cpp engine: one loaded model, one worker thread, a step loop over sequences.
 
 ``llama_cpp`` is imported by the inference modules that drive it (this one, the embedder, the
-shared worker base and token choice) and nowhere else. The worker thread owns the llama context;
+shared worker base, the vocabulary and token choice) and nowhere else. The worker thread owns the llama context;
 the event loop talks to it through a job queue (in) and :class:`Generation` handles (out).
 
 The loop is written for several sequences per context: each request is a :class:`_Sequence`
@@ -22,7 +22,6 @@ import asyncio
 import codecs
 import collections
 import contextlib
-import ctypes
 import logging
 import queue
 import time
@@ -56,6 +55,7 @@ from lms.inference.generation import (
 )
 from lms.inference.promptcache import PromptCache
 from lms.inference.sampling import SamplingParams, StopMatcher
+from lms.inference.vocab import Vocabulary
 from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
 
 __all__ = [
@@ -108,15 +108,13 @@ class Engine(ModelWorker):
         self.options = options
         self._model = model
         self._ctx = ctx
-        self._vocab = model.vocab
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.vocab = Vocabulary(model)
+        self.n_vocab = self.vocab.n_tokens
         self.n_ctx = ctx.n_ctx()
         self.n_ctx_per_seq = self.n_ctx // options.parallel
         self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, options.parallel)
         self._slots: list[_Sequence | None] = [None] * options.parallel
-        self._pieces: dict[int, bytes] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
-        self._chooser = Chooser(self._vocab, self.n_vocab)
+        self._chooser = Chooser(self.vocab.pointer, self.n_vocab)
         self._cache = PromptCache(options.parallel)
         self._outbox: list[tuple[Generation, Item]] = []  # handed over once per step
         #: Members of a submit_many group not yet admitted (worker thread only).
@@ -174,32 +172,12 @@ class Engine(ModelWorker):
         return waiting + len(self._held)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        """Tokens of a prompt, with BOS when the model wants one (never twice, even when a chat
-        template already wrote it); ``special`` parses control tokens like ``<start_of_turn>``.
-        """
-        add_bos = bool(self._model.add_bos_token())
-        try:
-            encoded = text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidParameterError(
-                "the prompt holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text"
-            ) from None
-        tokens = list(self._model.tokenize(encoded, add_bos, special))
-        bos = self._model.token_bos()
-        if add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
-            del tokens[0]
-        return tokens
+        """See :meth:`Vocabulary.tokenize` (blocking for long text: call it off the loop)."""
+        return self.vocab.tokenize(text, special=special)
 
     def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
-        """Text of ``tokens``; ``special`` also renders control tokens (for logs)."""
-        if not special:
-            return b"".join(self._piece(t) for t in tokens).decode("utf-8", "replace")
-        buf = ctypes.create_string_buffer(256)
-        pieces = []
-        for token in tokens:
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-            pieces.append(buf.raw[: max(n, 0)])
-        return b"".join(pieces).decode("utf-8", "replace")
+        """See :meth:`Vocabulary.detokenize`."""
+        return self.vocab.detokenize(tokens, special=special)
 
     def submit(
         self, prompt_tokens: list[int], params: SamplingParams, *, grammar_checked: bool = False
@@ -479,28 +457,18 @@ class Engine(ModelWorker):
         if seq.first_token_at is None:
             seq.first_token_at = now
         seq.output.append(token)
-        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+        if self.vocab.is_end_of_generation(token):
             self._end(seq, "stop")
             return
         seq.generated += 1
         seq.last_token = token
-        text = seq.stops.feed(seq.decoder.decode(self._piece(token)))
+        text = seq.stops.feed(seq.decoder.decode(self.vocab.piece(token)))
         if text:
             self._emit(seq.generation, text)
         if seq.stops.stopped:
             self._end(seq, "stop")
         elif seq.generated >= seq.max_tokens:
             self._end(seq, "length")
-
-    def _piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            n = llama_cpp.llama_token_to_piece(
-                self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False
-            )
-            piece = self._piece_buf.raw[: max(n, 0)]
-            self._pieces[token] = piece
-        return piece
 
     def _end(self, seq: _Sequence, reason: FinishReason) -> None:
         """Finish ``seq`` without an error; if finishing raises, it fails instead."""

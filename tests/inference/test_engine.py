@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from lms.errors import ContextOverflowError, ModelLoadError, ShuttingDownError
 from lms.inference.engine import Engine, LoadOptions
 from lms.inference.sampling import SamplingParams
+from lms.inference.vocab import Vocabulary
+from lms.inference.worker import load_model
 
 pytestmark = pytest.mark.model
 
@@ -115,3 +118,20 @@ def test_a_missing_file_is_named_as_missing_not_corrupt(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as info:
         Engine.load(tmp_path / "vanished.gguf", LoadOptions(context_length=64))
     assert "the file is gone" in info.value.message and "vanished.gguf" in info.value.message
+
+
+def test_the_vocabulary_is_shared_safely_between_threads(default_model_path: Path) -> None:
+    # The pipeline tokenizes in helper threads and the event loop detokenizes while the worker
+    # turns sampled tokens into text: no scratch buffer is shared (ctypes releases the GIL).
+    model = load_model(default_model_path)
+    try:
+        tokens = list(range(0, Vocabulary(model).n_tokens, 37))
+        alone = [Vocabulary(model).piece(t) for t in tokens]
+        shared = Vocabulary(model)  # an empty piece cache, filled by four threads at once
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            pieces = list(pool.map(shared.piece, tokens))
+            texts = list(pool.map(lambda _: shared.detokenize(tokens), range(4)))
+        assert pieces == alone
+        assert texts == [b"".join(alone).decode("utf-8", "replace")] * 4
+    finally:
+        model.close()
