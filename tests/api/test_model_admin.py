@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from lms.api.state import MANAGER
 from lms.auth.permissions import Permission
 from lms.auth.registry import Registry
 
@@ -140,27 +142,37 @@ async def test_load_checks_the_token_allowlist(
     assert await loaded_ids(client) == []
 
 
-async def test_a_limited_token_names_instances_inside_its_allowlist(
+@pytest.fixture
+async def elsewhere(
     client: TestClient,  # type: ignore[type-arg]
     lms_home: Path,
-) -> None:
-    # "That name is taken" must not tell a token of an instance it may not see: a token limited
-    # to some models names its instances with names its allowlist matches.
+) -> AsyncIterator[dict[str, str]]:
+    """An instance "secret" loaded, then auth on: the headers of a token limited to ``x/*``
+    (with the models permission), which may not see it. Auth is off again afterwards."""
     loaded = await client.post(
         "/api/v1/models/load", json={"model": MODEL, "identifier": "secret", "context_length": 256}
     )
     assert loaded.status == 200, await loaded.json()
-    _, limited = Registry().create("limited", permissions={Permission.MODELS}, models=["x/*"])
+    _, token = Registry().create("elsewhere", permissions={Permission.MODELS}, models=["x/*"])
     config = lms_home / "config" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("[auth]\nrequired = true\n")
-    headers = {"Authorization": f"Bearer {limited}"}
+    yield {"Authorization": f"Bearer {token}"}
+    config.write_text("[auth]\nrequired = false\n")
+
+
+async def test_a_limited_token_names_instances_inside_its_allowlist(
+    client: TestClient,  # type: ignore[type-arg]
+    elsewhere: dict[str, str],
+) -> None:
+    # "That name is taken" must not tell a token of an instance it may not see: a token limited
+    # to some models names its instances with names its allowlist matches.
     errors = {}
     for identifier in ("secret", "free"):
         response = await client.post(
             "/api/v1/models/load",
             json={"model": "x/thing", "identifier": identifier},
-            headers=headers,
+            headers=elsewhere,
         )
         assert response.status == 400
         errors[identifier] = (await response.json())["error"]
@@ -169,27 +181,18 @@ async def test_a_limited_token_names_instances_inside_its_allowlist(
     inside = await client.post(
         "/api/v1/models/load",
         json={"model": "x/thing", "identifier": "x/mine"},
-        headers=headers,
+        headers=elsewhere,
     )
     assert inside.status == 404  # the identifier passes; x/thing does not exist
-    config.write_text("[auth]\nrequired = false\n")
-    assert await loaded_ids(client) == ["secret"]
+    assert [i.identifier for i in client.app[MANAGER].instances()] == ["secret"]
 
 
 @pytest.mark.model
 async def test_unload_hides_instances_outside_the_allowlist(
     client: TestClient,  # type: ignore[type-arg]
-    lms_home: Path,
+    elsewhere: dict[str, str],
 ) -> None:
-    loaded = await client.post(
-        "/api/v1/models/load", json={"model": MODEL, "identifier": "secret", "context_length": 256}
-    )
-    assert loaded.status == 200, await loaded.json()
-    _, elsewhere = Registry().create("elsewhere", permissions={Permission.MODELS}, models=["x/*"])
-    config = lms_home / "config" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text("[auth]\nrequired = true\n")
-    headers = {"Authorization": f"Bearer {elsewhere}"}
+    headers = elsewhere
 
     async def unload_as_elsewhere(instance_id: str) -> tuple[int, dict[str, Any]]:
         response = await client.post(
@@ -203,5 +206,4 @@ async def test_unload_hides_instances_outside_the_allowlist(
     assert hidden["code"] == missing["code"] == "instance_not_found"
     assert hidden["message"] == missing["message"].replace("nothing", "secret")
     assert "(loaded: none)" in hidden["message"]
-    config.write_text("[auth]\nrequired = false\n")
-    assert await loaded_ids(client) == ["secret"]
+    assert [i.identifier for i in client.app[MANAGER].instances()] == ["secret"]

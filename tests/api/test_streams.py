@@ -104,6 +104,21 @@ async def test_options_asking_for_nothing_are_accepted(client: TestClient) -> No
 # --- prompts are rendered and tokenized off the event loop --------------------------------------
 
 
+def watch_threads(
+    monkeypatch: pytest.MonkeyPatch, target: Any, name: str
+) -> list[threading.Thread]:
+    """Record the thread of every call of ``target.name`` (which still runs)."""
+    method = getattr(target, name)
+    threads: list[threading.Thread] = []
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, watched)
+    return threads
+
+
 @pytest.mark.model
 async def test_prompts_are_tokenized_off_the_event_loop(
     client: TestClient,  # type: ignore[type-arg]
@@ -111,15 +126,7 @@ async def test_prompts_are_tokenized_off_the_event_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     instance = await manager.acquire(MODEL)
-    engine = instance.engine
-    tokenize = engine.tokenize
-    threads: list[threading.Thread] = []
-
-    def watched(text: str, *, special: bool = True) -> list[int]:
-        threads.append(threading.current_thread())
-        return tokenize(text, special=special)
-
-    monkeypatch.setattr(engine, "tokenize", watched)
+    threads = watch_threads(monkeypatch, instance.engine, "tokenize")
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     requests: list[tuple[str, dict[str, Any]]] = [
         ("/v1/chat/completions", chat),
@@ -146,18 +153,11 @@ async def test_grammars_are_compiled_off_the_event_loop(
     # Compiling a grammar against the vocabulary parses all of it (up to 512 KiB): the pipeline
     # does it in its worker thread, and submit does not do it again on the loop.
     instance = await manager.acquire(MODEL)
-    engine = instance.engine
-    check_grammar = engine.check_grammar
-    threads: list[threading.Thread] = []
-
-    def watched(grammar: str) -> None:
-        threads.append(threading.current_thread())
-        check_grammar(grammar)
-
-    monkeypatch.setattr(engine, "check_grammar", watched)
+    threads = watch_threads(monkeypatch, instance.engine, "check_grammar")
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
     messages = [{"role": "user", "content": "hi"}]
     tool = {"name": "f", "description": "f", "input_schema": schema}
+    json_schema = {"name": "x", "schema": schema}
     requests: list[tuple[str, dict[str, Any]]] = [
         (
             "/v1/chat/completions",
@@ -165,10 +165,7 @@ async def test_grammars_are_compiled_off_the_event_loop(
                 "model": MODEL,
                 "messages": messages,
                 "max_tokens": 1,
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "x", "schema": schema},
-                },
+                "response_format": {"type": "json_schema", "json_schema": json_schema},
             },
         ),
         (
@@ -187,7 +184,7 @@ async def test_grammars_are_compiled_off_the_event_loop(
                 "model": MODEL,
                 "input": "hi",
                 "max_output_tokens": 1,
-                "text": {"format": {"type": "json_schema", "name": "x", "schema": schema}},
+                "text": {"format": {"type": "json_schema", **json_schema}},
             },
         ),
     ]
@@ -245,7 +242,9 @@ async def test_a_stream_nobody_reads_is_cut_and_its_generation_cancelled(
     instance = await manager.acquire(MODEL)
     feeders: list[asyncio.Task[GenerationResult]] = []
 
-    def submit(tokens: list[int], params: SamplingParams) -> Generation:
+    def submit(
+        tokens: list[int], params: SamplingParams, *, grammar_checked: bool = False
+    ) -> Generation:
         generation = Generation(asyncio.get_running_loop(), tokens, params)
 
         async def feed() -> GenerationResult:
