@@ -1,8 +1,9 @@
 """The llama.cpp engine: one loaded model, one worker thread, a step loop over sequences.
 
 ``llama_cpp`` is imported by the inference modules that drive it (this one, the embedder, the
-shared worker base, the vocabulary and token choice) and nowhere else. The worker thread owns the llama context;
-the event loop talks to it through a job queue (in) and :class:`Generation` handles (out).
+shared worker base, the vocabulary and token choice) and nowhere else. The worker thread owns the
+llama context; the event loop talks to it through a job queue (in) and :class:`Generation`
+handles (out).
 
 The loop is written for several sequences per context: each request is a :class:`_Sequence`
 with its own ``seq_id`` (a slot), positions, sampler and stop handling; every step builds one

@@ -148,7 +148,9 @@ class ModelManager:
                 param="identifier",
             )
         if identifier in self._instances:
-            raise ConflictError(f'an instance named "{identifier}" is already loaded')
+            raise ConflictError(
+                f'a model instance with the identifier "{identifier}" already exists'
+            )
         return identifier
 
     def check_request(
