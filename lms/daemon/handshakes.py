@@ -15,13 +15,15 @@ failed, timed out, client gone mid-handshake, closed after requests, or cut at s
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from lms.daemon.connections import ConnectionLimits
+
+log = logging.getLogger("lms.daemon")
 
 # start_tls is bounded by the TLS layer's own handshake timeout; this margin only bounds the wait
 # for the socket's close after it (start_tls returns when the socket is gone).
@@ -126,7 +128,7 @@ class Handshakes:
         self._closed = False
 
     def acceptor(self) -> asyncio.Protocol:
-        """The protocol factory of the listening socket (plain TCP)."""
+        """The protocol of a newly accepted TCP connection (the listening socket's factory)."""
         return _Acceptor(self)
 
     def accept(self, transport: asyncio.Transport) -> None:
@@ -149,17 +151,19 @@ class Handshakes:
         loop = asyncio.get_running_loop()
         upgraded: asyncio.Transport | None = None
         try:
-            # A failed, timed-out or abandoned handshake raises (start_tls closes the socket).
-            with contextlib.suppress(Exception):
-                if not transport.is_closing():  # not reset before its upgrade began
-                    async with asyncio.timeout(timeout + _CLOSE_MARGIN_SECONDS):
-                        upgraded = await loop.start_tls(
-                            transport,
-                            connection,
-                            self._context,
-                            server_side=True,
-                            ssl_handshake_timeout=timeout,
-                        )
+            if not transport.is_closing():  # not reset before its upgrade began
+                async with asyncio.timeout(timeout + _CLOSE_MARGIN_SECONDS):
+                    upgraded = await loop.start_tls(
+                        transport,
+                        connection,
+                        self._context,
+                        server_side=True,
+                        ssl_handshake_timeout=timeout,
+                    )
+        except OSError:
+            pass  # a failed, timed-out or abandoned handshake: start_tls closed the socket
+        except Exception:
+            log.exception("upgrading a connection to TLS failed")
         finally:
             if upgraded is None:  # None too when the client left right after its handshake
                 transport.close()
