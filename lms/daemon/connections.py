@@ -6,11 +6,14 @@ no client can take every file descriptor.
   connections close after the same time. aiohttp's ``keepalive_timeout`` does exactly this: its
   timer starts when the connection is made, is not reset by incoming bytes, and closes the
   connection if no complete request is waiting by then (a running request is never cut).
-  A TLS handshake gets the same time.
+  A TLS handshake gets the same time before that (lms/daemon/handshakes.py).
 - **Connection caps.** At most :data:`MAX_CONNECTIONS_PER_PEER` open connections per peer
   address and :data:`MAX_CONNECTIONS` in all, the latter also kept under the process's file
   descriptor limit minus :data:`FD_RESERVE` (models, logs, MCP servers, the control socket). A
-  connection past a cap is answered ``503 server_busy`` and closed at once.
+  plain-HTTP connection past a cap is answered ``503 server_busy`` and closed at once. With TLS
+  a connection counts from its TCP accept, through its handshake, to its close, and one past a
+  cap is closed at accept without a word (a plaintext 503 means nothing to a TLS client): see
+  lms/daemon/handshakes.py.
 
 A request aiohttp cannot parse (a control character in a header, a space before a colon, a bare
 LF, a line over 8190 bytes, ...) gets a JSON ``400 invalid_request`` envelope saying what kind of
@@ -26,12 +29,14 @@ import resource
 import socket
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import http_exceptions, web
 
 from lms import protocol
 from lms.api.requestlog import AccessLogger
+from lms.daemon.handshakes import Handshakes
 from lms.errors import InternalError, InvalidRequestError, LmsError, ServerBusyError
 
 log = logging.getLogger("lms.daemon")
@@ -91,6 +96,27 @@ class ConnectionLimits:
         if self._open[peer] <= 0:
             del self._open[peer]
 
+    def admit_connection(self, transport: asyncio.BaseTransport) -> str | None:
+        """Count a new connection against its peer's and the total cap: its peer, or None (and
+        the refusal logged, once per thousand) when it is past a cap."""
+        peer = _peer_of(transport)
+        if self.admit(peer):
+            return peer
+        if self.refused % 1000 == 1:  # a flood is logged, not one line per connection
+            log.warning(
+                "refusing connections past the limit (%d open; %d refused so far)",
+                self._count,
+                self.refused,
+            )
+        return None
+
+
+def _peer_of(transport: asyncio.BaseTransport) -> str:
+    peername = transport.get_extra_info("peername")
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return str(peername or "")
+
 
 def _busy_response() -> bytes:
     err = ServerBusyError(
@@ -108,13 +134,6 @@ def _busy_response() -> bytes:
 
 
 _BUSY = _busy_response()
-
-
-def _peer_of(transport: asyncio.BaseTransport) -> str:
-    peername = transport.get_extra_info("peername")
-    if isinstance(peername, tuple) and peername:
-        return str(peername[0])
-    return str(peername or "")
 
 
 _PARSE_FAULTS: tuple[tuple[type[Exception], str], ...] = (
@@ -144,8 +163,27 @@ def _parse_error(status: int, exc: BaseException | None) -> LmsError:
     )
 
 
-class GuardedRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler, admitted by :class:`ConnectionLimits` first."""
+class ApiRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse with a JSON envelope.
+
+    A TLS connection gets this one once its handshake is done (it was admitted at accept)."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it (redacted: daemon/logs.py)
+        err = _parse_error(status, exc)
+        response = web.json_response(protocol.api_error_body(err), status=status)
+        response.force_close()
+        return response
+
+
+class GuardedRequestHandler(ApiRequestHandler):
+    """The handler of a plain-HTTP connection, admitted by :class:`ConnectionLimits` first."""
 
     def __init__(self, manager: web.Server, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -153,14 +191,8 @@ class GuardedRequestHandler(web.RequestHandler):
         self._peer: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = _peer_of(transport)
-        if not self._limits.admit(peer):
-            if self._limits.refused % 1000 == 1:  # a flood is logged, not one line per connection
-                log.warning(
-                    "refusing connections past the limit (%d open; %d refused so far)",
-                    self._limits.open,
-                    self._limits.refused,
-                )
+        peer = self._limits.admit_connection(transport)
+        if peer is None:
             writable: Any = transport
             writable.write(_BUSY)
             transport.close()
@@ -175,19 +207,6 @@ class GuardedRequestHandler(web.RequestHandler):
     def eof_received(self) -> None:
         if self._peer is not None:
             super().eof_received()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs it (redacted: daemon/logs.py)
-        err = _parse_error(status, exc)
-        response = web.json_response(protocol.api_error_body(err), status=status)
-        response.force_close()
-        return response
 
     def connection_lost(self, exc: BaseException | None) -> None:
         peer, self._peer = self._peer, None
@@ -208,12 +227,15 @@ class GuardedSite(web.SockSite):
         limits: ConnectionLimits,
         handler_args: dict[str, Any],
         ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = HEADER_TIMEOUT_SECONDS,
         backlog: int = 128,
     ) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context, backlog=backlog)
         self._listening = sock
         self._limits = limits
         self._handler_args = handler_args
+        self._handshake_timeout = handshake_timeout
+        self.handshakes: Handshakes | None = None  # with TLS, once started
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -222,15 +244,27 @@ class GuardedSite(web.SockSite):
         assert server is not None
         limits, args = self._limits, self._handler_args
 
-        def handler() -> GuardedRequestHandler:
+        def guarded() -> GuardedRequestHandler:
             return GuardedRequestHandler(server, limits, loop=loop, **args)
 
-        tls: dict[str, Any] = {}
-        if self._ssl_context is not None:
-            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": HEADER_TIMEOUT_SECONDS}
+        def upgraded() -> ApiRequestHandler:
+            return ApiRequestHandler(server, loop=loop, **args)
+
+        if self._ssl_context is None:
+            factory: Callable[[], asyncio.Protocol] = guarded
+        else:
+            self.handshakes = Handshakes(
+                limits, self._ssl_context, upgraded, self._handshake_timeout
+            )
+            factory = self.handshakes.acceptor
         self._server = await loop.create_server(
-            handler, sock=self._listening, backlog=self._backlog, **tls
+            factory, sock=self._listening, backlog=self._backlog
         )
+
+    async def stop(self) -> None:
+        await super().stop()  # no new connections
+        if self.handshakes is not None:
+            await self.handshakes.close()
 
 
 def handler_args(header_timeout: float = HEADER_TIMEOUT_SECONDS) -> dict[str, Any]:
