@@ -115,7 +115,7 @@ class InstanceEntry(TypedDict):
 
 class DownloadJob(TypedDict, total=False):
     """A download job as ``POST /api/v1/models/download`` and its status route show it
-    (reference/lmstudio-api.md §2.9-2.10), plus lms's own keys.
+    (docs/API.md, Downloads), plus lms's own keys.
 
     ``status`` is ``downloading``, ``completed``, ``failed`` or ``already_downloaded`` (lms never
     pauses a job). ``job_id``, ``total_size_bytes`` and ``started_at`` are absent for

@@ -1,5 +1,5 @@
 """What ``POST /v1/chat/completions`` adds to plain text: ``tools``, ``tool_choice`` and
-``response_format`` (reference §3.2), as a :class:`ChatPlan` its route follows
+``response_format`` (docs/API.md, Chat completions), as a :class:`ChatPlan` its route follows
 (``lms/api/openai/completions.py``), and the SDK's ``predict`` too.
 
 The plan renders the prompt (tools offered the way the model's template can take them), carries

@@ -142,7 +142,7 @@ def access_for(method: str, path_pattern: str) -> Access:
     return ROUTE_ACCESS[(method, path_pattern)]
 
 
-# --- SDK WebSocket endpoints (reference/lmstudio-sdk-protocol.md §5.8-5.9) ---------------------
+# --- SDK WebSocket endpoints (docs/API.md, SDK endpoints) ---------------------------------------
 
 _MODEL_NAMESPACE: dict[str, Access] = {
     "listLoaded": ANY_TOKEN,

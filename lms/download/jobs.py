@@ -1,4 +1,4 @@
-"""Download jobs as the routes show them (reference/lmstudio-api.md §2.9-2.10)."""
+"""Download jobs as the routes show them (docs/API.md, Downloads)."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class Instance:
         return backend.n_ctx if isinstance(backend, Embedder) else backend.n_ctx_per_seq
 
     def load_config(self) -> dict[str, Any]:
-        """``config`` of this instance in ``GET /api/v1/models`` (reference §2.6): only
+        """``config`` of this instance in ``GET /api/v1/models`` (docs/API.md, Native models): only
         ``context_length`` for an embedding instance."""
         backend = self.backend
         if isinstance(backend, Embedder):

@@ -17,7 +17,7 @@ repeat earlier calls runs nothing and ends tool use: small models tend to call a
 were just answered.
 
 The loop yields :data:`LoopEvent` items for streaming and leaves the ``output`` items (native
-API shape, reference §2.2) and the conversation's new messages in :class:`LoopResult`.
+API shape, docs/API.md, Native chat) and the conversation's new messages in :class:`LoopResult`.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class McpConnection:
 
     @property
     def provider_info(self) -> dict[str, str]:
-        """``provider_info`` of the tool calls it serves (reference §2.2)."""
+        """``provider_info`` of the tool calls it serves (docs/API.md, Native chat)."""
         if self.kind == "plugin":
             return {"type": "plugin", "plugin_id": f"mcp/{self.label}"}
         return {"type": "ephemeral_mcp", "server_label": self.label}

@@ -1,4 +1,5 @@
-"""POST /api/v1/models/load and /unload on the real default model (reference §2.7-2.8)."""
+"""POST /api/v1/models/load and /unload on the real default model (docs/API.md, Model load and
+unload)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SDK WebSocket protocol on the wire (reference/lmstudio-sdk-protocol.md §8 pitfalls):
+"""The SDK WebSocket protocol on the wire (docs/API.md, SDK rules):
 auth packet timing and refusals, no unsolicited frames, error objects, per-socket ids, unknown
 endpoints, terminal packet before close, cancel, and calls served while a generation runs."""
 

@@ -1,4 +1,4 @@
-"""Anthropic-compatible ``POST /v1/messages`` (reference/lmstudio-api.md §4).
+"""Anthropic-compatible ``POST /v1/messages`` (docs/API.md, Messages).
 
 The body is read by :mod:`.request` (messages with ``text``, ``tool_use`` and
 ``tool_result`` blocks; custom ``tools`` and ``tool_choice``). ``thinking`` and ``metadata`` are

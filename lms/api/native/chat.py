@@ -1,4 +1,4 @@
-"""``POST /api/v1/chat``: LM Studio's native chat, stateful and streamed (reference §2.1-2.5).
+"""``POST /api/v1/chat``: LM Studio's native chat, stateful and streamed (docs/API.md, Native chat).
 
 The conversation is rebuilt from the stored response named by ``previous_response_id``; a stored
 response belongs to the token that made it. Streaming sends ``chat.start`` first and ``chat.end``
@@ -319,7 +319,8 @@ async def _run_tools(
 
 
 def _loop_event(event: tool_loop.LoopEvent) -> tuple[str, dict[str, Any]]:
-    """The SSE event (reference §2.5) of a tool-loop event other than prompt progress."""
+    """The SSE event (docs/API.md, Native stream events) of a tool-loop event other than prompt
+    progress."""
     if isinstance(event, tool_loop.MessageStart):
         return "message.start", {}
     if isinstance(event, tool_loop.MessageDelta):

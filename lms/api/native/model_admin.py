@@ -1,4 +1,5 @@
-"""Model management on the native API: load, unload, download and its status (reference §2.7-2.10).
+"""Model management on the native API: load, unload, download and its status (docs/API.md,
+Model load and unload; Downloads).
 
 All four routes need the ``models`` permission (the route table in ``lms.auth.permissions``).
 Load and unload resolve names among the models the token may use: a model or instance outside
@@ -31,7 +32,7 @@ routes = web.RouteTableDef()
 #: job already shows the file's size (or the failure), as LM Studio's does.
 DOWNLOAD_ANSWER_SECONDS = 10.0
 
-# llama.cpp load knobs of the reference that lms accepts but decides itself (checked for type).
+# llama.cpp load knobs of LM Studio's load route that lms accepts but decides itself (type-checked).
 _IGNORED_LOAD_FIELDS: tuple[tuple[str, type], ...] = (
     ("eval_batch_size", int),
     ("flash_attention", bool),
@@ -41,7 +42,7 @@ _IGNORED_LOAD_FIELDS: tuple[tuple[str, type], ...] = (
 
 
 def _load_config(instance: Instance) -> dict[str, Any]:
-    """The reference's ``load_config``: only the keys that apply to the instance's mode."""
+    """LM Studio's ``load_config``: only the keys that apply to the instance's mode."""
     return instance.load_config()
 
 

@@ -20,7 +20,7 @@ def _instance_json(instance: Instance) -> dict[str, Any]:
 
 
 def model_json(model: ModelFile, instances: list[Instance]) -> dict[str, Any]:
-    """One element of ``GET /api/v1/models`` (reference/lmstudio-api.md §2.6)."""
+    """One element of ``GET /api/v1/models`` (docs/API.md, Native models)."""
     entry: dict[str, Any] = {
         "type": model.type,
         "publisher": model.publisher,

@@ -1,4 +1,4 @@
-"""OpenAI-compatible ``POST /v1/embeddings`` (reference/lmstudio-api.md §3.4).
+"""OpenAI-compatible ``POST /v1/embeddings`` (docs/API.md, Embeddings).
 
 The request's model is served by an embedding-mode instance of it, loaded just in time when
 needed (see ``lms.inference.manager`` for identifiers and keep-last-JIT). Vectors are

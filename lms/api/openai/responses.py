@@ -1,4 +1,5 @@
-"""``POST /v1/responses``: OpenAI's Responses API (reference §3.5), stateful like the native chat.
+"""``POST /v1/responses``: OpenAI's Responses API (docs/API.md, Responses), stateful like the
+native chat.
 
 Responses share the stored-chat table with ``/api/v1/chat``: a ``resp_…`` id from either
 continues on the other. Streaming uses OpenAI's event names (``response.created`` …

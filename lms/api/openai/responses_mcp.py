@@ -1,4 +1,5 @@
-"""``POST /v1/responses`` with MCP tools: the tool loop in OpenAI's item shapes (reference §3.5).
+"""``POST /v1/responses`` with MCP tools: the tool loop in OpenAI's item shapes (docs/API.md,
+Responses).
 
 ``output`` holds an ``mcp_list_tools`` item per server (the tools it offers to this request),
 an ``mcp_call`` item per call (``output`` the text of the result; a call that was not run —

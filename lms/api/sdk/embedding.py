@@ -1,5 +1,5 @@
-"""``/embedding``: ``embedString`` (the SDK's ``embed``; one call per string, pitfall 18). The
-endpoints it shares with ``/llm`` are in :mod:`models`."""
+"""``/embedding``: ``embedString`` (the SDK's ``embed``; one call per string, docs/API.md, SDK rule
+12). The endpoints it shares with ``/llm`` are in :mod:`models`."""
 
 from __future__ import annotations
 

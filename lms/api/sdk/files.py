@@ -1,8 +1,8 @@
 """``/files``: ``uploadFileBase64`` (the SDK's ``prepare_image``), and where uploads are kept.
 
-LM Studio scopes uploaded files to the client that sent them (pitfall 19): here to the digest of
-the client's identifier and passkey, which every socket of one SDK client shares. Files live in
-memory, bounded in total (:data:`MAX_TOTAL_BYTES`; the oldest go first) and in age
+LM Studio scopes uploaded files to the client that sent them (docs/API.md, SDK rule 13): here to
+the digest of the client's identifier and passkey, which every socket of one SDK client shares.
+Files live in memory, bounded in total (:data:`MAX_TOTAL_BYTES`; the oldest go first) and in age
 (:data:`MAX_AGE_SECONDS`); they are referenced later from a chat history by ``identifier``.
 """
 

@@ -1,4 +1,4 @@
-"""The SDK's chat history (reference §5.6) as the chat messages lms's templates take.
+"""The SDK's chat history (docs/API.md, SDK endpoints) as the chat messages lms's templates take.
 
 SDK messages are ``{"role", "content": [parts]}`` with parts ``text``, ``file`` (a handle from
 ``uploadFileBase64``), ``toolCallRequest`` (assistant) and ``toolCallResult`` (tool). They become

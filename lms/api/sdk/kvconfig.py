@@ -1,4 +1,4 @@
-"""The SDK's KV config stacks (reference §5.10): load settings and prediction settings.
+"""The SDK's KV config stacks (docs/API.md, SDK endpoints): load settings and prediction settings.
 
 A stack is ``{"layers": [{"layerName", "config": {"fields": [{"key", "value"}]}}]}``; it is
 collapsed as LM Studio does (layers in order, a later field wins). Checkbox values are

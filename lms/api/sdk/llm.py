@@ -1,11 +1,11 @@
 """``/llm``: the ``predict`` channel (``respond``, ``complete``, ``act``) and
 ``applyPromptTemplate``; the endpoints it shares with ``/embedding`` are in :mod:`models`.
 
-``predict`` sends (reference §5.6): ``promptProcessingProgress`` while the prompt is read, one
-``fragment`` per streamed piece, tool-call events when tools were offered and the model called
-one, then the terminal ``success`` with stats — also after a ``cancel``, with stop reason
-``userStopped`` (pitfall 11). Generation runs on the engine's thread; this coroutine only
-forwards what it yields, so the socket keeps reading (cancel, pings, other calls) meanwhile.
+``predict`` sends (docs/API.md, SDK endpoints): ``promptProcessingProgress`` while the prompt is
+read, one ``fragment`` per streamed piece, tool-call events when tools were offered and the model
+called one, then the terminal ``success`` with stats — also after a ``cancel``, with stop reason
+``userStopped`` (SDK rule 8). Generation runs on the engine's thread; this coroutine only forwards
+what it yields, so the socket keeps reading (cancel, pings, other calls) meanwhile.
 """
 
 from __future__ import annotations

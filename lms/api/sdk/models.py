@@ -4,14 +4,13 @@ unloadModel, getModelInfo, getLoadConfig, tokenize, countTokens — and model re
 A socket's namespace is its mode: ``/llm`` sees and loads llm instances, ``/embedding``
 embedding instances (any model can be loaded in embedding mode, README: Model keys).
 
-Resolution of the SDK's model specifiers (reference §5.2): an instance reference names one
-instance; a query's ``identifier`` is matched against loaded instances of the namespace — exact
+Resolution of the SDK's model specifiers (docs/API.md, SDK endpoints): an instance reference names
+one instance; a query's ``identifier`` is matched against loaded instances of the namespace — exact
 identifier, then model key, then name, then a case-insensitive prefix of the model's path — and,
-when nothing loaded matches, against downloaded models (a just-in-time load, as on the HTTP
-routes). Names resolve only among the models the token may use: an instance or model outside
-its allowlist answers exactly like a missing one, and "not found" or "ambiguous" errors list
-only what the token may use. Load TTLs, identifiers and context lengths are bounded
-(:mod:`lms.limits`, docs/LIMITS.md).
+when nothing loaded matches, against downloaded models (a just-in-time load, as on the HTTP routes).
+Names resolve only among the models the token may use: an instance or model outside its allowlist
+answers exactly like a missing one, and "not found" or "ambiguous" errors list only what the token
+may use. Load TTLs, identifiers and context lengths are bounded (:mod:`lms.limits`, docs/LIMITS.md).
 """
 
 from __future__ import annotations

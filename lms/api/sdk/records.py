@@ -1,7 +1,8 @@
-"""Model records as the SDK parses them (reference §5.1), and the KV configs of an instance.
+"""Model records as the SDK parses them (docs/API.md, SDK endpoints), and the KV configs of an
+instance.
 
 The SDK validates these with msgspec: required fields, JSON integers for sizes and lengths,
-enum values and a ``type`` tag matching the namespace (pitfall 9). A model's ``path`` is its
+enum values and a ``type`` tag matching the namespace (SDK rule 6). A model's ``path`` is its
 place under the models folder (``publisher/name/file.gguf``), never an absolute path.
 """
 

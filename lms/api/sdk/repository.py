@@ -1,8 +1,8 @@
 """``/repository``: the model hub calls of the SDK, which lms does not offer.
 
-The socket itself must upgrade and authenticate (``AsyncClient`` opens all five sockets, pitfall
-5). Its three endpoints answer a clear error (after the ``models`` permission check) instead of
-an unknown-endpoint warning: lms downloads models by URL (``lms get URL``, ``POST
+The socket itself must upgrade and authenticate (``AsyncClient`` opens all five sockets,
+docs/API.md, SDK rule 2). Its three endpoints answer a clear error (after the ``models`` permission
+check) instead of an unknown-endpoint warning: lms downloads models by URL (``lms get URL``, ``POST
 /api/v1/models/download``), it has no searchable hub.
 """
 

@@ -1,18 +1,18 @@
 """One SDK WebSocket: upgrade, auth packet, then multiplexed RPC calls and channels.
 
-Rules the official Python SDK depends on (reference/lmstudio-sdk-protocol.md §8), and how this
+Rules the official Python SDK depends on (docs/API.md, SDK rules), and how this
 module keeps them:
 
-* exactly one auth reply, a string ``error`` on failure, then the close (pitfall 1);
-* text frames only, one JSON object each (pitfall 6);
-* nothing top-level except ``communicationWarning`` and answers (pitfall 7): every other frame
+* exactly one auth reply, a string ``error`` on failure, then the close (rule 1);
+* text frames only, one JSON object each (rule 3);
+* nothing top-level except ``communicationWarning`` and answers (rule 4): every other frame
   carries the ``callId``/``channelId`` it answers; ``keepAliveAck`` only answers a ``keepAlive``;
-* error objects, never strings (pitfall 8);
-* per channel: packets, one terminal packet, then ``channelClose`` (pitfall 10) — or a
+* error objects, never strings (rule 5);
+* per channel: packets, one terminal packet, then ``channelClose`` (rule 7) — or a
   ``channelError`` instead of the terminal packet;
 * the socket is read all the time: each call runs in its own task, so several requests are in
-  flight at once, ``cancel`` arrives while generating, and pings are answered (pitfalls 11, 16);
-* ids are this socket's own (pitfall 16);
+  flight at once, ``cancel`` arrives while generating, and pings are answered (rules 8, 9);
+* ids are this socket's own (rule 9);
 * an unknown endpoint gets LM Studio's ``communicationWarning`` **and** an error for that call,
   so no caller hangs (README: APIs; stricter than LM Studio, which sends only the warning);
 * a frame that cannot be served (not JSON, out of the bounds of :mod:`lms.payload`, larger than

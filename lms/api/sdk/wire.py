@@ -1,10 +1,10 @@
-"""Frames of the SDK protocol (reference/lmstudio-sdk-protocol.md §4) and the SDK's error object.
+"""Frames of the SDK protocol (docs/API.md, SDK frames) and the SDK's error object.
 
 Every frame is one JSON object in one text frame. Server → client frames always carry the
 ``callId`` or ``channelId`` they answer, except ``communicationWarning`` (the Python SDK kills the
-socket's receive task on any other top-level frame, pitfall 7).
+socket's receive task on any other top-level frame, SDK rule 4).
 
-Errors go out as ``SerializedLMSExtendedError`` objects (pitfall 8: always an object). The SDK
+Errors go out as ``SerializedLMSExtendedError`` objects (SDK rule 5: always an object). The SDK
 formats ``title``, ``errorData``, ``displayData`` and ``suggestion`` into its exception message
 and picks the exception class from ``displayData.code``: an :class:`LmsError` may carry such a
 display block in ``data["sdk_display"]`` (see :func:`no_model_matching`, :func:`path_not_found`).
