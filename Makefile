@@ -21,13 +21,19 @@ $(VENV)/.installed-test: pyproject.toml | $(PY)
 run: $(VENV)/.installed
 	$(VENV)/bin/lms server start --foreground
 
+# Tests run in WORKERS processes (pytest-xdist; 2 = the cores of CI's machine; WORKERS=0 runs
+# them in this process). worksteal: a worker that runs out takes tests queued for the other, so
+# the few long end-to-end tests do not leave one core idle at the end.
+WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist worksteal)
+
 test: $(VENV)/.installed-test
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 # Every test that does not need the real model (no `model` marker): plumbing on the scripted
 # FakeEngine (tests/fakes.py), unit, CLI and API tests; under a minute on 2 cores.
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -m "not model"
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not model"
 
 # The property-based fuzz suite at length: 600 generated cases for each of the 17 tests (10,200)
 # against one real daemon. SEED=N repeats a run, EXAMPLES=N changes the cases per test; the seed

@@ -150,6 +150,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     import signal
     import time
 
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the other workers carry the marker too; the controller
+        # checks once every worker is gone
     marker = os.environ.get(_RUN_MARKER)
     if not marker or not Path("/proc/self/environ").exists():
         return

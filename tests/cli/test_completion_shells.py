@@ -329,14 +329,15 @@ def test_typers_own_bash_completion_still_works(
     # `lms --install-completion` installs what `--show-completion` prints: Typer's dynamic
     # script, which runs the whole CLI (through lms.launcher) at each TAB.
     env = dict(shell_env, SHELL="/bin/bash")
-    script = subprocess.run(
+    shown = subprocess.run(
         [str(BIN / "lms"), "--show-completion", "bash"],
         capture_output=True,
         text=True,
         env=env,
         timeout=60,
-        check=True,
-    ).stdout
+    )
+    assert shown.returncode == 0, shown.stderr
+    script = shown.stdout
     assert "complete" in script and "_LMS_COMPLETE" in script
     run = script + "\nCOMP_WORDS=(lms token rm al); COMP_CWORD=3; _lms_completion lms\n"
     run += 'printf "%s\\n" "${COMPREPLY[@]}"\n'
