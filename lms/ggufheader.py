@@ -72,11 +72,12 @@ _STRING, _ARRAY = 8, 9
 _HEADER_BYTES = 24  # magic, version, tensor count, metadata count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HeaderFacts:
-    """What the GGUF header says, independent of where the file sits in the catalog."""
+    """What the GGUF header says, independent of where the file sits in the catalog (the
+    catalog's :class:`~lms.inference.catalog.ModelFile` is these facts plus its place)."""
 
-    general_name: str | None
+    general_name: str | None = None
     architecture: str | None
     params_string: str | None
     quantization: str | None

@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from lms import modelfolder
 from lms.errors import ModelLoadError, ModelNotFoundError
@@ -27,8 +26,8 @@ from lms.ggufheader import HeaderFacts, parse_header
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ModelFile:
+@dataclass(frozen=True, kw_only=True)
+class ModelFile(HeaderFacts):
     """One GGUF model file in the catalog, described by its metadata (no weights loaded).
 
     ``params_string`` is ``general.size_label`` when present, else the tensor parameter count
@@ -46,18 +45,7 @@ class ModelFile:
     name: str
     path: Path
     size_bytes: int
-    display_name: str
-    architecture: str | None
-    params_string: str | None
-    quantization: str | None
-    bits_per_weight: float | None
-    max_context_length: int | None
-    chat_template: str | None
-    trained_for_tool_use: bool
-    vision: bool
-    bos_token: str | None
-    eos_token: str | None
-    type: Literal["llm", "embedding"]
+    display_name: str  # the header's general.name, else the name of the key
 
     @property
     def variant(self) -> str | None:
@@ -94,12 +82,6 @@ def read_metadata(path: Path, *, key: str | None = None) -> ModelFile:
     key = key or f"{modelfolder.LOCAL_PUBLISHER}/{path.stem}"
     publisher, _, rest = key.partition("/")
     name = rest.partition("@")[0]
-    # Every header fact but the name carries over as is (the name becomes display_name).
-    carried = {
-        f.name: getattr(facts, f.name)
-        for f in dataclasses.fields(facts)
-        if f.name != "general_name"
-    }
     return ModelFile(
         key=key,
         publisher=publisher,
@@ -107,7 +89,7 @@ def read_metadata(path: Path, *, key: str | None = None) -> ModelFile:
         path=path,
         size_bytes=st.st_size,
         display_name=facts.general_name or name,
-        **carried,
+        **{f.name: getattr(facts, f.name) for f in dataclasses.fields(facts)},
     )
 
 

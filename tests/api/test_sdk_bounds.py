@@ -7,42 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from aiohttp.test_utils import TestClient
+from sdkwire import GUEST, MODEL, Client, connect, frame, predict_request, require_auth
 
 from lms.api.sdk import wire
 from lms.api.state import AUTH
 from lms.auth import audit
-
-MODEL = "google/gemma-3-270m"
-GUEST = {"authVersion": 1, "clientIdentifier": "guest:abc", "clientPasskey": "def"}
-Client = TestClient  # type: ignore[type-arg]
-Socket = aiohttp.ClientWebSocketResponse
-
-
-async def frame(ws: Socket, timeout: float = 240.0) -> dict[str, Any]:
-    message = await ws.receive(timeout=timeout)
-    assert message.type == WSMsgType.TEXT, message
-    data = json.loads(message.data)
-    assert isinstance(data, dict)
-    return data
-
-
-async def connect(client: Client, path: str = "/llm") -> Socket:
-    ws = await client.ws_connect(path)
-    await ws.send_json(GUEST)
-    assert await frame(ws) == {"success": True}
-    return ws
-
-
-def require_auth(home: Path) -> None:
-    path = home / "config" / "config.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("[auth]\nrequired = true\n")
 
 
 def deep(levels: int) -> str:
@@ -154,37 +127,12 @@ async def test_a_frame_over_the_bound_is_answered(
     await ws.close()
 
 
-def predict(channel_id: int, text: str, max_tokens: int) -> dict[str, Any]:
-    fields = [
-        {
-            "key": "llm.prediction.maxPredictedTokens",
-            "value": {"checked": True, "value": max_tokens},
-        },
-        {"key": "llm.prediction.temperature", "value": 0.0},
-    ]
-    return {
-        "type": "channelCreate",
-        "endpoint": "predict",
-        "channelId": channel_id,
-        "creationParameter": {
-            "modelSpecifier": {"type": "query", "query": {"identifier": MODEL}},
-            "history": {
-                "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]
-            },
-            "predictionConfigStack": {
-                "layers": [{"layerName": "apiOverride", "config": {"fields": fields}}]
-            },
-        },
-    }
-
-
-@pytest.mark.model
 async def test_open_calls_are_bounded_and_channel_0_can_be_cancelled(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(wire, "MAX_OPEN", 1)
     ws = await connect(client)
-    await ws.send_json(predict(0, "Write a long story about a dragon.", 2000))
+    await ws.send_json(predict_request(0, "Write a long story about a dragon.", 2000))
     busy = cancelled = False
     while True:
         data = await frame(ws)
