@@ -11,11 +11,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from sdkwire import GUEST, MODEL, Client, connect, frame, predict_request, require_auth
 
 from lms.api.sdk import wire
 from lms.api.state import AUTH
 from lms.auth import audit
+
+from .sdkwire import GUEST, MODEL, Client, connect, frame, predict_request, require_auth
 
 
 def deep(levels: int) -> str:

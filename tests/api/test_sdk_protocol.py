@@ -13,7 +13,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from sdkwire import (
+
+from lms.api.sdk import records
+from lms.api.sdk import session as sdk_session
+from lms.api.state import AUTH
+from lms.auth import audit
+from lms.auth.permissions import Permission
+from lms.auth.registry import Registry
+from lms.inference.manager import ModelManager
+
+from .sdkwire import (
     GUEST,
     MODEL,
     Client,
@@ -25,14 +34,6 @@ from sdkwire import (
     predict_request,
     require_auth,
 )
-
-from lms.api.sdk import records
-from lms.api.sdk import session as sdk_session
-from lms.api.state import AUTH
-from lms.auth import audit
-from lms.auth.permissions import Permission
-from lms.auth.registry import Registry
-from lms.inference.manager import ModelManager
 
 
 @pytest.fixture
