@@ -1,6 +1,7 @@
 """The FakeEmbedder (tests/fakes.py) keeps the embedder's contract, so that embedding plumbing
 tests on it test the plumbing: order, equal inputs equal vectors, unit length, token counts,
-input errors naming ``input[i]``, the queue bound, cancellation between groups, close."""
+input errors naming ``input[i]``, group sizes, the queue bound, cancellation between groups.
+(A group raising and closing mid-batch: tests/inference/test_workers.py, on the fake.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,10 +16,8 @@ from fakes import FAKE_WIDTH, FakeEmbedder, FakeLoader, GroupGate, fake_tokenize
 
 from lms.errors import (
     ContextOverflowError,
-    InternalError,
     InvalidParameterError,
     ServerBusyError,
-    ShuttingDownError,
 )
 from lms.inference import catalog
 from lms.inference.embedder import MAX_SEQUENCES
@@ -142,39 +140,6 @@ async def test_a_cancelled_request_stops_between_groups() -> None:
         assert gate.sizes == [MAX_SEQUENCES, 1]  # one group of the 600 inputs, no more
     finally:
         embedder.close()
-
-
-async def test_a_group_raising_fails_only_its_request(fake: FakeEmbedder) -> None:
-    real = fake._embed_group
-
-    def broken(group: list[list[int]]) -> Any:
-        if group == [fake_tokenize("boom")]:
-            raise MemoryError("injected")
-        return real(group)
-
-    fake._embed_group = broken  # type: ignore[method-assign]
-    with pytest.raises(InternalError):
-        await fake.embed(["boom"])
-    assert len((await fake.embed(["served again"])).vectors) == 1
-    assert fake.restarts == 0 and fake.status == "idle" and fake.outstanding == 0
-
-
-async def test_closing_mid_batch_fails_what_is_left() -> None:
-    embedder = FakeEmbedder(options=LoadOptions(context_length=4096))
-    gate = GroupGate(embedder)
-    embedder._embed_group = gate  # type: ignore[method-assign]
-    request = asyncio.create_task(embedder.embed(LONG_BATCH))
-    await gate.wait_entered()
-    closing = asyncio.create_task(asyncio.to_thread(embedder.close))
-    await poll(lambda: embedder._closed)
-    gate.gate.set()
-    await closing
-    with pytest.raises(ShuttingDownError):
-        await request
-    assert gate.sizes == [MAX_SEQUENCES]  # the batch stopped after the group in progress
-    with pytest.raises(ShuttingDownError):
-        await embedder.embed(["too late"])
-    assert not embedder._thread.is_alive()
 
 
 async def test_the_loader_builds_one_for_embedding_mode(fake_models_dir: Path) -> None:
