@@ -12,14 +12,20 @@ BOS = 1), so counts are easy to predict: ``"hi"`` is ``[1, 106, 107]``.
 (explicitly or just in time) is a FakeEngine playing the loader's one shared script. The models
 folder still holds a real (tiny) GGUF file: discovery and model keys stay the real ones.
 
-Inference itself (what gemma answers, batching, grammars, the prompt cache) is never tested
-here: those tests use the real model and carry the ``model`` marker.
+Embedding mode loads a :class:`FakeEmbedder`: an :class:`Embedder` with the real request
+checks, group loop, queue bound, cancellation between groups and ``close``, whose one group step
+gives each input a deterministic unit vector of :data:`FAKE_WIDTH` floats derived from its
+tokens (equal inputs, equal vectors) instead of running a model.
+
+Inference itself (what gemma answers, its vectors, batching, grammars, the prompt cache) is never
+tested here: those tests use the real model and carry the ``model`` marker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,14 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lms.errors import (
     InvalidParameterError,
     LmsError,
-    ModelLoadError,
     ShuttingDownError,
 )
 from lms.inference.catalog import ModelFile
-from lms.inference.embedder import Embedder
+from lms.inference.embedder import Embedder, Vector, _Job
 from lms.inference.engine import Engine
 from lms.inference.generation import (
     FinishReason,
@@ -98,13 +105,15 @@ class Script:
             return self._replies.popleft() if self._replies else self.default
 
 
-def fake_tokenize(text: str) -> list[int]:
-    """BOS, then one token per UTF-8 byte (token = byte + 2)."""
+def fake_tokenize(text: str, where: str = "the prompt", param: str | None = None) -> list[int]:
+    """BOS, then one token per UTF-8 byte (token = byte + 2). A lone surrogate is refused as the
+    real vocabulary refuses it: a 400 saying ``where`` it was (and naming ``param``)."""
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidParameterError(
-            "the prompt holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text"
+            f"{where} holds a lone surrogate (\\ud800-\\udfff): not valid Unicode text",
+            param=param,
         ) from None
     return [BOS, *(b + _BYTE_BASE for b in encoded)]
 
@@ -269,13 +278,62 @@ class FakeEngine(Engine):
         post([(generation, item)])
 
 
+#: Floats in a fake embedding (small; not any real model's width).
+FAKE_WIDTH = 16
+
+
+def fake_vector(tokens: Sequence[int]) -> Vector:
+    """A unit vector of :data:`FAKE_WIDTH` floats determined by ``tokens`` alone: seeded by a
+    hash of them, so equal token lists give bitwise equal vectors and different ones differ."""
+    digest = hashlib.sha256(np.asarray(tokens, dtype="<i8").tobytes()).digest()
+    values = np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(FAKE_WIDTH)
+    unit: Vector = (values / np.linalg.norm(values)).astype(np.float32)
+    return unit
+
+
+class FakeEmbedder(Embedder):
+    """An :class:`Embedder` that never loads llama.cpp. Everything but the model is the real
+    embedder's: ``embed`` (input checks, the queue bound), the worker loop (merging requests,
+    groups of at most ``n_ctx`` tokens and ``MAX_SEQUENCES`` inputs, cancellation between
+    groups, ``groups_embedded``, shutdown); only :meth:`_embed_group` is played (see
+    :func:`fake_vector`) and tokens are :func:`fake_tokenize`'s."""
+
+    def __init__(self, path: Path = Path("fake.gguf"), options: LoadOptions | None = None) -> None:
+        # Embedder.__init__ builds a llama context: none here, only what the public side and
+        # the worker loop use.
+        self.path = path
+        self.options = options or LoadOptions(context_length=512)
+        self.n_vocab = 256 + _BYTE_BASE
+        self.n_embd = FAKE_WIDTH
+        self.n_ctx = self.options.context_length
+        self._active = 0
+        self._serving: list[_Job] = []
+        self.groups_embedded = 0
+        self.status = "idle"
+        self._start_worker(f"embedder:{path.name}", slots=1, queue_length=self.options.queue_length)
+
+    def _tokenize(self, text: str, where: str = "text") -> list[int]:
+        return fake_tokenize(text, f"'{where}'", param="input")
+
+    def _embed_group(self, group: list[list[int]]) -> list[Vector]:
+        return [fake_vector(tokens) for tokens in group]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(STOP)
+        self._thread.join()
+
+
 class FakeLoader:
     """A ``ModelManager`` loader whose llm instances are :class:`FakeEngine` s sharing one
-    :class:`Script`; embedding mode is refused (ModelLoadError: no fake embedder)."""
+    :class:`Script`, and whose embedding instances are :class:`FakeEmbedder` s."""
 
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or Script()
         self.engines: list[FakeEngine] = []
+        self.embedders: list[FakeEmbedder] = []
 
     def say(self, *replies: Reply | str) -> None:
         self.script.say(*replies)
@@ -287,11 +345,13 @@ class FakeLoader:
         embedding: bool,
         progress: Callable[[float], None] | None = None,
     ) -> Engine | Embedder:
-        if embedding:
-            raise ModelLoadError(f"cannot load {model.path.name}: no fake embedder")
         if progress is not None:
             progress(0.0)
             progress(1.0)
+        if embedding:
+            embedder = FakeEmbedder(model.path, options)
+            self.embedders.append(embedder)
+            return embedder
         engine = FakeEngine(model.path, options, self.script)
         self.engines.append(engine)
         return engine
@@ -302,8 +362,9 @@ GATE_DEADLINE = 120.0
 
 
 class GroupGate:
-    """Wraps a real embedder's ``_embed_group``: records each group's size and holds the worker
-    inside the first group (computed for real) until the test opens ``gate``."""
+    """Wraps an embedder's ``_embed_group`` (the real one's or a :class:`FakeEmbedder`'s):
+    records each group's size and holds the worker inside the first group (computed as usual)
+    until the test opens ``gate``."""
 
     def __init__(self, embedder: Embedder) -> None:
         self.original = embedder._embed_group

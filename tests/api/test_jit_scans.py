@@ -11,8 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from lms.inference import catalog
 
-MODEL = "google/gemma-3-270m"
-pytestmark = pytest.mark.model
+MODEL = "google/gemma-3-270m"  # on the scripted fakes (tests/fakes.py): the subject is the scan
 
 
 @pytest.fixture

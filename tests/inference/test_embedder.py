@@ -1,4 +1,5 @@
-"""The embedding engine and embedding instances on the real default model."""
+"""The embedding engine on the real default model (``model``); embedding instances (identifiers,
+kinds, keep-last-JIT) on a ModelManager whose loader builds FakeEmbedders (tests/fakes.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import FakeEmbedder, FakeLoader
 
 from lms import config
 from lms.errors import (
@@ -20,7 +22,6 @@ from lms.inference.embedder import Embedder
 from lms.inference.engine import LoadOptions
 from lms.inference.manager import ModelManager
 
-pytestmark = pytest.mark.model
 MODEL = "google/gemma-3-270m"
 
 
@@ -31,6 +32,7 @@ def embedder(default_model_path: Path) -> Embedder:
     loaded.close()
 
 
+@pytest.mark.model
 async def test_unit_vectors_and_counts(embedder: Embedder) -> None:
     result = await embedder.embed(["one two three", "four"])
     assert [v.shape for v in result.vectors] == [(embedder.n_embd,)] * 2
@@ -42,6 +44,7 @@ async def test_unit_vectors_and_counts(embedder: Embedder) -> None:
     assert result.total_tokens == sum(result.token_counts)
 
 
+@pytest.mark.model
 async def test_concurrent_calls_are_merged_and_match_single_calls(embedder: Embedder) -> None:
     texts = [f"sentence number {i} about topic {i * 7}" for i in range(12)]
     together = await asyncio.gather(*(embedder.embed([t]) for t in texts))
@@ -51,6 +54,7 @@ async def test_concurrent_calls_are_merged_and_match_single_calls(embedder: Embe
     assert embedder.queued == 0 and embedder.active == 0 and embedder.status == "idle"
 
 
+@pytest.mark.model
 async def test_more_inputs_than_one_batch_holds(embedder: Embedder) -> None:
     # 40 inputs of ~30 tokens: more sequences (32) and more tokens (512) than one batch takes
     texts = [f"{i} " + "lorem ipsum dolor sit amet " * 5 for i in range(40)]
@@ -61,6 +65,7 @@ async def test_more_inputs_than_one_batch_holds(embedder: Embedder) -> None:
     assert (await embedder.embed(texts)).vectors[-1].tolist() == result.vectors[-1].tolist()
 
 
+@pytest.mark.model
 async def test_long_input_spans_several_decodes(embedder: Embedder) -> None:
     text = "word " * 450  # > 256 tokens: two llama_decode calls for one sequence
     result = await embedder.embed([text, "short"])
@@ -69,6 +74,7 @@ async def test_long_input_spans_several_decodes(embedder: Embedder) -> None:
     assert float(result.vectors[0] @ again.vectors[0]) > 0.999
 
 
+@pytest.mark.model
 async def test_bad_inputs(embedder: Embedder) -> None:
     with pytest.raises(ContextOverflowError, match=r"input\[1\]"):
         await embedder.embed(["fine", "word " * 600])
@@ -76,15 +82,19 @@ async def test_bad_inputs(embedder: Embedder) -> None:
         await embedder.embed([[2, embedder.n_vocab]])
     with pytest.raises(InvalidParameterError, match="empty"):
         await embedder.embed([""])
+    with pytest.raises(InvalidParameterError, match=r"'input\[1\]' holds a lone surrogate"):
+        await embedder.embed(["fine", "\ud800"])
     assert len((await embedder.embed(["still serving"])).vectors) == 1
 
 
 @pytest.fixture
 async def manager(
-    tmp_path: Path, default_models_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[ModelManager]:
     monkeypatch.setenv("LMS_HOME", str(tmp_path))
-    models = ModelManager(lambda: config.load(), models_dir=lambda: default_models_dir)
+    models = ModelManager(
+        lambda: config.load(), models_dir=lambda: fake_models_dir, loader=FakeLoader()
+    )
     yield models
     await models.close()
 
@@ -95,6 +105,7 @@ async def test_identifiers_and_kinds(manager: ModelManager) -> None:
     second = await manager.load(MODEL, embedding=True, context_length=256)
     assert (chat.identifier, chat.type) == (MODEL, "llm")
     assert (first.identifier, first.type) == (f"{MODEL}:embedding", "embedding")
+    assert isinstance(first.backend, FakeEmbedder) and first.backend is not second.backend
     assert second.identifier == f"{MODEL}:embedding:2"
     assert first.load_config() == {"context_length": 256}
     assert set(chat.load_config()) == {

@@ -1,10 +1,12 @@
 """Worker threads that cannot die, work that stops when its client leaves, bounded queues.
 
-On the real default model: failures are injected into one job (a monkeypatched step raising
-what a tokenizer, a sampler or a grammar could raise) and the next request on the same instance
-must be served. Queue bounds are asserted without timing: the requests that fill a queue are
-submitted with no await in between (none can finish meanwhile), or are held inside a group by
-a test-controlled event.
+The engine's on the real default model (``model``): failures are injected into one job (a
+monkeypatched step raising what a tokenizer, a sampler or a grammar could raise) and the next
+request on the same instance must be served. The embedder's on a FakeEmbedder (tests/fakes.py):
+its worker loop, groups, queue bound and close are the real embedder's, only the vectors are
+fake. Queue bounds are asserted without timing: the requests that fill a queue are submitted
+with no await in between (none can finish meanwhile), or are held inside a group by a
+test-controlled event.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import GroupGate
+from fakes import FakeEmbedder, GroupGate
 
 from lms.errors import (
     InternalError,
@@ -28,8 +30,6 @@ from lms.inference.embedder import Embedder
 from lms.inference.engine import Engine, Generation, LoadOptions
 from lms.inference.sampling import SamplingParams
 from lms.inference.worker import RETRY_AFTER_SECONDS
-
-pytestmark = pytest.mark.model
 
 DEADLINE = 120.0  # seconds: generous, only ever reached when something is broken
 
@@ -74,6 +74,7 @@ async def served(engine: Engine) -> None:
     assert generation.result is not None and generation.result.error is None
 
 
+@pytest.mark.model
 async def test_a_step_raising_fails_only_its_generation(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,6 +95,7 @@ async def test_a_step_raising_fails_only_its_generation(
     assert engine.restarts == 0 and engine.outstanding == 0
 
 
+@pytest.mark.model
 async def test_sampler_setup_raising_fails_only_its_generation(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,6 +112,7 @@ async def test_sampler_setup_raising_fails_only_its_generation(
     assert engine.active == 0 and engine.outstanding == 0
 
 
+@pytest.mark.model
 async def test_the_loop_raising_is_restarted(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,11 +132,13 @@ async def test_the_loop_raising_is_restarted(
     assert engine.restarts == 1 and crashes == [1] and engine.outstanding == 0
 
 
+@pytest.mark.model
 async def test_lone_surrogate_in_a_prompt(engine: Engine) -> None:
     with pytest.raises(InvalidParameterError, match="lone surrogate"):
         engine.tokenize("abc \ud800")
 
 
+@pytest.mark.model
 async def test_full_queue_refuses_at_once_then_drains(engine: Engine) -> None:
     tokens = engine.tokenize("Write a very long story about a dragon:")
     # 2 slots + 2 waiting; no await in between, so none of them can have finished
@@ -155,6 +160,7 @@ async def test_full_queue_refuses_at_once_then_drains(engine: Engine) -> None:
     await served(engine)
 
 
+@pytest.mark.model
 async def test_closing_stops_running_work_at_the_next_step(default_model_path: Path) -> None:
     engine = Engine.load(default_model_path, LoadOptions(context_length=512, parallel=1))
     try:
@@ -173,11 +179,11 @@ async def test_closing_stops_running_work_at_the_next_step(default_model_path: P
 # --- embedder ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def embedder(default_model_path: Path) -> Iterator[Embedder]:
-    loaded = Embedder.load(default_model_path, LoadOptions(context_length=512, queue_length=1))
-    yield loaded
-    loaded.close()
+@pytest.fixture
+def embedder() -> Iterator[Embedder]:
+    fake = FakeEmbedder(options=LoadOptions(context_length=512, queue_length=1))
+    yield fake
+    fake.close()
 
 
 LONG_BATCH = [f"{i} " + "lorem ipsum dolor sit amet " * 4 for i in range(600)]
@@ -239,8 +245,8 @@ async def test_full_queue_refuses_at_once(
     assert len((await embedder.embed(["drained"])).vectors) == 1
 
 
-async def test_closing_mid_batch_stops_after_the_group(default_model_path: Path) -> None:
-    embedder = Embedder.load(default_model_path, LoadOptions(context_length=512))
+async def test_closing_mid_batch_stops_after_the_group() -> None:
+    embedder = FakeEmbedder(options=LoadOptions(context_length=512))
     gate = GroupGate(embedder)
     embedder._embed_group = gate  # type: ignore[method-assign]
     request = asyncio.create_task(embedder.embed(LONG_BATCH))
@@ -252,3 +258,6 @@ async def test_closing_mid_batch_stops_after_the_group(default_model_path: Path)
     with pytest.raises(ShuttingDownError):
         await request
     assert len(gate.sizes) == 1  # the batch stopped after the group in progress
+    with pytest.raises(ShuttingDownError):
+        await embedder.embed(["too late"])
+    assert not embedder._thread.is_alive()
