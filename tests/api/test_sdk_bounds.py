@@ -128,6 +128,7 @@ async def test_a_frame_over_the_bound_is_answered(
     await ws.close()
 
 
+@pytest.mark.model
 async def test_open_calls_are_bounded_and_channel_0_can_be_cancelled(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
