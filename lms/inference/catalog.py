@@ -145,6 +145,8 @@ def match_key(query: str, models: list[ModelFile]) -> ModelFile | None:
         if model.key == query:
             return model
     lowered = query.lower()
+    if not lowered:
+        return None  # an empty name would match every key without a publisher
     candidates: list[Callable[[ModelFile], bool]] = [
         lambda m: m.key.lower() == lowered,
         lambda m: m.key.partition("@")[0].lower() == lowered,

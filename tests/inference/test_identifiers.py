@@ -145,6 +145,10 @@ def test_a_key_comes_before_a_path_prefix(models_dir: Path) -> None:
 
     assert find("b/model").key == "b/model"  # the key, though "a/other"'s path starts so too
     assert find("B/MODEL-").key == "a/other"  # no key: the path prefix
+    # An empty name names nothing, not even a key without a publisher.
+    bare = dataclasses.replace(base, key="bare", path=models_dir / "bare.gguf")
+    with pytest.raises(ModelNotFoundError):
+        choosing.downloaded([], [bare], choosing.Query(""), models_dir, None, None)
     # The SDK's query.path is a path only: the first path in key order.
     assert find("b/model", path_only=True).key == "a/other"
     assert find("b/model/", path_only=True).key == "b/model"
