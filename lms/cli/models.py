@@ -117,7 +117,12 @@ def _instance_row(instance: InstanceEntry) -> list[str]:
 
 def load(
     model: Annotated[
-        str, typer.Argument(help="Model key, as shown by lms ls.", autocompletion=completers.models)
+        str,
+        typer.Argument(
+            help="Model key as lms ls shows it, a loaded instance's identifier, or a prefix of"
+            " the model's path in the models folder (any case, with a /).",
+            autocompletion=completers.models,
+        ),
     ],
     context_length: Annotated[
         int | None,
@@ -143,8 +148,8 @@ def load(
         typer.Option(
             "--identifier",
             metavar="ID",
-            help="Name of the instance in the API (default: the key); 1 to 128 printable"
-            " characters.",
+            help="Name of the instance in the API (default: the key, then <key>:2, <key>:3...);"
+            " 1 to 128 printable characters, refused when already in use.",
         ),
     ] = None,
     parallel: Annotated[
@@ -162,7 +167,8 @@ def load(
         typer.Option(
             "--embedding",
             help="Load it in embedding mode (for /v1/embeddings), as a separate instance"
-            " named <key>:embedding.",
+            " named <key>:embedding (then <key>:embedding:2...); an embedding model's instance"
+            " is named <key>.",
         ),
     ] = False,
     json_output: JsonOption = False,
@@ -170,6 +176,9 @@ def load(
     """Load a model into memory (starts the daemon); prints the instance identifier.
 
     With --embedding any model loads in embedding mode (mean pooling); embedding models always do.
+
+    The first instance of a model is named by its key, later ones <key>:2, <key>:3 (the smallest
+    number free); an llm in embedding mode is <key>:embedding, <key>:embedding:2.
     """
     if ttl is not None:
         limits.check_ttl(ttl, "--ttl")

@@ -116,17 +116,37 @@ def discover(models_dir: Path | None = None) -> list[ModelFile]:
 
 
 def resolve(query: str, models: list[ModelFile]) -> ModelFile:
-    """The model a client means by ``query``.
+    """The model a client means by ``query``, by key (:func:`match_key`); no match raises
+    ModelNotFoundError (``param="model"``) whose message lists the available keys.
+
+    This is the key step of query resolution only: instance identifiers and path prefixes come
+    before and after it in :mod:`lms.inference.choosing` (docs/IDENTIFIERS.md).
+    """
+    found = match_key(query, models)
+    if found is not None:
+        return found
+    available = ", ".join(m.key for m in models) or "(none)"
+    raise ModelNotFoundError(
+        f'model "{query}" not found. Available models: {available}',
+        param="model",
+        data={"available_models": [m.key for m in models]},
+    )
+
+
+def match_key(query: str, models: list[ModelFile]) -> ModelFile | None:
+    """The model whose key ``query`` is (None: no key matches).
 
     An exact key wins; then, case-insensitively and only when unique: the key, the key without its
     ``@variant``, the part after the publisher (``gemma-3-270m@q8_0``), the name
-    (``gemma-3-270m``). Several matches at one step are ambiguous; no match at all raises
-    ModelNotFoundError (``param="model"``) whose message lists the available keys.
+    (``gemma-3-270m``). Several matches at one step are ambiguous: ModelNotFoundError
+    (``param="model"``) naming them.
     """
     for model in models:
         if model.key == query:
             return model
     lowered = query.lower()
+    if not lowered:
+        return None  # an empty name would match every key without a publisher
     candidates: list[Callable[[ModelFile], bool]] = [
         lambda m: m.key.lower() == lowered,
         lambda m: m.key.partition("@")[0].lower() == lowered,
@@ -145,9 +165,4 @@ def resolve(query: str, models: list[ModelFile]) -> ModelFile:
                 param="model",
                 data={"available_models": [m.key for m in models]},
             )
-    available = ", ".join(m.key for m in models) or "(none)"
-    raise ModelNotFoundError(
-        f'model "{query}" not found. Available models: {available}',
-        param="model",
-        data={"available_models": [m.key for m in models]},
-    )
+    return None

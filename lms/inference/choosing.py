@@ -1,22 +1,38 @@
-"""How a request's ``model`` picks an instance or a model (:meth:`ModelManager.choose`).
+"""Query resolution: what a model name in a request means (docs/IDENTIFIERS.md).
 
-- An identifier of a loaded instance of the kind the request needs (``llm`` or ``embedding``) is
-  that instance.
-- An identifier of an instance of the other kind is refused (400), unless it is also the model
-  key: then it means the model, like any other name.
-- Any other name resolves among the downloaded models (:func:`lms.inference.catalog.resolve`) to
-  the loaded instance of that kind of that model, or to the model to load. To an embedding
-  request ``<key>:embedding`` (the identifier of an embedding instance of an llm model) means
-  ``<key>``, so it loads again after an idle unload. An embedding model cannot serve an llm
-  request (400).
-- A caller's allowlist limits what a name may mean: anything outside it is not found, exactly
-  like a missing one, and only the caller's hook hears that it exists.
+One order, on every surface (native REST, OpenAI, Anthropic, the SDK websocket, ``lms load``),
+through :meth:`ModelManager.choose` (a request that needs an instance) and
+:meth:`ModelManager.resolve` (a load, which needs a model):
+
+1. **Instance identifier**, exact: the instance loaded under that name. An identifier of an
+   instance of the other kind (``llm`` / ``embedding``) is refused (400), unless it is also the
+   model key: then it means the model, like any other name. To a load, an identifier means the
+   model of that instance.
+2. **Model key**: an exact key first, then :func:`lms.inference.catalog.match_key`'s looser forms
+   (case-insensitive, without ``@variant``, without the publisher, the name; each only when
+   unique, else "ambiguous"). To an embedding request ``<key>:embedding`` and
+   ``<key>:embedding:N`` (identifiers of embedding instances of an llm model) mean ``<key>``, so
+   they load again after an idle unload.
+3. **Path prefix**, case-insensitive, for a name holding a ``/``: the first model, in key order,
+   whose path relative to the models folder starts with the name
+   (``hugging-quants/llama-3.2-1b-instruct`` finds
+   ``hugging-quants/Llama-3.2-1B-Instruct-Q8_0-GGUF/…``). The SDK's ``query.path`` uses this
+   step only.
+
+A model found by steps 2 and 3 is served by its first loaded instance of the kind the request needs
+(in load order), or loaded. Steps 1 to 2 against loaded instances need no catalog; the catalog is
+read once, and only when they find nothing. An embedding model cannot serve an llm request (400).
+
+A caller's allowlist limits what a name may mean: anything outside it is not found, exactly like
+a missing one; "not found" and "ambiguous" errors list only allowed models, and only the caller's
+``hidden`` hook hears that the name exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from lms.errors import InvalidRequestError, ModelNotFoundError
 from lms.inference import catalog
@@ -43,51 +59,81 @@ class Choice:
     model: ModelFile | None
 
 
+@dataclass(frozen=True)
+class Query:
+    """A model name as a request gives it.
+
+    ``kind`` is the mode the request needs; ``path_only`` says the name is a path (the SDK's
+    ``query.path``: step 3 only); ``vision`` keeps only models that carry a vision encoder.
+    """
+
+    text: str
+    kind: InstanceType = "llm"
+    path_only: bool = False
+    vision: bool = False
+
+
+def relative_path(model: ModelFile, root: Path) -> str:
+    """``model``'s path relative to the models folder ``root`` (``/``-separated); a file outside
+    it (the folder changed since it was loaded) counts as ``<publisher>/<name>/<file>``."""
+    try:
+        return model.path.relative_to(root).as_posix()
+    except ValueError:
+        return f"{model.publisher}/{model.name}/{model.path.name}"
+
+
 def loaded(
-    instances: dict[str, Instance], query: str, kind: InstanceType, allowed: ModelFilter | None
+    instances: Sequence[Instance], query: Query, allowed: ModelFilter | None
 ) -> Instance | None:
-    """The loaded instance ``query`` names, when it serves ``kind`` (None: resolve the name)."""
-    instance = instances.get(query)
-    if instance is not None and allowed is not None and not allowed(instance.model.key):
+    """Steps 1 to 2 among loaded ``instances`` (in load order), without the catalog: the instance
+    ``query`` names, or the first of its kind whose model key is exactly the name (None: read
+    the catalog)."""
+    if query.path_only:
         return None
-    if instance is not None and instance.type != kind:
-        if query != instance.model.key:
+    usable = [i for i in instances if _usable(i.model, query, allowed)]
+    named = next((i for i in usable if i.identifier == query.text), None)
+    if named is not None:
+        if named.type == query.kind:
+            return named
+        if query.text != named.model.key:
             raise InvalidRequestError(
-                f'"{query}" is loaded in {instance.type} mode; this route needs a'
-                f" {kind} instance (use the model key {instance.model.key!r})",
+                f'"{query.text}" is loaded in {named.type} mode; this route needs a'
+                f" {query.kind} instance (use the model key {named.model.key!r})",
                 param="model",
             )
-        return None
-    return instance
+    key = model_query(query.text, query.kind)
+    return next((i for i in usable if i.type == query.kind and i.model.key == key), None)
 
 
 def downloaded(
+    instances: Sequence[Instance],
     every: list[ModelFile],
-    query: str,
-    shown: str,
+    query: Query,
+    root: Path,
     allowed: ModelFilter | None,
     hidden: HiddenHook | None,
-    *,
-    named: bool = False,
 ) -> ModelFile:
-    """The model ``query`` names among the allowed ones of ``every``; errors say ``shown`` (the
-    name the client used). ``named`` says ``shown`` is the identifier of a loaded instance:
-    outside the allowlist, that is hidden too."""
-    models = every if allowed is None else [m for m in every if allowed(m.key)]
-    try:
-        return catalog.resolve(query, models)
-    except ModelNotFoundError as err:
-        if allowed is not None and hidden is not None and (named or _names_any(shown, every)):
-            hidden()
-        if "ambiguous" in err.message or query == shown:
-            raise
-        visible = [m.key for m in models]
-        raise ModelNotFoundError(
-            f'model "{shown}" not found. Available models: {", ".join(visible) or "(none)"}',
-            param="model",
-            hint=err.hint,
-            data={"available_models": visible},
-        ) from None
+    """Steps 1 to 3 over the catalog ``every`` (and the models of loaded ``instances``, should a
+    file have left the folder): the model ``query`` names among the allowed ones.
+
+    Not found: ModelNotFoundError (404, ``param="model"``) listing the allowed keys; ``hidden``
+    hears when the name would have been found outside the allowlist.
+    """
+    found = _model(instances, every, query, root, allowed)
+    if found is not None:
+        return found
+    if allowed is not None and hidden is not None:
+        try:
+            if _model(instances, every, query, root, None) is not None:
+                hidden()
+        except ModelNotFoundError:  # ambiguous among every model: not a hidden one's name
+            pass
+    visible = [m.key for m in _candidates(instances, every, Query(query.text), allowed)]
+    raise ModelNotFoundError(
+        f'model "{query.text}" not found. Available models: {", ".join(visible) or "(none)"}',
+        param="model",
+        data={"available_models": visible},
+    )
 
 
 def check_serves(model: ModelFile, kind: InstanceType) -> None:
@@ -98,18 +144,51 @@ def check_serves(model: ModelFile, kind: InstanceType) -> None:
         )
 
 
-def _names_any(query: str, every: list[ModelFile]) -> bool:
-    try:
-        catalog.resolve(query, every)
-    except ModelNotFoundError:
-        return False
-    return True
-
-
 def model_query(query: str, kind: InstanceType) -> str:
-    """The model a request names: ``<key>:embedding`` (the identifier of an embedding instance
-    of an llm model) means ``<key>`` to an embedding request, so it loads again after an idle
-    unload."""
-    if kind == "embedding" and query.endswith(EMBEDDING_SUFFIX):
-        return query[: -len(EMBEDDING_SUFFIX)]
+    """The model a request names: ``<key>:embedding`` or ``<key>:embedding:N`` (identifiers of
+    embedding instances of an llm model) mean ``<key>`` to an embedding request, so they load
+    again after an idle unload."""
+    if kind == "embedding":
+        base, suffix, tail = query.rpartition(EMBEDDING_SUFFIX)
+        if suffix and base and (not tail or (tail[0] == ":" and tail[1:].isdecimal())):
+            return base
     return query
+
+
+def _usable(model: ModelFile, query: Query, allowed: ModelFilter | None) -> bool:
+    return (allowed is None or allowed(model.key)) and (not query.vision or model.vision)
+
+
+def _candidates(
+    instances: Sequence[Instance], every: list[ModelFile], query: Query, allowed: ModelFilter | None
+) -> list[ModelFile]:
+    models = {m.key: m for m in every}
+    for instance in instances:
+        models.setdefault(instance.model.key, instance.model)
+    return sorted((m for m in models.values() if _usable(m, query, allowed)), key=lambda m: m.key)
+
+
+def _model(
+    instances: Sequence[Instance],
+    every: list[ModelFile],
+    query: Query,
+    root: Path,
+    allowed: ModelFilter | None,
+) -> ModelFile | None:
+    models = _candidates(instances, every, query, allowed)
+    if not query.path_only:
+        named = next(
+            (
+                i.model
+                for i in instances
+                if i.identifier == query.text and _usable(i.model, query, allowed)
+            ),
+            None,
+        )
+        if named is not None:
+            return named
+        found = catalog.match_key(model_query(query.text, query.kind), models)
+        if found is not None or "/" not in query.text:
+            return found
+    prefix = query.text.lower()
+    return next((m for m in models if relative_path(m, root).lower().startswith(prefix)), None)

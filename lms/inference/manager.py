@@ -5,11 +5,13 @@ An instance is either an **llm** instance (an :class:`Engine`: chat, completions
 **embedding** instance (an :class:`Embedder`), of any model: a chat model can be loaded in
 embedding mode too, as a separate instance.
 
-Identifiers: an llm instance, or an embedding instance of an embedding model, is named by its
-model key (``publisher/name``). An embedding instance of an llm model is always named
-``<key>:embedding``, even when ``<key>`` is free, so that ``<key>`` keeps meaning the chat
-instance and a name says its mode. Further instances of the same kind get ``:2``, ``:3``...
-(``<key>:2``, ``<key>:embedding:2``).
+Identifiers (docs/IDENTIFIERS.md): the first instance of a model is named by its key; further
+instances ``<key>:2``, ``<key>:3``..., always the smallest free number (numbers freed by an unload
+are used again). An embedding model's instance is named like any other. An llm model loaded in
+embedding mode is ``<key>:embedding``, then ``<key>:embedding:2``..., even when ``<key>`` is
+free, so that ``<key>`` keeps meaning the chat instance, a name says its mode, and no such name
+is ever a ``<key>:N``. An explicit identifier already in use is refused (409, "already exists").
+Names in requests resolve as :mod:`lms.inference.choosing` says.
 
 Keep-last-JIT (``models.jit_keep_last``) applies per kind: a JIT load unloads the previous JIT
 instances of the same kind only, so an application that embeds and chats (RAG) keeps one chat
@@ -95,13 +97,24 @@ class ModelManager:
         return await asyncio.to_thread(catalog.discover, self._models_dir())
 
     async def resolve(
-        self, query: str, allowed: ModelFilter | None = None, hidden: HiddenHook | None = None
+        self,
+        query: str,
+        allowed: ModelFilter | None = None,
+        hidden: HiddenHook | None = None,
+        *,
+        kind: InstanceType = "llm",
     ) -> ModelFile:
-        """The downloaded model ``query`` names, among the models ``allowed`` lets the caller
-        use: a model outside it is not found, exactly like a missing one, and the error lists
-        only allowed models (``hidden`` hears when that is why). Reads the catalog once."""
+        """The model ``query`` (an instance identifier, a model key or a path prefix) names to a
+        load, among the models ``allowed`` lets the caller use: a model outside it is not found,
+        exactly like a missing one, and the error lists only allowed models (``hidden`` hears
+        when that is why). ``kind`` is the mode of the load. Reads the catalog once."""
         return choosing.downloaded(
-            await self.models(), query, query, allowed, hidden, named=query in self._instances
+            self._in_load_order(),
+            await self.models(),
+            choosing.Query(query, kind),
+            self._models_dir(),
+            allowed,
+            hidden,
         )
 
     async def choose(
@@ -111,23 +124,23 @@ class ModelManager:
         kind: InstanceType = "llm",
         allowed: ModelFilter | None = None,
         hidden: HiddenHook | None = None,
+        path_only: bool = False,
+        vision: bool = False,
     ) -> Choice:
-        """What ``query`` (an instance identifier or a model name) means to a request that needs
-        an instance of ``kind``: the one place that decides it, for :meth:`acquire` and the API
-        (rules in :mod:`lms.inference.choosing`). Reads the catalog once, and only when no
-        loaded instance answers. ``allowed`` limits what ``query`` may name: anything outside it
-        is not found, exactly like a missing one (``hidden`` hears about it).
+        """What ``query`` (an instance identifier, a model key or a path prefix) means to a
+        request that needs an instance of ``kind``: the one place that decides it, for
+        :meth:`acquire` and every API surface (rules in :mod:`lms.inference.choosing`). Reads
+        the catalog once, and only when no loaded instance answers. ``allowed`` limits what
+        ``query`` may name: anything outside it is not found, exactly like a missing one
+        (``hidden`` hears about it). ``path_only`` and ``vision`` are the SDK's query fields
+        (:class:`lms.inference.choosing.Query`).
         """
-        instance = choosing.loaded(self._instances, query, kind, allowed)
+        wanted = choosing.Query(query, kind, path_only=path_only, vision=vision)
+        instance = choosing.loaded(self._in_load_order(), wanted, allowed)
         if instance is not None:
             return Choice(instance.model.key, instance, None)
         model = choosing.downloaded(
-            await self.models(),
-            model_query(query, kind),
-            query,
-            allowed,
-            hidden,
-            named=query in self._instances,
+            self._in_load_order(), await self.models(), wanted, self._models_dir(), allowed, hidden
         )
         choosing.check_serves(model, kind)
         return Choice(model.key, self._find(model.key, kind), model)
@@ -248,9 +261,14 @@ class ModelManager:
         return instance
 
     def _find(self, model_key: str, kind: InstanceType) -> Instance | None:
+        """The first loaded (in load order) instance of ``model_key`` in mode ``kind``."""
         return next(
-            (i for i in self.instances() if i.model.key == model_key and i.type == kind), None
+            (i for i in self._in_load_order() if i.model.key == model_key and i.type == kind),
+            None,
         )
+
+    def _in_load_order(self) -> list[Instance]:
+        return list(self._instances.values())
 
     async def _load_jit(
         self,
@@ -313,7 +331,10 @@ class ModelManager:
             raise InvalidRequestError(
                 f"parallel must be between 1 and {MAX_PARALLEL}", param="parallel"
             )
-        model = query if isinstance(query, ModelFile) else await self.resolve(query, allowed)
+        if isinstance(query, ModelFile):
+            model = query
+        else:
+            model = await self.resolve(query, allowed, kind="embedding" if embedding else "llm")
         async with self._lock:
             if identifier is not None:  # again: another load may have taken it meanwhile
                 self.check_identifier(identifier, allowed)
@@ -372,6 +393,10 @@ class ModelManager:
             instance.load_time,
         )
         return instance
+
+    def planned_identifier(self, model: ModelFile, embedding: bool) -> str:
+        """The identifier a load of ``model`` would get now, without one given."""
+        return self._free_identifier(model, embedding)
 
     def _free_identifier(self, model: ModelFile, embedding: bool) -> str:
         base = model.key + (EMBEDDING_SUFFIX if embedding and model.type == "llm" else "")

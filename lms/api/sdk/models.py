@@ -4,13 +4,15 @@ unloadModel, getModelInfo, getLoadConfig, tokenize, countTokens — and model re
 A socket's namespace is its mode: ``/llm`` sees and loads llm instances, ``/embedding``
 embedding instances (any model can be loaded in embedding mode, README: Model keys).
 
-Resolution of the SDK's model specifiers (docs/API.md, SDK endpoints): an instance reference names
-one instance; a query's ``identifier`` is matched against loaded instances of the namespace — exact
-identifier, then model key, then name, then a case-insensitive prefix of the model's path — and,
-when nothing loaded matches, against downloaded models (a just-in-time load, as on the HTTP routes).
-Names resolve only among the models the token may use: an instance or model outside its allowlist
-answers exactly like a missing one, and "not found" or "ambiguous" errors list only what the token
-may use. Load TTLs, identifiers and context lengths are bounded (:mod:`lms.limits`, docs/LIMITS.md).
+Resolution of the SDK's model specifiers (docs/API.md, SDK endpoints; docs/IDENTIFIERS.md): an
+instance reference names one instance; a query goes through the one rule of every surface
+(:mod:`lms.inference.choosing`): its ``identifier`` is an instance identifier, then a model key,
+then a case-insensitive prefix of the model's path in the models folder; its ``path`` is a path
+prefix only. A model found that has no loaded instance of the namespace's mode is loaded just in
+time, as on the HTTP routes. Names resolve only among the models the token may use: an instance or
+model outside its allowlist answers exactly like a missing one, and "not found" or "ambiguous"
+errors list only what the token may use. Load TTLs, identifiers and context lengths are bounded
+(:mod:`lms.limits`, docs/LIMITS.md).
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ from lms.errors import (
     ModelNotFoundError,
     PermissionDeniedError,
 )
-from lms.inference import catalog
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
-from lms.inference.manager import Choice, Instance, model_query
+from lms.inference.manager import Choice, Instance
 
 #: Inputs longer than this are tokenized off the event loop.
 _LONG_TEXT = 16_384
@@ -72,70 +73,51 @@ def text_param(parameter: Any, name: str) -> str:
     return value
 
 
-def match_loaded(call: Call, kind: Kind, query: dict[str, Any]) -> Instance | None:
-    """The first loaded instance of ``kind`` that ``query`` names (None: no match). A name that
-    only an instance outside the token's allowlist matches is audited (see :meth:`Call.hidden`).
+async def choose(call: Call, kind: Kind, query: dict[str, Any]) -> Choice:
+    """What the SDK's model ``query`` (``{identifier?, path?, vision?}``) names, by the one rule
+    of every surface (:meth:`ModelManager.choose`): the instance that serves it, or the
+    downloaded model to load. A query without a name is the first loaded instance of ``kind``
+    (the SDK's ``model()`` without a key). A name only a model outside the token's allowlist
+    answers to is audited (:meth:`Call.hidden`) and answers like a missing one:
+    ModelNotFoundError (``generic.pathNotFound``) listing only the models the token may use.
     """
-    found = _match(loaded(call, kind), query, kind)
-    wanted = query.get("identifier") or query.get("path")
-    if found is None and call.record is not None and isinstance(wanted, str):
-        every = [i for i in call.manager.instances() if i.type == kind]
-        if _match(every, query, kind) is not None:
-            call.hidden(wanted)
-    return found
-
-
-def _match(instances: list[Instance], query: dict[str, Any], kind: Kind) -> Instance | None:
-    if query.get("vision") is True:
-        instances = [i for i in instances if i.model.vision]
     identifier, path = query.get("identifier"), query.get("path")
-    rules: list[Callable[[Instance], bool]] = []
-    if isinstance(identifier, str):
-        lowered, base = identifier.lower(), model_query(identifier, kind)
-        rules += [
-            lambda i: i.identifier == identifier,
-            lambda i: i.model.key == base,
-            lambda i: i.model.key.lower() == lowered or i.identifier.lower() == lowered,
-            lambda i: i.model.key.partition("/")[2].lower() == lowered,
-            lambda i: i.model.name.lower() == lowered,
-            lambda i: records.model_path(i.model).lower().startswith(lowered),
-        ]
-    if isinstance(path, str):
-        rules.append(lambda i: records.model_path(i.model).lower().startswith(path.lower()))
-    if not rules:
-        return instances[0] if instances else None
-    for rule in rules:
-        hit = next((i for i in instances if rule(i)), None)
-        if hit is not None:
-            return hit
-    return None
+    vision = query.get("vision") is True
+    name = identifier if isinstance(identifier, str) else path
+    if not isinstance(name, str):
+        first = next((i for i in loaded(call, kind) if not vision or i.model.vision), None)
+        if first is None:
+            raise wire.no_model_matching(query, visible(call, kind))
+        return Choice(first.model.key, first, None)
+    try:
+        return await call.manager.choose(
+            name,
+            kind=kind,
+            allowed=call.allows,
+            hidden=lambda: call.hidden(name),
+            path_only=not isinstance(identifier, str),
+            vision=vision,
+        )
+    except ModelNotFoundError as err:
+        raise _not_found(call, name, err) from None
 
 
 async def downloaded(call: Call, name: str, kind: Kind) -> ModelFile:
-    """The downloaded model ``name`` means (key, name, or a path prefix); the error lists only
-    the models the token may use, and a name only a hidden model answers to is audited."""
-    every = await call.manager.models()
-    models = [m for m in every if call.allows(m.key)]
+    """The model ``name`` (an instance identifier, a key or a path prefix) means to a load, by
+    the one rule of every surface (:meth:`ModelManager.resolve`); the error lists only the
+    models the token may use, and a name only a hidden model answers to is audited."""
     try:
-        return _resolve(name, models, kind)
+        return await call.manager.resolve(
+            name, call.allows, hidden=lambda: call.hidden(name), kind=kind
+        )
     except ModelNotFoundError as err:
-        if call.record is not None and len(models) < len(every):
-            with contextlib.suppress(ModelNotFoundError):
-                _resolve(name, every, kind)
-                call.hidden(name)
-        message = None if "ambiguous" not in err.message else err.message
-        raise wire.path_not_found(name, [m.key for m in models], message) from None
+        raise _not_found(call, name, err) from None
 
 
-def _resolve(name: str, models: list[ModelFile], kind: Kind) -> ModelFile:
-    try:
-        return catalog.resolve(model_query(name, kind), models)
-    except ModelNotFoundError:
-        lowered = name.lower()
-        by_path = [m for m in models if records.model_path(m).lower().startswith(lowered)]
-        if by_path and "/" in name:
-            return by_path[0]
-        raise
+def _not_found(call: Call, name: str, err: ModelNotFoundError) -> Exception:
+    available = err.data.get("available_models") if isinstance(err.data, dict) else None
+    keys = [k for k in available or [] if isinstance(k, str) and call.allows(k)]
+    return wire.path_not_found(name, keys, err.message if "ambiguous" in err.message else None)
 
 
 def _specifier(parameter: Any, name: str) -> dict[str, Any]:
@@ -177,17 +159,20 @@ async def instance_for(
             )
     else:
         query: dict[str, Any] = spec.get("query") or {}
-        instance = match_loaded(call, kind, query)
-        wanted = query.get("identifier") or query.get("path")
+        try:
+            choice = await choose(call, kind, query)
+        except ModelNotFoundError:
+            if jit:
+                raise
+            return None
+        instance = choice.instance
         if instance is None:
             if not jit:
                 return None
-            if not isinstance(wanted, str):
-                raise wire.no_model_matching(query, visible(call, kind))
-            model = await downloaded(call, wanted, kind)
-            call.check_model(model.key)
+            assert choice.model is not None  # read from the catalog: nothing loaded answered
+            call.check_model(choice.key)
             instance = await call.manager.acquire(
-                model.key, kind=kind, allowed=call.allows, chosen=Choice(model.key, None, model)
+                choice.key, kind=kind, allowed=call.allows, chosen=choice
             )
     call.check_model(instance.model.key)
     instance.touch()
@@ -270,15 +255,17 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
         if channel.record is not None:  # audited like the gate's own refusals
             channel.app[AUTH].refuse(channel.auth.where(channel.endpoint), err, channel.record.id)
         raise
-    instance = match_loaded(channel, kind, {"identifier": name})
-    if instance is not None:
+    choice = await choose(channel, kind, {"identifier": name})
+    if choice.instance is not None:
+        instance = choice.instance
         channel.check_model(instance.model.key)
         instance.touch()
         await channel.finish({"type": "alreadyLoaded", "info": records.instance_info(instance)})
         return
-    model = await downloaded(channel, name, kind)
+    model = choice.model
+    assert model is not None  # read from the catalog: nothing loaded answered
     channel.check_model(model.key)
-    planned = model.key + (":embedding" if kind == "embedding" and model.type == "llm" else "")
+    planned = channel.manager.planned_identifier(model, kind == "embedding")
     info = records.model_info(model, kind)
     await channel.send({"type": "startLoading", "identifier": planned, "info": info})
     if channel.app[CONFIG].current().models_jit_keep_last:
@@ -298,7 +285,7 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
             allowed=channel.allows,
             may_widen_context=widen,
             context_param="contextLength",
-            chosen=Choice(model.key, None, model),  # `downloaded` read the catalog already
+            chosen=choice,  # `choose` read the catalog already
         ),
     )
     await channel.finish({"type": "loadSuccess", "info": records.instance_info(instance)})
@@ -320,7 +307,7 @@ async def load_model(channel: Channel, parameter: Any) -> None:
         channel,
         "progress",
         lambda report: channel.manager.load(
-            model.key,
+            model,
             context_length=context_length,
             ttl=ttl,
             identifier=identifier,
@@ -338,7 +325,9 @@ async def unload_model(call: Call, parameter: Any) -> None:
     identifier = text_param(parameter, "identifier")
     instance = next((i for i in loaded(call, kind) if i.identifier == identifier), None)
     if instance is None:
-        match_loaded(call, kind, {"identifier": identifier})  # audits a hidden one
+        hidden = call.manager.find_instance(identifier)
+        if hidden is not None and hidden.type == kind:
+            call.hidden(identifier)  # audited; answered like a missing one
         raise wire.no_model_matching({"identifier": identifier}, visible(call, kind))
     call.check_model(instance.model.key)
     await call.manager.unload(identifier)
