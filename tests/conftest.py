@@ -72,7 +72,9 @@ def fake_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lms.inference import defaultmodel  # lazy: collection must not import the engine side
 
     models_dir = tmp_path_factory.mktemp("fake-models")
-    _write_gguf(defaultmodel.default_model_path(models_dir), tensor_bytes=4096, name="gemma-3-270m")
+    path = defaultmodel.default_model_path(models_dir)
+    _write_gguf(path, tensor_bytes=4096, name="gemma-3-270m")
+    defaultmodel.ensure_manifest(path.parent)  # its key, google/gemma-3-270m, as the real one's
     return models_dir
 
 
