@@ -82,17 +82,20 @@ def fake_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- small real GGUF files ---------------------------------------------------------------------
-# `make_gguf(path, tensor_bytes=...)` writes a valid GGUF model file (architecture llama, one f32
-# tensor) with the gguf package's own writer and returns its bytes. For downloads and imports:
-# real files the catalog reads, far smaller than the default model.
+# `make_gguf(path, tensor_bytes=...)` writes a valid GGUF model file (architecture llama, or
+# `arch="bert"` for an embedding model; one f32 tensor) with the gguf package's own writer and
+# returns its bytes. For downloads and imports: real files the catalog reads, far smaller than
+# the default model.
 
 
-def _write_gguf(path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test") -> bytes:
+def _write_gguf(
+    path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test", arch: str = "llama"
+) -> bytes:
     import gguf
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_context_length(256)
     count = max(16, tensor_bytes // 4)

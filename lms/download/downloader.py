@@ -233,6 +233,7 @@ class DownloadManager:
         try:
             created = await asyncio.to_thread(layout.make_dirs, job.target)
             await self._transfer().run(job, first_hop)
+            await asyncio.to_thread(layout.declare_key, job.placement, job.target)
             job.model_key = await self.key_of(job.target) or job.placement.key
             self._finish(job)
         except asyncio.CancelledError:
