@@ -89,6 +89,7 @@ class ModelPath:
     name: str
     path: Path
     parts: tuple[Path, ...] = ()
+    relative: str = ""  # ``path`` relative to the models folder, with ``/``
 
     @property
     def variant(self) -> str | None:
@@ -171,13 +172,32 @@ def scan(root: Path | None = None, type_of: TypeOf | None = None) -> FolderScan:
                 )
                 continue
             parts = unit.parts if len(unit.parts) > 1 else ()
-            taken[key] = ModelPath(key, unit.publisher, name, unit.path, parts)
+            relative = unit.path.relative_to(root).as_posix()
+            taken[key] = ModelPath(key, unit.publisher, name, unit.path, parts, relative)
     result.models = [taken[key] for key in sorted(taken)]
     return result
 
 
 def _unknown(path: Path) -> str | None:
     return None
+
+
+# The daemon's last catalog, key → path relative to the models folder: a token's ``--model``
+# glob matches either (lms.auth.record). Replaced whole at each discovery, never mutated.
+_relative_paths: dict[str, str] = {}
+
+
+def remember_relative_paths(models: list[ModelPath]) -> None:
+    """Record the keys and relative paths of the catalog just read (see
+    :func:`relative_path_of`)."""
+    global _relative_paths
+    _relative_paths = {model.key: model.relative for model in models}
+
+
+def relative_path_of(key: str) -> str | None:
+    """The path, relative to the models folder, of the model ``key`` named at the last discovery
+    in this process (None when it named none)."""
+    return _relative_paths.get(key)
 
 
 def _units(root: Path, files: list[Path], problems: list[str]) -> list[_Unit]:
@@ -351,6 +371,7 @@ def model_entry(
         "bits_per_weight": facts.bits_per_weight,
         "size_bytes": size_bytes,
         "path": str(model.path),
+        "relative_path": model.relative,
         "format": "gguf",
         "max_context_length": facts.max_context_length,
         "trained_for_tool_use": facts.trained_for_tool_use,

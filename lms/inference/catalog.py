@@ -48,6 +48,8 @@ class ModelFile(HeaderFacts):
     path: Path
     size_bytes: int
     display_name: str  # the header's general.name, else the name of the key
+    #: ``path`` relative to the models folder (``/``-separated), LM Studio's model path.
+    relative_path: str = ""
 
     @property
     def variant(self) -> str | None:
@@ -86,7 +88,7 @@ def read_metadata(
             _cache[cache_key] = (signature, facts)
     size = st.st_size
     if place is not None:
-        key, publisher, name = place.key, place.publisher, place.name
+        key, publisher, name, relative = place.key, place.publisher, place.name, place.relative
         for part in place.parts[1:]:
             try:
                 size += part.stat().st_size
@@ -95,13 +97,14 @@ def read_metadata(
     else:
         key = key or f"{modelfolder.LOCAL_PUBLISHER}/{path.stem}"
         publisher, _, rest = key.partition("/")
-        name = rest.partition("@")[0]
+        name, relative = rest.partition("@")[0], ""
     return ModelFile(
         key=key,
         publisher=publisher,
         name=name,
         path=path,
         size_bytes=size,
+        relative_path=relative,
         display_name=facts.general_name or name,
         **{f.name: getattr(facts, f.name) for f in dataclasses.fields(facts)},
     )
@@ -114,6 +117,7 @@ def discover(models_dir: Path | None = None) -> list[ModelFile]:
     bad file. Keys are :func:`lms.modelfolder.scan`'s.
     """
     found = modelfolder.scan(models_dir, type_of=_type_of)
+    modelfolder.remember_relative_paths(found.models)
     for problem in found.skipped:
         logger.warning("%s", problem)
     models: list[ModelFile] = []

@@ -83,6 +83,7 @@ def test_ls_without_daemon_reads_the_headers_itself(
         "bits_per_weight": 32.0,
         "size_bytes": gemma.stat().st_size,
         "path": str(gemma),
+        "relative_path": "google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
         "format": "gguf",
         "max_context_length": 256,
         "trained_for_tool_use": False,

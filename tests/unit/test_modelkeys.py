@@ -244,3 +244,33 @@ def test_the_catalog_keys_an_lmstudio_layout(
     ]
     assert [e["key"] for e in read_entries(tmp_path)] == [m.key for m in models]
     assert caplog.text == ""
+
+
+def test_a_token_glob_matches_the_key_or_the_path_under_the_models_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_gguf: Callable[..., bytes]
+) -> None:
+    from lms.auth.registry import Registry
+
+    monkeypatch.setenv("LMS_HOME", str(tmp_path / "home"))
+    models = tmp_path / "models"
+    make_gguf(models / "google" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf", tensor_bytes=64)
+    modelkeys.write_manifest(models / "google" / "gemma-3-270m", "google/gemma-3-270m")
+    make_gguf(models / "google" / "Gemma-2-2B-it-GGUF" / "gemma-2-2b-it-Q8_0.gguf", tensor_bytes=64)
+    make_gguf(models / "hugging-quants" / "Llama-3.2-1B-Instruct-Q8_0-GGUF" / "l.gguf")
+    make_gguf(models / "local" / "Tiny-F32" / "Tiny-F32.gguf", tensor_bytes=64)
+    found = {m.key: m for m in catalog.discover(models)}
+    assert set(found) == {"google/gemma-3-270m", "gemma-2-2b-it", "llama-3.2-1b-instruct", "tiny"}
+    assert (
+        found["gemma-2-2b-it"].relative_path == "google/Gemma-2-2B-it-GGUF/gemma-2-2b-it-Q8_0.gguf"
+    )
+    registry = Registry()
+    google, _ = registry.create("google", models=["google/*"])
+    local, _ = registry.create("local", models=["local/*"])
+    old_exact, _ = registry.create("old", models=["hugging-quants/Llama-3.2-1B-Instruct-Q8_0-GGUF"])
+    new_exact, _ = registry.create("new", models=["llama-3.2-1b-instruct"])
+    assert google.allowed_models(sorted(found)) == ["gemma-2-2b-it", "google/gemma-3-270m"]
+    assert local.allowed_models(sorted(found)) == ["tiny"]
+    # An exact old key (publisher/repository) narrows to nothing: it must name the new key.
+    assert old_exact.allowed_models(sorted(found)) == []
+    assert new_exact.allowed_models(sorted(found)) == ["llama-3.2-1b-instruct"]
+    assert not google.allows_model("no-such-model")
