@@ -198,7 +198,7 @@ class DownloadManager:
         models_dir = self.models_dir()
         target = defaultmodel.default_model_path(models_dir)
         publisher, name = defaultmodel.DEFAULT_MODEL_KEY.split("/")
-        placement = Placement(publisher, name, target.name)
+        placement = Placement(publisher, name, target.name, declared=True)  # its manifest
         if target.exists():
             return AlreadyDownloaded(placement.key, placement.file_name, target)
         job = Job(

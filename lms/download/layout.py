@@ -69,8 +69,12 @@ class Placement:
 
     @property
     def key(self) -> str:
-        """``publisher/name``: the key asked for when :attr:`declared`."""
-        return f"{self.publisher}/{self.name}"
+        """The key the model will get: ``publisher/name`` when :attr:`declared`, else LM Studio's
+        rule on ``name`` (as for a text model: the catalog, which reads the header, has the last
+        word once the file is in place)."""
+        if self.declared:
+            return f"{self.publisher}/{self.name}"
+        return modelkeys.folder_key(self.name)
 
     def target(self, models_dir: Path) -> Path:
         return models_dir / self.publisher / self.name / self.file_name
