@@ -292,7 +292,12 @@ class Daemon:
         )
         flusher = asyncio.create_task(self._flush_usage_forever())
         try:
-            await asyncio.to_thread(defaultmodel.ensure_default_model, self.models_dir())
+            try:
+                models_dir: Path | None = self.models_dir()
+            except ConfigBrokenError:  # every request fails closed meanwhile: nothing to fill
+                models_dir = None
+            if models_dir is not None:
+                await asyncio.to_thread(defaultmodel.ensure_default_model, models_dir)
             if serve_api:
                 await self.start_server(None, None, cors, tls)
             if ready:
