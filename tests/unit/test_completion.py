@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lms import completion, ggufheader, modelfolder, modelkeys, paths
+from lms import completion, ggufheader, modelkeys, modeltypes, paths
 from lms.auth.registry import Registry
 
 
@@ -87,7 +87,7 @@ def test_model_keys_follow_the_daemon_rule_reading_each_header_once(
         "text-embedding-nomic-embed-text-v1.5",
     ]
     assert completion.models() == keys  # reads the embedding model's header, once
-    assert (paths.data_dir() / modelfolder.TYPE_CACHE_NAME).is_file()
+    assert (paths.data_dir() / modeltypes.TYPE_CACHE_NAME).is_file()
 
     def no_header(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("completion read a GGUF header")
