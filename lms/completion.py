@@ -7,8 +7,9 @@ command, one line per value on stdout. It is answered by :func:`main` before Typ
 
 - ``tokens``: the names, then the ids, of the tokens in tokens.toml (the registry's own reader).
 - ``models``: model keys. The daemon's catalog when its socket answers, else the model files
-  of the models folder keyed by :func:`lms.modelfolder.scan` (the daemon's own rule, from names
-  only: no GGUF header is read on a TAB).
+  of the models folder (``models.dir``) keyed by :func:`lms.modelfolder.scan`, the daemon's own
+  rule: a GGUF header is read only for a file new or changed since the last TAB (to tell an
+  embedding model), then its type is cached (``model-types.json``).
 - ``instances``: identifiers of the loaded instances, asked of the daemon only if its socket
   answers (nothing otherwise).
 

@@ -47,6 +47,7 @@ class Settings:
     models_parallel: int = 4
     models_max_context_length: int = 32768
     models_queue_length: int = 64
+    models_dir: str = ""
 
     def get(self, key: str) -> Any:
         return getattr(self, SETTINGS[key].field)
@@ -123,6 +124,24 @@ MAX_QUEUE_LENGTH = 1024
 def _check_queue_length(value: int) -> None:
     if not 0 <= value <= MAX_QUEUE_LENGTH:
         raise ValueError(f"must be between 0 and {MAX_QUEUE_LENGTH}")
+
+
+def _check_models_dir(value: str) -> None:
+    if value and not Path(value).expanduser().is_absolute():
+        raise ValueError("must be an absolute path (or start with ~), or empty for the default")
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+
+
+def models_dir_of(settings: Settings) -> Path:
+    """The models folder ``settings`` name: ``models.dir`` with ``~`` expanded, else the
+    default (``<data dir>/models``)."""
+    return Path(settings.models_dir).expanduser() if settings.models_dir else paths.models_dir()
+
+
+def current_models_dir() -> Path:
+    """The models folder in force for this process (config.toml and ``LMS_MODELS_DIR``)."""
+    return models_dir_of(load())
 
 
 @dataclass(frozen=True)
@@ -223,6 +242,12 @@ SETTINGS: dict[str, Setting] = {
             int,
             "requests that may wait for a loaded model beyond those it serves (more get 503)",
             check=_check_queue_length,
+        ),
+        Setting(
+            "models.dir",
+            str,
+            "the models folder, e.g. ~/.lmstudio/models, read in place (empty: the default)",
+            check=_check_models_dir,
         ),
     ]
 }
@@ -364,6 +389,11 @@ BeforeWrite = Callable[[str, Any, Any], None]
 def set_value(key: str, text: str, *, before_write: BeforeWrite | None = None) -> Any:
     """Validate and write one setting to config.toml (atomically, under its lock)."""
     value = parse_text(key, text)
+    if key == "models.dir" and value and not Path(value).expanduser().is_dir():
+        raise SettingError(
+            f"invalid value {text!r} for {key}: {Path(value).expanduser()} is not a folder",
+            hint="create it first, or give the folder that holds your models",
+        )
     path = paths.config_file()
     with storage.locked(path):
         values = read_file(path)

@@ -89,6 +89,7 @@ class ModelEntry(TypedDict):
     bits_per_weight: float | None
     size_bytes: int
     path: str
+    relative_path: str  # under the models folder: LM Studio's model path (docs/MODELS.md)
     format: str
     max_context_length: int | None
     trained_for_tool_use: bool

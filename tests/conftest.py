@@ -72,7 +72,9 @@ def fake_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lms.inference import defaultmodel  # lazy: collection must not import the engine side
 
     models_dir = tmp_path_factory.mktemp("fake-models")
-    _write_gguf(defaultmodel.default_model_path(models_dir), tensor_bytes=4096, name="gemma-3-270m")
+    path = defaultmodel.default_model_path(models_dir)
+    _write_gguf(path, tensor_bytes=4096, name="gemma-3-270m")
+    defaultmodel.ensure_manifest(path.parent)  # its key, google/gemma-3-270m, as the real one's
     return models_dir
 
 
@@ -80,17 +82,20 @@ def fake_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- small real GGUF files ---------------------------------------------------------------------
-# `make_gguf(path, tensor_bytes=...)` writes a valid GGUF model file (architecture llama, one f32
-# tensor) with the gguf package's own writer and returns its bytes. For downloads and imports:
-# real files the catalog reads, far smaller than the default model.
+# `make_gguf(path, tensor_bytes=...)` writes a valid GGUF model file (architecture llama, or
+# `arch="bert"` for an embedding model; one f32 tensor) with the gguf package's own writer and
+# returns its bytes. For downloads and imports: real files the catalog reads, far smaller than
+# the default model.
 
 
-def _write_gguf(path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test") -> bytes:
+def _write_gguf(
+    path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test", arch: str = "llama"
+) -> bytes:
     import gguf
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_context_length(256)
     count = max(16, tensor_bytes // 4)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from lms import client as control
-from lms import limits, paths, starter
+from lms import config, limits, starter
 from lms.cli import completers, render
 from lms.errors import InvalidParameterError
 from lms.modelfolder import read_entries
@@ -57,7 +57,10 @@ def ls(json_output: JsonOption = False) -> None:
         return
     if not models:
         render.note("you have not downloaded any models yet")
-        render.say(f"hint: models live in {paths.models_dir()}; bring one in with: lms import FILE")
+        folder = config.current_models_dir()
+        if not folder.is_dir():
+            render.warn(f"the models folder {folder} does not exist (setting models.dir)")
+        render.say(f"hint: models live in {folder}; bring one in with: lms import FILE")
         return
     total = sum(int(m["size_bytes"]) for m in models)
     noun = "model" if len(models) == 1 else "models"

@@ -60,8 +60,8 @@ class Daemon:
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         self.config = ConfigWatcher(overrides or {})
         self.logs = LogHub()
-        self.manager = ModelManager(self.config.current, hub=self.logs)
-        self.downloads = DownloadManager(self.config.current)
+        self.manager = ModelManager(self.config.current, self.models_dir, hub=self.logs)
+        self.downloads = DownloadManager(self.config.current, self.models_dir)
         self.mcp = McpServers(
             timeout=lambda: self.config.current().mcp_timeout,
             idle_timeout=lambda: self.config.current().mcp_idle_timeout,
@@ -76,6 +76,10 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- Controller (used by the control app) -------------------------------------------------
+
+    def models_dir(self) -> Path:
+        """The models folder in force now (``models.dir``, re-read with config.toml)."""
+        return config.models_dir_of(self.config.current())
 
     def daemon_status(self) -> DaemonStatus:
         return {
@@ -288,7 +292,12 @@ class Daemon:
         )
         flusher = asyncio.create_task(self._flush_usage_forever())
         try:
-            await asyncio.to_thread(defaultmodel.ensure_default_model, paths.models_dir())
+            try:
+                models_dir: Path | None = self.models_dir()
+            except ConfigBrokenError:  # every request fails closed meanwhile: nothing to fill
+                models_dir = None
+            if models_dir is not None:
+                await asyncio.to_thread(defaultmodel.ensure_default_model, models_dir)
             if serve_api:
                 await self.start_server(None, None, cors, tls)
             if ready:

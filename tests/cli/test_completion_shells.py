@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from fake_control import FakeControlServer, instance_doc
 
-from lms import paths
+from lms import modelkeys, paths
 from lms.auth.permissions import valid_names
 from lms.auth.record import TokenRecord
 from lms.auth.registry import Registry
@@ -141,6 +141,7 @@ def test_bash_files_and_models(shell_env: dict[str, str], lms_home: Path) -> Non
     model = paths.models_dir() / "google" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"GGUF")
+    modelkeys.write_manifest(model.parent, "google/gemma-3-270m")  # as the assembly writes it
     assert bash_complete("lms load ", shell_env) == ["google/gemma-3-270m"]
     assert bash_complete("lms chat goo", shell_env) == ["google/gemma-3-270m"]
     assert bash_complete(f"lms import {lms_home}/da", shell_env) == [f"{lms_home}/data"]
@@ -159,10 +160,10 @@ def test_bash_instances_with_colons_from_a_running_daemon(
 
 def test_bash_never_expands_values(shell_env: dict[str, str], tmp_path: Path) -> None:
     # A folder name is data: compgen -W would run the $(...) in it.
-    model = paths.models_dir() / "$(touch pwned)" / "x" / "m.gguf"
+    model = paths.models_dir() / "x" / "$(touch pwned)" / "m.gguf"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"GGUF")
-    assert bash_complete("lms load ", shell_env, cwd=tmp_path) == ["$(touch pwned)/x"]
+    assert bash_complete("lms load ", shell_env, cwd=tmp_path) == ["$(touch pwned)"]
     assert not (tmp_path / "pwned").exists()
 
 

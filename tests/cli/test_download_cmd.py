@@ -96,7 +96,7 @@ def test_get(runner: CliRunner, running_daemon: DaemonStatus, file_server: str) 
     assert done.exit_code == 0, done.stderr
     job = json.loads(done.stdout)
     assert job["status"] == "completed"
-    assert job["model_key"] == "127.0.0.1/tiny"
+    assert job["model_key"] == "tiny"
     assert (
         job["downloaded_bytes"] == job["total_size_bytes"] == len(_Files.files["/files/tiny.gguf"])
     )
@@ -104,11 +104,11 @@ def test_get(runner: CliRunner, running_daemon: DaemonStatus, file_server: str) 
     assert "━" not in done.stderr and "%" not in done.stderr  # no progress bar on a pipe
 
     listed = json.loads(runner.invoke(app, ["ls", "--json"]).stdout)
-    assert "127.0.0.1/tiny" in [m["key"] for m in listed]
+    assert "tiny" in [m["key"] for m in listed]
 
     again = runner.invoke(app, ["get", url])
     assert again.exit_code == 0
-    assert again.stdout.strip() == "127.0.0.1/tiny"
+    assert again.stdout.strip() == "tiny"
     assert "already downloaded" in again.stderr
 
     missing = runner.invoke(app, ["get", f"{file_server}/files/none.gguf"])
@@ -140,7 +140,7 @@ def test_import(
 
     copied = runner.invoke(app, ["import", str(source)])
     assert copied.exit_code == 0, copied.stderr
-    assert copied.stdout.strip() == "local/Tiny-F32"
+    assert copied.stdout.strip() == "tiny"  # LM Studio's rule: no name given
     target = paths.models_dir() / "local" / "Tiny-F32" / "Tiny-F32.gguf"
     assert target.read_bytes() == data and not target.is_symlink()
     assert source.exists()
@@ -157,7 +157,7 @@ def test_import(
     assert os.readlink(result["path"]) == str(source)
 
     keys = [m["key"] for m in json.loads(runner.invoke(app, ["ls", "--json"]).stdout)]
-    assert {"local/Tiny-F32", "local/linked"} <= set(keys)
+    assert {"tiny", "local/linked"} <= set(keys)  # --name: the key asked for
 
     no_yes = runner.invoke(app, ["import", str(source), "--move", "--publisher", "me"])
     assert no_yes.exit_code == 2
@@ -172,7 +172,7 @@ def test_import(
     assert both.exit_code == 2
 
     keys = [m["key"] for m in json.loads(runner.invoke(app, ["ls", "--json"]).stdout)]
-    assert {"local/Tiny-F32", "me/Tiny-F32"} <= set(keys)
+    assert {"tiny", "me/Tiny-F32"} <= set(keys)
 
     # Refusals: nothing half-written, not even a hidden file.
     after_good = every_file(paths.models_dir())
@@ -221,6 +221,6 @@ def test_get_shows_a_progress_bar_on_a_terminal(
     finally:
         os.close(primary)
     assert proc.returncode == 0, drawn.decode(errors="replace")
-    assert stdout.decode().strip() == "127.0.0.1/tiny"
+    assert stdout.decode().strip() == "tiny"
     assert b"tiny.gguf" in drawn  # the bar's label
     assert "━".encode() in drawn  # the bar itself

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lms import client as control
-from lms import completion, paths
+from lms import completion, modelkeys, paths
 from lms.cli import app
 
 pytestmark = pytest.mark.usefixtures("lms_home", "real_daemon_available")
@@ -30,6 +30,16 @@ def _variety(make_gguf: Callable[..., bytes], default_model_path: Path) -> None:
     (folder / default_model_path.name).symlink_to(default_model_path)
     marker = f".{default_model_path.name}.verified"
     shutil.copyfile(default_model_path.with_name(marker), folder / marker)
+    shutil.copyfile(
+        default_model_path.with_name(modelkeys.MANIFEST_NAME), folder / "lms-model.json"
+    )
+    # LM Studio's own layout beside it: its key rule, an embedding model, a split model.
+    lmstudio = root / "hugging-quants" / "Llama-3.2-1B-Instruct-Q8_0-GGUF"
+    lmstudio.mkdir(parents=True)
+    (lmstudio / "llama-3.2-1b-instruct-q8_0.gguf").symlink_to(default_model_path)
+    make_gguf(root / "nomic-ai" / "nomic-embed-text-v1.5-GGUF" / "n.Q4_K_M.gguf", arch="bert")
+    make_gguf(root / "acme" / "Big-GGUF" / "big-00001-of-00002.gguf", tensor_bytes=64)
+    make_gguf(root / "acme" / "Big-GGUF" / "big-00002-of-00002.gguf", tensor_bytes=128)
     make_gguf(root / "top.gguf", tensor_bytes=64)
     make_gguf(root / "pub" / "flat.gguf", tensor_bytes=64, name="Flat")
     make_gguf(root / "pub" / "multi" / "multi-Q4_K_M.gguf", tensor_bytes=64)
@@ -51,21 +61,29 @@ def test_ls_json_is_the_same_document_with_the_daemon_down_and_up(
     assert down.exit_code == 0, down.stderr
     offline = json.loads(down.stdout)
     keys = [
-        "deep/one",
-        "deep/two@f16",
-        "deep/two@q8_0",
+        "big",
+        "flat",
         "google/gemma-3-270m",
-        "local/top",
-        "pub/flat",
-        "pub/multi@q4_k_m",
-        "pub/multi@q8_0",
+        "llama-3.2-1b-instruct",
+        "multi@q4_k_m",
+        "multi@q8_0",
+        "one",
+        "text-embedding-nomic-embed-text-v1.5",
+        "top",
+        "two@f16",
+        "two@q8_0",
     ]
     assert [m["key"] for m in offline] == keys
     assert all(m["loaded_instances"] == [] for m in offline)
-    gemma = offline[3]
+    gemma = offline[2]
     assert (gemma["architecture"], gemma["quantization"]) == ("gemma3", "Q4_K_M")
-    # Completion reads names only: it also offers the file no one can load.
-    assert completion.models() == sorted([*keys, "bad/zeros"])
+    big = offline[0]
+    split = paths.models_dir() / "acme" / "Big-GGUF"
+    assert big["path"] == str(split / "big-00001-of-00002.gguf")
+    assert big["size_bytes"] == sum(p.stat().st_size for p in split.iterdir())
+    assert offline[7]["type"] == "embedding"
+    # Completion cannot tell the file no one can read from a model: it offers it too.
+    assert completion.models() == sorted([*keys, "zeros"])
 
     up = runner.invoke(app, ["daemon", "up", "--json"])
     assert up.exit_code == 0, up.stderr

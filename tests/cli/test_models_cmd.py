@@ -17,6 +17,7 @@ from lms import client as control
 from lms import paths
 from lms.cli import app, render
 from lms.errors import InvalidParameterError
+from lms.inference import defaultmodel
 
 pytestmark = pytest.mark.usefixtures("lms_home")
 
@@ -47,6 +48,7 @@ def test_ls_without_daemon_reads_the_headers_itself(
     models = paths.models_dir()
     gemma = models / "google" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
     make_gguf(gemma, tensor_bytes=2048, name="Gemma Tiny")
+    defaultmodel.ensure_manifest(gemma.parent)  # as the default model's assembly writes it
     _write(models / "google" / "gemma-3-270m" / "mmproj-gemma.gguf", 5)  # a projector
     make_gguf(models / "pub" / "two" / "Two-Q8_0.gguf", tensor_bytes=1024)
     make_gguf(models / "pub" / "two" / "Two-F16.gguf", tensor_bytes=2048)
@@ -63,13 +65,13 @@ def test_ls_without_daemon_reads_the_headers_itself(
     zeros = models / "bad" / "zeros" / "zeros.gguf"
     assert f"warning: not listed: {zeros} is not a readable GGUF model" in listed.stderr
     assert [e["key"] for e in entries] == [
+        "flat",
         "google/gemma-3-270m",
-        "local/top",
-        "pub/flat",
-        "pub/two@f16",
-        "pub/two@q8_0",
+        "top",
+        "two@f16",
+        "two@q8_0",
     ]
-    first = entries[0]
+    first = entries[1]
     assert first == {
         "key": "google/gemma-3-270m",
         "type": "llm",
@@ -81,6 +83,7 @@ def test_ls_without_daemon_reads_the_headers_itself(
         "bits_per_weight": 32.0,
         "size_bytes": gemma.stat().st_size,
         "path": str(gemma),
+        "relative_path": "google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
         "format": "gguf",
         "max_context_length": 256,
         "trained_for_tool_use": False,
@@ -95,7 +98,7 @@ def test_ls_without_daemon_reads_the_headers_itself(
     total = sum(e["size_bytes"] for e in entries)
     assert lines[0] == f"You have 5 models, taking up {render.format_size(total)}."
     assert lines[2].split() == ["MODEL", "TYPE", "PARAMS", "ARCH", "QUANT", "SIZE"]
-    assert lines[3].split()[:5] == [
+    assert lines[4].split()[:5] == [
         "google/gemma-3-270m",
         "llm",
         first["params_string"],

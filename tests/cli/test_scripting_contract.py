@@ -36,7 +36,7 @@ from fake_control import FakeControlServer, instance_doc, server_doc
 from typer.testing import CliRunner
 
 import lms
-from lms import paths
+from lms import modelkeys, paths
 from lms.auth.registry import Registry
 from lms.cli import app
 from lms.cli.docgen import tree
@@ -115,6 +115,7 @@ def model_file(world: World) -> None:
     file = paths.models_dir() / "google" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
     file.parent.mkdir(parents=True)
     file.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + bytes(100))  # an empty header
+    modelkeys.write_manifest(file.parent, MODEL)  # as the default model's assembly writes it
 
 
 def gguf_file(world: World) -> None:

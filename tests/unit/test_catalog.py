@@ -254,8 +254,10 @@ def test_discover_keys_from_folders(tmp_path: Path) -> None:
     write_gguf(tmp_path / "acme" / "loose-file.gguf")
     write_gguf(tmp_path / "Root-File.gguf")
     models = discover(tmp_path)
-    assert [m.key for m in models] == ["acme/loose-file", "google/gemma-x", "local/Root-File"]
-    gemma = models[1]
+    # LM Studio's rule: the repository folder's name (or a loose file's stem), lower-cased.
+    assert [m.key for m in models] == ["gemma-x", "loose-file", "root-file"]
+    assert [m.publisher for m in models] == ["google", "acme", "local"]
+    gemma = models[0]
     assert (gemma.publisher, gemma.name, gemma.architecture) == ("google", "gemma-x", "gemma3")
 
 
@@ -267,7 +269,7 @@ def test_discover_gives_variants_distinct_keys(tmp_path: Path) -> None:
     write_gguf(same / "First.gguf")
     write_gguf(same / "second.gguf")
     keys = [m.key for m in discover(tmp_path)]
-    assert keys == ["acme/same@first", "acme/same@second", "acme/tiny@q4_k_m", "acme/tiny@q8_0"]
+    assert keys == ["same@first", "same@second", "tiny@q4_k_m", "tiny@q8_0"]
     assert {m.name for m in discover(tmp_path)} == {"same", "tiny"}
 
 
@@ -287,7 +289,7 @@ def test_discover_skips_hidden_partial_projector_and_corrupt_files(
     (tmp_path / "acme" / "dangling.gguf").symlink_to(tmp_path / "nowhere.gguf")
     with caplog.at_level(logging.WARNING, logger="lms.inference.catalog"):
         models = discover(tmp_path)
-    assert [m.key for m in models] == ["acme/tiny"]
+    assert [m.key for m in models] == ["tiny"]
     warned = caplog.text
     assert "model.gguf" in warned
     assert "dangling.gguf" in warned
@@ -302,7 +304,7 @@ def test_discover_defaults_to_the_models_folder(
 ) -> None:
     monkeypatch.setenv("LMS_HOME", str(tmp_path))
     write_gguf(tmp_path / "data" / "models" / "acme" / "tiny" / "tiny.gguf")
-    assert [m.key for m in discover()] == ["acme/tiny"]
+    assert [m.key for m in discover()] == ["tiny"]
 
 
 # --- resolution --------------------------------------------------------------------------------

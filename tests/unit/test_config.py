@@ -157,3 +157,42 @@ def test_a_full_disk_refuses_set_and_unset_and_keeps_config_toml(
         disk.free()
         config.set_value("server.port", "3000")
         assert config.load().server_port == 3000
+
+
+def test_models_dir_defaults_to_the_data_folder_and_follows_the_setting(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert config.current_models_dir() == home / "data" / "models"
+    lmstudio = home / "lmstudio" / "models"
+    lmstudio.mkdir(parents=True)
+    assert config.set_value("models.dir", str(lmstudio)) == str(lmstudio)
+    assert config.current_models_dir() == lmstudio
+    monkeypatch.setenv("HOME", str(home / "lmstudio"))
+    config.set_value("models.dir", "~/models")  # kept as written, expanded where used
+    assert config.read_file()["models.dir"] == "~/models"
+    assert config.current_models_dir() == lmstudio
+    watcher = config.ConfigWatcher({})
+    assert config.models_dir_of(watcher.current()) == lmstudio
+    config.unset_value("models.dir")
+    assert config.models_dir_of(watcher.current()) == home / "data" / "models"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models", "must be an absolute path"),
+        ("./models", "must be an absolute path"),
+        ("/no/such/folder", "/no/such/folder is not a folder"),
+    ],
+)
+def test_models_dir_is_validated(home: Path, text: str, message: str) -> None:
+    with pytest.raises(SettingError, match=message) as caught:
+        config.set_value("models.dir", text)
+    assert "models.dir" in caught.value.message
+    assert not config.paths.config_file().exists()
+
+
+def test_models_dir_must_be_a_folder(home: Path) -> None:
+    (home / "file").write_text("x")
+    with pytest.raises(SettingError, match="is not a folder"):
+        config.set_value("models.dir", str(home / "file"))

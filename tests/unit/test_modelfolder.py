@@ -37,41 +37,43 @@ def _touch(path: Path, data: bytes = b"GGUF") -> Path:
 
 
 def test_scan_keys_from_names_only(tmp_path: Path) -> None:
-    _touch(tmp_path / "top.gguf")
+    _touch(tmp_path / "top-Q8_0.gguf")
     _touch(tmp_path / "pub" / "flat.gguf")
-    _touch(tmp_path / "pub" / "multi" / "multi-Q4_K_M.gguf")
-    _touch(tmp_path / "pub" / "multi" / "multi-Q8_0.gguf")
+    _touch(tmp_path / "pub" / "Multi-GGUF" / "multi-Q4_K_M.gguf")
+    _touch(tmp_path / "pub" / "Multi-GGUF" / "multi-Q8_0.gguf")
     _touch(tmp_path / "deep" / "one" / "a" / "b" / "weights.gguf")
     _touch(tmp_path / "deep" / "two" / "x" / "two-F16.gguf")
     _touch(tmp_path / "deep" / "two" / "y" / "z" / "two-Q8_0.gguf")
-    _touch(tmp_path / "pub" / "multi" / "mmproj-multi.gguf")
-    _touch(tmp_path / "pub" / "multi" / "multi.gguf.part")
-    _touch(tmp_path / "pub" / "multi" / ".multi-Q2_K.gguf.abc.tmp")
+    _touch(tmp_path / "pub" / "Multi-GGUF" / "mmproj-multi.gguf")
+    _touch(tmp_path / "pub" / "Multi-GGUF" / "multi.gguf.part")
+    _touch(tmp_path / "pub" / "Multi-GGUF" / ".multi-Q2_K.gguf.abc.tmp")
     _touch(tmp_path / ".trash" / "x" / "old.gguf")
     _touch(tmp_path / "pub" / "notes.txt")
-    found = scan(tmp_path)
+    # Headers are not read here (these are no GGUFs): every file counts as a text model.
+    found = scan(tmp_path, type_of=lambda path: None)
     assert [(m.key, m.path.relative_to(tmp_path).as_posix()) for m in found.models] == [
-        ("deep/one", "deep/one/a/b/weights.gguf"),
-        ("deep/two@f16", "deep/two/x/two-F16.gguf"),
-        ("deep/two@q8_0", "deep/two/y/z/two-Q8_0.gguf"),
-        ("local/top", "top.gguf"),
-        ("pub/flat", "pub/flat.gguf"),
-        ("pub/multi@q4_k_m", "pub/multi/multi-Q4_K_M.gguf"),
-        ("pub/multi@q8_0", "pub/multi/multi-Q8_0.gguf"),
+        ("flat", "pub/flat.gguf"),
+        ("multi@q4_k_m", "pub/Multi-GGUF/multi-Q4_K_M.gguf"),
+        ("multi@q8_0", "pub/Multi-GGUF/multi-Q8_0.gguf"),
+        ("one", "deep/one/a/b/weights.gguf"),
+        ("top", "top-Q8_0.gguf"),
+        ("two@f16", "deep/two/x/two-F16.gguf"),
+        ("two@q8_0", "deep/two/y/z/two-Q8_0.gguf"),
     ]
-    multi = found.models[5]
+    multi = found.models[1]
     assert (multi.publisher, multi.name, multi.variant) == ("pub", "multi", "q4_k_m")
+    assert found.models[4].publisher == "local"
     assert found.skipped == []
 
 
 def test_a_key_taken_twice_keeps_the_first_file_and_says_so(tmp_path: Path) -> None:
-    _touch(tmp_path / "x.gguf")  # local/x
-    _touch(tmp_path / "local" / "x.gguf")  # local/x as well, same stem: no variant helps
-    found = scan(tmp_path)
+    _touch(tmp_path / "pub" / "x" / "x.gguf")
+    _touch(tmp_path / "pub" / "x" / "sub" / "X.gguf")  # same model, same stem: no variant helps
+    found = scan(tmp_path, type_of=lambda path: None)
     # The first found keeps it: a folder's own files come before its subfolders'.
-    assert [(m.key, m.path) for m in found.models] == [("local/x@x", tmp_path / "x.gguf")]
+    assert [(m.key, m.path) for m in found.models] == [("x@x", tmp_path / "pub" / "x" / "x.gguf")]
     assert len(found.skipped) == 1
-    assert "local/x@x is already taken" in found.skipped[0]
+    assert "x@x is already taken" in found.skipped[0]
 
 
 def test_scan_of_a_missing_folder_is_empty(tmp_path: Path) -> None:
@@ -83,7 +85,7 @@ def test_scan_defaults_to_the_models_folder(
 ) -> None:
     monkeypatch.setenv("LMS_HOME", str(tmp_path))
     _touch(tmp_path / "data" / "models" / "acme" / "tiny" / "tiny.gguf")
-    assert [m.key for m in scan().models] == ["acme/tiny"]
+    assert [m.key for m in scan().models] == ["tiny"]
 
 
 def _variety(root: Path, make_gguf: Callable[..., bytes]) -> None:
@@ -100,26 +102,22 @@ def _variety(root: Path, make_gguf: Callable[..., bytes]) -> None:
 
 
 def test_daemon_and_cli_give_the_same_keys_and_entries(
-    tmp_path: Path, make_gguf: Callable[..., bytes], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    make_gguf: Callable[..., bytes],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("LMS_HOME", str(tmp_path / "home"))  # completion's type cache
     _variety(tmp_path, make_gguf)
     with caplog.at_level(logging.WARNING, logger="lms.inference.catalog"):
         daemon = catalog.discover(tmp_path)
     assert "zeros.gguf" in caplog.text
     cli = read_entries(tmp_path)
-    keys = [
-        "deep/one",
-        "deep/two@f16",
-        "deep/two@q8_0",
-        "local/top",
-        "pub/flat",
-        "pub/multi@q4_k_m",
-        "pub/multi@q8_0",
-    ]
+    keys = ["flat", "multi@q4_k_m", "multi@q8_0", "one", "top", "two@f16", "two@q8_0"]
     assert [m.key for m in daemon] == keys
     assert [e["key"] for e in cli] == keys
-    # Completion reads no header: it also offers the file the daemon cannot read.
-    assert [m.key for m in scan(tmp_path).models] == sorted([*keys, "bad/zeros"])
+    # Completion reads no header it has cached: it also offers the file the daemon cannot read.
+    assert [m.key for m in scan(tmp_path).models] == sorted([*keys, "zeros"])
     for model, entry in zip(daemon, cli, strict=True):
         assert entry["path"] == str(model.path)
         assert entry["display_name"] == model.display_name
@@ -128,7 +126,7 @@ def test_daemon_and_cli_give_the_same_keys_and_entries(
             model.quantization,
         )
         assert entry["size_bytes"] == model.size_bytes
-    assert cli[4]["display_name"] == "Flat"
+    assert cli[0]["display_name"] == "Flat"
 
 
 def test_variant_keys_no_longer_depend_on_the_header(
@@ -137,4 +135,4 @@ def test_variant_keys_no_longer_depend_on_the_header(
     # Both files say F32 in their header: the old rule fell back to stems; names decide now.
     make_gguf(tmp_path / "pub" / "m" / "m-Q4_K_M.gguf", tensor_bytes=64)
     make_gguf(tmp_path / "pub" / "m" / "m-Q8_0.gguf", tensor_bytes=64)
-    assert [m.key for m in catalog.discover(tmp_path)] == ["pub/m@q4_k_m", "pub/m@q8_0"]
+    assert [m.key for m in catalog.discover(tmp_path)] == ["m@q4_k_m", "m@q8_0"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from yarl import URL
 
+from lms import modelkeys
 from lms.download import layout
 from lms.download.outbound import (
     OutboundPolicy,
@@ -153,7 +154,7 @@ async def test_redirect_hops_are_checked_and_never_downgrade() -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "key", "file_name"),
+    ("url", "folder", "file_name"),
     [
         (
             "https://huggingface.co/lmstudio-community/gemma-3-1B-it-GGUF/resolve/main/gemma-3-1B-it-Q4_K_M.gguf",
@@ -171,13 +172,25 @@ async def test_redirect_hops_are_checked_and_never_downgrade() -> None:
         ("https://example.com/.hidden.gguf", "example.com/hidden", "hidden.gguf"),
     ],
 )
-def test_placement_of_a_url(url: str, key: str, file_name: str) -> None:
+def test_placement_of_a_url(url: str, folder: str, file_name: str) -> None:
     placement = layout.placement_for_url(URL(url), publisher=None, name=None)
-    assert (placement.key, placement.file_name) == (key, file_name)
+    assert (f"{placement.publisher}/{placement.name}", placement.file_name) == (folder, file_name)
+    # No --publisher/--name: the key is LM Studio's, from the folder's name.
+    assert placement.key == modelkeys.folder_key(placement.name)
+    assert not placement.declared
     models = Path("/m")
     target = placement.target(models)
     assert target.parent.parent.parent == models  # never outside the models folder
     assert not any(part.startswith(".") for part in target.relative_to(models).parts)
+
+
+def test_the_key_a_download_gets() -> None:
+    hf = URL("https://huggingface.co/lmstudio-community/gemma-3-1B-it-GGUF/resolve/main/g.gguf")
+    assert layout.placement_for_url(hf, publisher=None, name=None).key == "gemma-3-1b-it"
+    named = layout.placement_for_url(hf, publisher="me", name="Mine")
+    assert (named.key, named.declared) == ("me/Mine", True)
+    only_name = layout.placement_for_url(hf, publisher=None, name="Mine")
+    assert only_name.key == "lmstudio-community/Mine"
 
 
 @pytest.mark.parametrize("url", ["https://example.com/", "https://example.com/x.bin"])

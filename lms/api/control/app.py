@@ -149,6 +149,7 @@ async def models(request: web.Request) -> web.Response:
                 "bits_per_weight": model.bits_per_weight,
                 "size_bytes": model.size_bytes,
                 "path": str(model.path),
+                "relative_path": model.relative_path,
                 "format": "gguf",
                 "max_context_length": model.max_context_length,
                 "trained_for_tool_use": model.trained_for_tool_use,

@@ -21,7 +21,8 @@ FALLBACK_CONTEXT = 2048
 
 
 def model_path(model: ModelFile) -> str:
-    return f"{model.publisher}/{model.name}/{model.path.name}"
+    """LM Studio's model path: the file's path under the models folder (docs/MODELS.md)."""
+    return model.relative_path or f"{model.publisher}/{model.name}/{model.path.name}"
 
 
 def model_info(model: ModelFile, kind: Kind | None = None) -> dict[str, Any]:

@@ -32,7 +32,11 @@ _FILES: list[tuple[str, str]] = [
         "secret (mode 0600). Written by lms token.",
     ),
     ("mcp_file", "MCP servers clients may use (written by you)."),
-    ("models_dir", "Models, as <publisher>/<name>/<file>.gguf (lms get, lms import)."),
+    (
+        "models_dir",
+        "Models, as <publisher>/<repository>/<file>.gguf (lms get, lms import), unless the "
+        "models.dir setting names another folder, e.g. ~/.lmstudio/models, read in place.",
+    ),
     ("chats_db", "Stored chats of /api/v1/chat and /v1/responses (daemon; bounded)."),
     ("usage_db", "Token usage: last use and request counts (daemon, in batches)."),
     ("audit_log", "The audit log: token changes, security settings switched, refused requests."),
