@@ -75,7 +75,10 @@ class Query:
 
 def relative_path(model: ModelFile, root: Path) -> str:
     """``model``'s path relative to the models folder ``root`` (``/``-separated); a file outside
-    it (the folder changed since it was loaded) counts as ``<publisher>/<name>/<file>``."""
+    it (the folder changed since it was loaded) counts as ``<publisher>/<name>/<file>``. The
+    catalog's own ``relative_path`` (from the folder scan) wins when it has one."""
+    if model.relative_path:
+        return model.relative_path
     try:
         return model.path.relative_to(root).as_posix()
     except ValueError:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lms import config, limits
+from lms import config, limits, modelkeys
 from lms.errors import (
     ConflictError,
     InstanceNotFoundError,
@@ -25,12 +25,14 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture
 def models_dir(tmp_path: Path, default_model_path: Path) -> Path:
-    """Two model keys backed by the same GGUF file (symlinks; read-only use)."""
+    """Two model keys backed by the same GGUF file (symlinks; read-only use), each declared by a
+    manifest (docs/MODELS.md) as the bundled model's is."""
     root = tmp_path / "models"
     for key in ("google/gemma-3-270m", "other/gemma-copy"):
         folder = root / key
         folder.mkdir(parents=True)
         (folder / default_model_path.name).symlink_to(default_model_path)
+        modelkeys.write_manifest(folder, key)
     return root
 
 
@@ -179,6 +181,7 @@ async def test_names_resolve_among_allowed_models_only(
     third = models_dir / "third" / "gemma-3-270m"
     third.mkdir(parents=True)
     (third / default_model_path.name).symlink_to(default_model_path)
+    modelkeys.write_manifest(third, "third/gemma-3-270m")  # two keys of the same name
 
     def google_only(key: str) -> bool:
         return key.startswith("google/")

@@ -4,7 +4,7 @@ unloadModel, getModelInfo, getLoadConfig, tokenize, countTokens — and model re
 A socket's namespace is its mode: ``/llm`` sees and loads llm instances, ``/embedding``
 embedding instances (any model can be loaded in embedding mode, README: Model keys).
 
-Resolution of the SDK's model specifiers (docs/API.md, SDK endpoints; docs/IDENTIFIERS.md): an
+Resolution of the SDK's model specifiers (docs/API.md, SDK endpoints) per docs/IDENTIFIERS.md: an
 instance reference names one instance; a query goes through the one rule of every surface
 (:mod:`lms.inference.choosing`): its ``identifier`` is an instance identifier, then a model key,
 then a case-insensitive prefix of the model's path in the models folder; its ``path`` is a path
