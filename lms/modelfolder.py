@@ -189,6 +189,20 @@ def remember_relative_paths(models: list[ModelPath]) -> None:
     _relative_paths = {model.key: model.relative for model in models}
 
 
+def former_key(relative: str) -> str:
+    """The key lms gave the model at ``relative`` (its path under the models folder) before it
+    took LM Studio's rule: ``<publisher>/<folder>`` for ``<publisher>/<folder>/.../<file>``,
+    ``<publisher>/<stem>`` one level deep, ``local/<stem>`` at the top. Token allowlists still
+    match it, so no token written before the change sees fewer models (README: Model keys)."""
+    parts = relative.split("/")
+    stem = parts[-1].removesuffix(".gguf")
+    if len(parts) >= 3:
+        return f"{parts[0]}/{parts[1]}"
+    if len(parts) == 2:
+        return f"{parts[0]}/{stem}"
+    return f"{LOCAL_PUBLISHER}/{stem}"
+
+
 def relative_path_of(key: str) -> str | None:
     """The path, relative to the models folder, of the model ``key`` named at the last discovery
     in this process (None when it named none)."""

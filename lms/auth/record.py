@@ -19,7 +19,7 @@ from lms.auth import tokens
 from lms.auth.permissions import Permission, parse_permission, sorted_permissions
 from lms.auth.timespec import format_utc
 from lms.errors import InvalidRequestError
-from lms.modelfolder import relative_path_of
+from lms.modelfolder import former_key, relative_path_of
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -66,12 +66,15 @@ class TokenRecord:
 
     def allows_model(self, model_key: str) -> bool:
         """Whether the allowlist admits the resolved ``model_key`` (empty allowlist: all): a glob
-        matches the key or the model's path relative to the models folder (README: Model keys),
-        so ``google/*`` admits whatever lies in the ``google`` folder."""
+        matches the key, the model's path relative to the models folder (README: Model keys), so
+        ``google/*`` admits whatever lies in the ``google`` folder, or the key lms gave the model
+        before LM Studio's rule (so a token made then matches the same models now)."""
         if self._model_re is None or self._model_re.fullmatch(model_key) is not None:
             return True
         path = relative_path_of(model_key)
-        return path is not None and self._model_re.fullmatch(path) is not None
+        if path is None:
+            return False
+        return any(self._model_re.fullmatch(name) for name in (path, former_key(path)))
 
     def allowed_models(self, model_keys: Iterable[str]) -> list[str]:
         """The keys of ``model_keys`` this token may see and use, in their order."""

@@ -246,7 +246,7 @@ def test_the_catalog_keys_an_lmstudio_layout(
     assert caplog.text == ""
 
 
-def test_a_token_glob_matches_the_key_or_the_path_under_the_models_folder(
+def test_a_token_glob_matches_the_key_the_path_or_the_former_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_gguf: Callable[..., bytes]
 ) -> None:
     from lms.auth.registry import Registry
@@ -270,7 +270,10 @@ def test_a_token_glob_matches_the_key_or_the_path_under_the_models_folder(
     new_exact, _ = registry.create("new", models=["llama-3.2-1b-instruct"])
     assert google.allowed_models(sorted(found)) == ["gemma-2-2b-it", "google/gemma-3-270m"]
     assert local.allowed_models(sorted(found)) == ["tiny"]
-    # An exact old key (publisher/repository) narrows to nothing: it must name the new key.
-    assert old_exact.allowed_models(sorted(found)) == []
+    # A glob naming the key lms gave before LM Studio's rule keeps matching the same model: no
+    # existing token narrows.
+    assert old_exact.allowed_models(sorted(found)) == ["llama-3.2-1b-instruct"]
+    old_local, _ = registry.create("old-local", models=["local/Tiny-F32"])
+    assert old_local.allowed_models(sorted(found)) == ["tiny"]
     assert new_exact.allowed_models(sorted(found)) == ["llama-3.2-1b-instruct"]
     assert not google.allows_model("no-such-model")
