@@ -330,8 +330,12 @@ def test_typers_own_bash_completion_still_works(
     # `lms --install-completion` installs what `--show-completion` prints: Typer's dynamic
     # script, which runs the whole CLI (through lms.launcher) at each TAB.
     env = dict(shell_env, SHELL="/bin/bash")
+    # Typer finds the shell by walking up the process tree (shellingham), not from an argument:
+    # run it as a child of bash (a second command keeps bash from exec-ing it), or a run under
+    # `make` (sh) gets "Shell sh not supported".
+    command = f"{BIN / 'lms'} --show-completion; exit $?"
     shown = subprocess.run(
-        [str(BIN / "lms"), "--show-completion", "bash"],
+        [_need("bash"), "--norc", "--noprofile", "-c", command],
         capture_output=True,
         text=True,
         env=env,
