@@ -7,7 +7,7 @@ files, so keys are the catalog's own, read from it and never written here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,6 @@ from lms.auth import audit
 from lms.auth.permissions import Permission
 from lms.auth.registry import Registry
 from lms.config import ConfigWatcher
-from lms.inference.catalog import ModelFile
-from lms.inference.embedder import Embedder
-from lms.inference.engine import Engine, LoadOptions
 from lms.inference.manager import ModelManager
 
 from .sdkwire import Client, channel_frames, connect, frame, packet, require_auth
@@ -254,35 +251,13 @@ async def test_sdk_hidden_path_prefix_is_missing_and_audited(
 # --- an embedding model: real embedders of the default model ------------------------------------
 
 
-class RealEmbedders(FakeLoader):
-    """Fake engines for llm instances; a real embedder of the default model for each embedding
-    instance, whatever file the catalog entry points at (names are the subject here)."""
-
-    def __init__(self, default_model: Path) -> None:
-        super().__init__()
-        self.default_model = default_model
-
-    def __call__(
-        self,
-        model: ModelFile,
-        options: LoadOptions,
-        embedding: bool,
-        progress: Callable[[float], None] | None = None,
-    ) -> Engine | Embedder:
-        if embedding:
-            return Embedder.load(self.default_model, options, progress=progress)
-        return super().__call__(model, options, embedding, progress)
-
-
 @pytest.fixture
-async def embedding_client(
-    lms_home: Path, tmp_path: Path, default_model_path: Path
-) -> AsyncIterator[Client]:
+async def embedding_client(lms_home: Path, tmp_path: Path) -> AsyncIterator[Client]:
+    """The app over an LM Studio layout; fake engines and embedders serve the instances (names
+    are the subject)."""
     root = lmstudio_folder(tmp_path / "lmstudio")
     config = ConfigWatcher({})
-    manager = ModelManager(
-        config.current, models_dir=lambda: root, loader=RealEmbedders(default_model_path)
-    )
+    manager = ModelManager(config.current, models_dir=lambda: root, loader=FakeLoader())
     app = build_api_app(manager, config, Listener("127.0.0.1", 0))
     try:
         async with TestClient(TestServer(app)) as test_client:
@@ -291,7 +266,6 @@ async def embedding_client(
         await manager.close()
 
 
-@pytest.mark.model
 async def test_an_embedding_model_instance_is_named_by_its_key(embedding_client: Client) -> None:
     key = await key_of(embedding_client, NOMIC)
     status, body = await native_load(embedding_client, model=key, context_length=64)

@@ -22,7 +22,7 @@ from lms.errors import ConflictError, InvalidRequestError, ModelNotFoundError
 from lms.inference import catalog, choosing
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
-from lms.inference.engine import Engine, LoadOptions
+from lms.inference.engine import Engine
 from lms.inference.manager import ModelManager
 
 GEMMA = "google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf"
@@ -219,32 +219,12 @@ async def test_ambiguous_lists_only_allowed_models(manager: ModelManager, models
 # --- embedding instances: real embedders of the default model -----------------------------------
 
 
-class RealEmbedders(FakeLoader):
-    """Fake engines for llm instances; a real embedder of the default model for every embedding
-    instance, whatever file the catalog entry points at (names are the subject, not vectors)."""
-
-    def __init__(self, default_model: Path) -> None:
-        super().__init__()
-        self.default_model = default_model
-
-    def __call__(
-        self,
-        model: ModelFile,
-        options: LoadOptions,
-        embedding: bool,
-        progress: Callable[[float], None] | None = None,
-    ) -> Engine | Embedder:
-        if embedding:
-            return Embedder.load(self.default_model, options, progress=progress)
-        return super().__call__(model, options, embedding, progress)
-
-
-@pytest.mark.model
 async def test_embedding_instances_are_named_by_the_model_not_the_load(
-    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_model_path: Path
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Names are the subject: fake engines and embedders (tests/fakes.py) serve the instances.
     monkeypatch.setenv("LMS_HOME", str(tmp_path))
-    manager = make_manager(models_dir, RealEmbedders(default_model_path))
+    manager = make_manager(models_dir, FakeLoader())
     try:
         nomic, gemma = await key_of(manager, NOMIC), await key_of(manager, GEMMA)
         # An embedding model (its GGUF says so) is named like any other model.
