@@ -116,6 +116,115 @@ def make_gguf() -> Callable[..., bytes]:
 # --- end of the small GGUF block ---------------------------------------------------------------
 
 
+# --- a tiny real embedding model ----------------------------------------------------------------
+# `make_bert_gguf(path)` writes a complete BERT-architecture GGUF that llama.cpp really loads and
+# runs: a WordPiece vocabulary (tokenizer.ggml.model "bert": [PAD] [UNK] [CLS] [SEP] [MASK], every
+# printable ASCII character, word-start forms "\u2581x" and some short words), 2 layers, hidden
+# size 32, mean pooling, every tensor llama.cpp's BERT loader asks for, random f32 weights from a
+# fixed seed (the same file, byte for byte, every time). About 200 kB; loads in milliseconds. Its
+# vectors mean nothing, but they are real llama.cpp inference: unit length, deterministic, and
+# different for different texts. Returns the file's bytes.
+
+BERT_HIDDEN = 32  # the embedding length (vector size) of make_bert_gguf's model
+_BERT_WORDS = (  # whole words in the vocabulary (split in _write_bert_gguf)
+    "the of and to in is it that for on with as was at by be this are or from an but not have"
+    " one two three four five six seven eight nine ten cat dog bird fish tree house car road"
+    " hello world text model word sentence number topic lorem ipsum dolor sit amet apple banana"
+    " red green blue big small good bad day night sun moon water fire"
+)
+
+
+def _write_bert_gguf(
+    path: Path,
+    *,
+    name: str = "Tiny BERT",
+    hidden: int = BERT_HIDDEN,
+    layers: int = 2,
+    heads: int = 4,
+    feed_forward: int = 64,
+    context_length: int = 512,
+    seed: int = 0,
+) -> bytes:
+    import string
+
+    import gguf
+    import numpy as np
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [c for c in string.printable if not c.isspace()]
+    starts = ["\u2581" + c for c in chars]  # llama.cpp's WordPiece marks a word's start with ▁
+    words = ["\u2581" + w for w in _BERT_WORDS.split() if "\u2581" + w not in starts]
+    tokens = special + chars + starts + words
+    assert len(set(tokens)) == len(tokens)  # llama.cpp aborts on a duplicate token
+    types = [gguf.TokenType.CONTROL] * len(special) + [gguf.TokenType.NORMAL] * (
+        len(tokens) - len(special)
+    )
+    types[1] = gguf.TokenType.UNKNOWN
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_name(name)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(feed_forward)
+    writer.add_block_count(layers)
+    writer.add_head_count(heads)
+    writer.add_layer_norm_eps(1e-12)
+    writer.add_causal_attention(False)
+    writer.add_pooling_type(gguf.PoolingType.MEAN)
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_type_count(2)
+    writer.add_pad_token_id(0)
+    writer.add_unk_token_id(1)
+    writer.add_bos_token_id(2)  # [CLS]
+    writer.add_sep_token_id(3)
+    writer.add_mask_token_id(4)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)  # llama.cpp ends a BERT input with [SEP] itself
+
+    rng = np.random.default_rng(seed)
+
+    def random(tensor: str, *shape: int, scale: float = 0.2) -> None:
+        # numpy shapes are ggml's reversed: token_embd is {n_embd, n_vocab} in llama.cpp
+        writer.add_tensor(tensor, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def norm(prefix: str) -> None:
+        writer.add_tensor(prefix + ".weight", np.ones(hidden, dtype=np.float32))
+        random(prefix + ".bias", hidden, scale=0.02)
+
+    random("token_embd.weight", len(tokens), hidden, scale=1.0)
+    random("token_types.weight", 2, hidden)
+    random("position_embd.weight", context_length, hidden)
+    norm("token_embd_norm")
+    for i in range(layers):
+        block = f"blk.{i}."
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            random(block + part + ".weight", hidden, hidden)
+            random(block + part + ".bias", hidden, scale=0.02)
+        norm(block + "attn_output_norm")
+        random(block + "ffn_up.weight", feed_forward, hidden)
+        random(block + "ffn_up.bias", feed_forward, scale=0.02)
+        random(block + "ffn_down.weight", hidden, feed_forward)
+        random(block + "ffn_down.bias", hidden, scale=0.02)
+        norm(block + "layer_output_norm")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="session")  # a plain function: any fixture may use it, whatever its scope
+def make_bert_gguf() -> Callable[..., bytes]:
+    return _write_bert_gguf
+
+
+# --- end of the tiny embedding model block -------------------------------------------------------
+
+
 # --- no process outlives the run ---------------------------------------------------------------
 # Every process a test starts (the `lms` CLI, the daemons it spawns, MCP servers, file servers)
 # inherits PYTEST_LMS_RUN from this session, even when it detaches into its own session. When the
