@@ -144,7 +144,9 @@ def _write_bert_gguf(
     feed_forward: int = 64,
     context_length: int = 512,
     seed: int = 0,
+    duplicate_token: bool = False,
 ) -> bytes:
+    """``duplicate_token`` writes the last token twice: a file llama.cpp aborts on."""
     import string
 
     import gguf
@@ -156,6 +158,8 @@ def _write_bert_gguf(
     words = ["\u2581" + w for w in _BERT_WORDS.split() if "\u2581" + w not in starts]
     tokens = special + chars + starts + words
     assert len(set(tokens)) == len(tokens)  # llama.cpp aborts on a duplicate token
+    if duplicate_token:
+        tokens.append(tokens[-1])
     types = [gguf.TokenType.CONTROL] * len(special) + [gguf.TokenType.NORMAL] * (
         len(tokens) - len(special)
     )

@@ -26,6 +26,7 @@ import llama_cpp
 from llama_cpp import _internals as internals
 
 from lms.errors import InternalError, LmsError, ModelLoadError, ServerBusyError
+from lms.inference import probe
 
 log = logging.getLogger("lms.worker")
 llama_log = logging.getLogger("lms.engine")  # where llama.cpp's own messages always went
@@ -66,6 +67,7 @@ def load_model(path: Path, progress: Callable[[float], None] | None = None) -> A
         model_params.progress_callback = report
     if not path.is_file():  # llama-cpp-python says ValueError for this too: tell them apart
         raise ModelLoadError(f"cannot load {path.name}: the file is gone ({path})")
+    probe.check(path)  # in a child first: llama.cpp aborts on some malformed files
     try:
         return internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
     except (ValueError, OSError) as exc:

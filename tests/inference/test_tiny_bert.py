@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lms.errors import ModelLoadError
 from lms.inference.catalog import read_metadata
 from lms.inference.embedder import Embedder
 from lms.inference.generation import LoadOptions
@@ -64,3 +65,17 @@ async def test_deterministic_and_different_for_different_texts(embedder: Embedde
             assert float(first.vectors[i] @ first.vectors[j]) < 0.999, (texts[i], texts[j])
     alone = await embedder.embed([texts[2]])
     assert float(alone.vectors[0] @ first.vectors[2]) > 0.999
+
+
+def test_a_file_llama_cpp_aborts_on_is_refused_and_the_process_lives(
+    make_bert_gguf: Callable[..., bytes], tmp_path: Path
+) -> None:
+    # llama.cpp calls abort() on a vocabulary holding a token twice: read in this process, that
+    # would end the test run (as it would end the daemon). The probe reads it in a child first.
+    path = tmp_path / "twice" / "twice.gguf"
+    make_bert_gguf(path, duplicate_token=True)
+    with pytest.raises(ModelLoadError, match="aborted reading it"):
+        load_backend(read_metadata(path), LoadOptions(context_length=64), embedding=True)
+    good = tmp_path / "good" / "good.gguf"
+    make_bert_gguf(good)
+    load_backend(read_metadata(good), LoadOptions(context_length=64), embedding=True).close()
