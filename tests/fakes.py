@@ -382,3 +382,24 @@ class GroupGate:
 
     async def wait_entered(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, GATE_DEADLINE)
+
+
+def write_gguf(
+    path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test", arch: str = "llama"
+) -> bytes:
+    """A small GGUF with a header of ``arch`` and one tensor of about ``tensor_bytes`` (enough
+    for the catalog, which reads headers; llama.cpp cannot run it). Returns its bytes."""
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(name)
+    writer.add_context_length(256)
+    count = max(16, tensor_bytes // 4)
+    values = np.arange(count, dtype=np.float32).reshape(-1, 16)
+    writer.add_tensor("token_embd.weight", values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.read_bytes()

@@ -11,8 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import gguf
-import numpy as np
+import fakes
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fakes import FakeLoader
@@ -34,14 +33,7 @@ PREFIX = "HUGGING-QUANTS/llama-3.2-1b-instruct"  # LLAMA's path, another case, c
 
 
 def write_gguf(path: Path, arch: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_context_length(256)
-    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    fakes.write_gguf(path, arch=arch, tensor_bytes=128)
 
 
 def lmstudio_folder(root: Path) -> Path:

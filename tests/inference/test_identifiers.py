@@ -12,8 +12,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import gguf
-import numpy as np
+import fakes
 import pytest
 from fakes import FakeLoader
 
@@ -31,14 +30,7 @@ NOMIC = "nomic-ai/nomic-embed-text-v1.5-GGUF/nomic-embed-text-v1.5.Q4_K_M.gguf"
 
 
 def write_gguf(path: Path, arch: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_context_length(256)
-    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    fakes.write_gguf(path, arch=arch, tensor_bytes=128)
 
 
 @pytest.fixture
