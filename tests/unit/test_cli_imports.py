@@ -96,3 +96,42 @@ def test_completion_values_load_neither_typer_nor_rich() -> None:
     heavy = ("typer", "rich", "lms.cli", "click", "http.client")
     assert [m for m in modules if m.split(".")[0] in heavy or m in heavy] == []
     assert _forbidden(modules) == []
+
+
+def test_version_loads_neither_typer_nor_rich_nor_the_cli() -> None:
+    # `lms --version` alone is answered by the launcher, with the root callback's very line.
+    code = (
+        "import io, contextlib\n"
+        "from lms import launcher\n"
+        "sys.argv = ['lms', '--version']\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    try:\n"
+        "        launcher.main()\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, exc.code\n"
+        "import lms\n"
+        "assert out.getvalue() == f'lms {lms.__version__}\\n', out.getvalue()\n"
+    )
+    modules = _loaded_after(code)
+    heavy = ("typer", "rich", "click", "pydantic", "lms.cli")
+    assert [m for m in modules if any(m == h or m.startswith(h + ".") for h in heavy)] == []
+
+
+def test_a_command_without_values_to_coerce_loads_no_pydantic() -> None:
+    # Typer builds a pydantic adapter only for a value that is there (lms/cli/coercion.py):
+    # `lms token list` (flags only, left out) never imports pydantic, nor rich on a pipe.
+    code = (
+        "import io, contextlib\n"
+        "from lms import launcher\n"
+        "sys.argv = ['lms', 'token', 'list']\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        launcher.main()\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), exc.code\n"
+    )
+    modules = _loaded_after(code)
+    assert "lms.cli.token" in modules
+    assert [m for m in modules if m.split(".")[0] in ("pydantic", "rich")] == []
+    assert _forbidden(modules) == []
