@@ -5,7 +5,11 @@ becomes ``lms: <message>`` (and ``hint: ...``) on stderr and its exit code; Ctrl
 anything else is an internal error (exit 1), with a traceback only under ``--debug``.
 
 Importing this package must stay cheap and must never load aiohttp, llama_cpp or the daemon's
-modules: every TAB of shell completion pays for it.
+modules: every command pays for it. The command modules import what only some commands need
+(``lms.client`` and ``lms.starter``, with http.client; the token registry; rich) inside those
+commands, and Typer's pydantic coercion is built only for a value that is there
+(:mod:`lms.cli.coercion`); ``lms --version`` and ``lms __complete`` are answered by
+:mod:`lms.launcher` before this package is imported.
 """
 
 from __future__ import annotations
