@@ -9,6 +9,7 @@ call), with the very output the Typer app gives. Every other command line goes t
 
 from __future__ import annotations
 
+import os
 import sys
 
 COMPLETE_COMMAND = "__complete"
@@ -23,12 +24,25 @@ def main() -> None:
 
         sys.exit(completion.main(args[1:]))
     if len(args) == 1 and args[0] in VERSION_OPTIONS:
-        import lms
-
-        # The same line as the root callback's eager --version (lms.cli._print_version).
-        sys.stdout.write(f"lms {lms.__version__}\n")
-        sys.stdout.flush()
-        sys.exit(0)
+        sys.exit(_print_version())
     from lms.cli import main as cli_main
 
     cli_main()
+
+
+def _print_version() -> int:
+    """The root callback's eager ``--version`` (lms.cli._print_version), as Typer ends it: the
+    same line; nothing and exit 0 without a stdout; exit 1, silently, when the reader is gone."""
+    import lms
+
+    if sys.stdout is None:
+        return 0
+    try:
+        sys.stdout.write(f"lms {lms.__version__}\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's own advice: no second error when the interpreter flushes stdout on exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return 0

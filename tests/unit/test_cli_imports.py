@@ -142,3 +142,44 @@ def test_a_command_without_values_to_coerce_loads_no_pydantic() -> None:
     light = ("pydantic", "rich", "http", "email", "ssl", "lms.client", "lms.starter")
     assert [m for m in modules if any(m == h or m.startswith(h + ".") for h in light)] == []
     assert _forbidden(modules) == []
+
+
+def _version_run(entry: str, stdout: str) -> tuple[int, bytes]:
+    """``lms --version`` through ``entry`` with stdout closed or a pipe nobody reads."""
+    code = f"import sys\nsys.argv = ['lms', '--version']\nfrom {entry} import main\nmain()\n"
+    with tempfile.TemporaryDirectory(prefix="lms") as home:
+        env = dict(os.environ, LMS_HOME=home)
+        if stdout == "closed":
+            # The shell closes fd 1 before exec, as `lms --version >&-` does: no sys.stdout.
+            done = subprocess.run(
+                ["/bin/sh", "-c", 'exec "$0" -c "$1" >&-', sys.executable, code],
+                stderr=subprocess.PIPE,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+            return done.returncode, done.stderr
+        reader, writer = os.pipe()
+        os.close(reader)  # the reader is gone before the command writes: EPIPE, every time
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", code],
+                stdout=writer,
+                stderr=subprocess.PIPE,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            os.close(writer)
+        return done.returncode, done.stderr
+
+
+def test_the_launchers_version_ends_as_typers_does() -> None:
+    # No stdout: nothing and exit 0; a reader gone: exit 1 and no traceback, as Typer ends it.
+    for stdout in ("closed", "broken pipe"):
+        fast = _version_run("lms.launcher", stdout)
+        typer_app = _version_run("lms.cli", stdout)
+        assert fast == typer_app, (stdout, fast, typer_app)
+    assert _version_run("lms.launcher", "closed") == (0, b"")
+    assert _version_run("lms.launcher", "broken pipe") == (1, b"")
