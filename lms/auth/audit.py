@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from lms import config, paths, storage
-from lms.auth.refusals import RefusalLog
 from lms.auth.tokens import redact
 
 MAX_FIELD_LENGTH = 512
@@ -99,6 +98,8 @@ def read(since: datetime | None = None, *, path: Path | None = None) -> list[dic
     if path is not None:
         return _parse(_lines(path), since)
     changes = _parse(_lines(paths.audit_log()), since)
+    from lms.auth.refusals import RefusalLog  # asyncio: not for the CLI's token commands
+
     refused = _parse(RefusalLog().read_lines(), since)
     return sorted(changes + refused, key=lambda entry: _moment(entry))
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import tomllib
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,7 +43,7 @@ from typing import Any
 import tomli_w
 
 from lms import paths, storage
-from lms.auth import audit, tokens, tomlsubset
+from lms.auth import tokens, tomlsubset
 from lms.auth.permissions import DEFAULT_PERMISSIONS, Permission, sorted_permissions
 from lms.auth.record import (
     TokenRecord,
@@ -81,10 +80,15 @@ def parse(data: bytes, path: Path) -> RegistryState:
         text = data.decode("utf-8")
         # The fast reader returns None for anything but dump()'s own layout: tomllib decides.
         doc = tomlsubset.loads(text)
-        if doc is None:
-            doc = tomllib.loads(text)
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise broken(path, f"not valid TOML: {exc}") from None
+    if doc is None:
+        import tomllib  # only off the fast path: reading the registry is every TAB's work
+
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise broken(path, f"not valid TOML: {exc}") from None
     if unknown := set(doc) - _TOP_LEVEL:
         raise broken(path, f"unknown key(s) {', '.join(sorted(unknown))}")
     generation = doc.get("generation", 0)
@@ -212,6 +216,8 @@ class Registry:
                 expires_at=expires_at,
                 rpm=rpm,
             )
+            from lms.auth import audit  # config, json: only when writing
+
             audit.append(
                 audit.AuditEvent.TOKEN_CREATED,
                 token_id=record.id,
@@ -295,6 +301,8 @@ class Registry:
             }
             if not diff:
                 return old
+            from lms.auth import audit  # config, json: only when writing
+
             audit.append(
                 audit.AuditEvent.TOKEN_EDITED, token_id=new.id, name=new.name, changes=diff
             )
@@ -321,6 +329,8 @@ class Registry:
                 previous_hash=old.hash if grace else None,
                 previous_hash_expires_at=now + grace if grace else None,
             )
+            from lms.auth import audit  # config, json: only when writing
+
             audit.append(
                 audit.AuditEvent.TOKEN_ROTATED,
                 token_id=new.id,
@@ -338,6 +348,8 @@ class Registry:
             state = read(self.path)
             old = _resolve(state, id_or_name)
             kept = tuple(r for r in _pruned(state.records, now) if r.id != old.id)
+            from lms.auth import audit  # config, json: only when writing
+
             audit.append(audit.AuditEvent.TOKEN_REMOVED, token_id=old.id, name=old.name)
             self._write(state, kept)
         return old

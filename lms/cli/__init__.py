@@ -5,7 +5,11 @@ becomes ``lms: <message>`` (and ``hint: ...``) on stderr and its exit code; Ctrl
 anything else is an internal error (exit 1), with a traceback only under ``--debug``.
 
 Importing this package must stay cheap and must never load aiohttp, llama_cpp or the daemon's
-modules: every TAB of shell completion pays for it.
+modules: every command pays for it. The command modules import what only some commands need
+(``lms.client`` and ``lms.starter``, with http.client; the token registry; rich) inside those
+commands, and Typer's pydantic coercion is built only for a value that is there
+(:mod:`lms.cli.coercion`); ``lms --version`` and ``lms __complete`` are answered by
+:mod:`lms.launcher` before this package is imported.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typer.core import TyperGroup
 import lms
 from lms.cli import auth as auth_cmd
 from lms.cli import chat as chat_cmd
-from lms.cli import completers, render
+from lms.cli import coercion, completers, render
 from lms.cli import config as config_cmd
 from lms.cli import daemon as daemon_cmd
 from lms.cli import download as download_cmd
@@ -34,9 +38,17 @@ from lms.errors import ExitCode, LmsError
 
 __all__ = ["LmsGroup", "app", "main"]
 
+HELP_OPTION_NAMES = ("-h", "--help")
+
 
 class LmsGroup(TyperGroup):
     """The root group: the one place where errors become messages and exit codes."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # Typer's pydantic coercion only for a value that needs it (lms/cli/coercion.py); here,
+        # so that the console script and every CliRunner test take the same path.
+        coercion.defer(self, HELP_OPTION_NAMES)
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: ClickContext) -> Any:
         debug = bool(ctx.params.get("debug"))
@@ -68,7 +80,7 @@ app = typer.Typer(
     cls=LmsGroup,
     invoke_without_command=True,
     no_args_is_help=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": list(HELP_OPTION_NAMES)},
     pretty_exceptions_enable=False,
 )
 

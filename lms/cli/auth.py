@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lms import client as control
 from lms import config, paths
 from lms.cli import render
 from lms.errors import ConfigBrokenError, DaemonNotRunningError, LmsError
@@ -82,6 +81,8 @@ def _hint_if_no_token() -> None:
 
 
 def _warn_if_exposed() -> None:
+    from lms import client as control
+
     try:
         server = control.ControlClient().server_status()
     except LmsError:
@@ -115,6 +116,8 @@ def status(json_output: JsonOption = False) -> None:
     that the daemon is not running (this never starts it). A broken config.toml or tokens.toml
     is shown, then the command exits 1.
     """
+    from lms import client as control
+
     try:
         doc = {"daemon_running": True, **control.ControlClient().auth_status()}
     except DaemonNotRunningError:

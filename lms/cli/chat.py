@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lms import client as control
-from lms import starter
 from lms.cli import completers, render
 from lms.errors import InvalidRequestError, from_code
+
+if TYPE_CHECKING:
+    from lms import client as control
 
 DEFAULT_SYSTEM = (
     "You are an AI assistant running in the user's terminal. Provide helpful and concise responses."
@@ -68,6 +69,9 @@ def chat(
     counts to stderr. In interactive mode Ctrl-C interrupts a reply without leaving; /exit or
     Ctrl-D leaves, /clear forgets the conversation.
     """
+    from lms import client as control
+    from lms import starter
+
     piped = None if sys.stdin.isatty() else sys.stdin.read()
     if prompt is None and piped is not None and not piped.strip():
         # Interactive chat prompts; off a terminal there is nobody to answer.

@@ -7,8 +7,6 @@ from typing import Annotated, Any
 import typer
 
 import lms
-from lms import client as control
-from lms import starter
 from lms.cli import render
 from lms.errors import DaemonNotRunningError, LmsError
 from lms.protocol import DaemonStatus, ServerStatus
@@ -44,6 +42,8 @@ def server_line(server: ServerStatus) -> str:
 @app.command()
 def up(json_output: JsonOption = False) -> None:
     """Start the daemon in the background (nothing to do if it already runs)."""
+    from lms import starter
+
     outcome = starter.ensure_daemon(announce=render.note)
     status = outcome.status
     if json_output:
@@ -57,6 +57,8 @@ def up(json_output: JsonOption = False) -> None:
 @app.command()
 def down(json_output: JsonOption = False) -> None:
     """Stop the daemon: unload every model, stop the server, exit."""
+    from lms import client as control
+
     client = control.ControlClient()
     # No version check: stopping a daemon of another version is how an upgrade is finished.
     status = client.status(check_version=False)
@@ -73,6 +75,8 @@ def status_cmd(json_output: JsonOption = False) -> None:
 
     Never starts it: exits 3 when it is not running.
     """
+    from lms import client as control
+
     client = control.ControlClient()
     try:
         status = client.status(check_version=False)
@@ -96,6 +100,8 @@ def status_cmd(json_output: JsonOption = False) -> None:
 
 def print_state_summary() -> None:
     """Two lines on stdout about the daemon and the server; never starts the daemon."""
+    from lms import client as control
+
     try:
         status = control.ControlClient(timeout=2.0).status(check_version=False)
     except DaemonNotRunningError:

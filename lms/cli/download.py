@@ -11,15 +11,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lms import client as control
-from lms import starter
 from lms.cli import render
 from lms.errors import InvalidParameterError, LmsError, NotFoundError, from_code
 from lms.protocol import DownloadJob
+
+if TYPE_CHECKING:
+    from lms import client as control
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 PublisherOption = Annotated[
@@ -77,6 +78,9 @@ def get(
     command again. Loopback and private addresses are refused unless
     models.allow_private_urls is on. Prints the model key.
     """
+    from lms import client as control
+    from lms import starter
+
     starter.ensure_daemon(announce=_announce)
     client = control.ControlClient()
     job = client.download(source, sha256=sha256, size=size, publisher=publisher, name=name)
@@ -187,6 +191,9 @@ def import_model(
     --move removes the original: it asks first on a terminal and needs --yes otherwise.
     Prints the model key.
     """
+    from lms import client as control
+    from lms import starter
+
     chosen = [mode for mode, on in (("copy", copy), ("move", move), ("symlink", symlink)) if on]
     if len(chosen) > 1:
         raise InvalidParameterError("choose one of --copy, --move and --symlink")

@@ -9,8 +9,6 @@ from typing import Annotated, Any
 
 import typer
 
-from lms import client as control
-from lms import starter
 from lms.cli import render
 
 app = typer.Typer(no_args_is_help=True, help="Live logs of the daemon.")
@@ -39,6 +37,9 @@ def stream(
     model events: the formatted prompt of each prediction and its output with stats.
     Never a secret: requests are logged by token id.
     """
+    from lms import client as control
+    from lms import starter
+
     daemon = control.ControlClient()
     starter.ensure_daemon(client=daemon, announce=render.note)
     sources = [s.value for s in (source or list(Source))]

@@ -11,8 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from lms import client as control
-from lms import starter
 from lms.cli import render
 
 app = typer.Typer(no_args_is_help=True, help="MCP servers clients may use (mcp.json).")
@@ -35,6 +33,9 @@ def list_servers(
     Clients use them as integrations "mcp/<name>" (with auth on, mcp.allow_mcp_json on and a
     token with the mcp permission). Values of env and headers are never shown.
     """
+    from lms import client as control
+    from lms import starter
+
     if tools:
         daemon = control.ControlClient()
         starter.ensure_daemon(client=daemon, announce=render.note)

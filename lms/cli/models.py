@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lms import client as control
-from lms import config, limits, starter
+from lms import config, limits
 from lms.cli import completers, render
 from lms.errors import InvalidParameterError
 from lms.modelfolder import read_entries
@@ -42,6 +41,8 @@ def ls(json_output: JsonOption = False) -> None:
     Type, parameters, architecture, quantization, size and, with the daemon running, loaded
     instances.
     """
+    from lms import client as control
+
     daemon = control.try_status()
     models: list[ModelEntry]
     if daemon is not None:
@@ -89,6 +90,9 @@ def _model_row(model: dict[str, Any] | ModelEntry) -> list[str]:
 
 def ps(json_output: JsonOption = False) -> None:
     """List loaded instances: status, queued requests, context, TTL left (starts the daemon)."""
+    from lms import client as control
+    from lms import starter
+
     starter.ensure_daemon(announce=_announce)
     instances = sorted(control.ControlClient().instances(), key=lambda i: i["identifier"])
     if json_output:
@@ -183,6 +187,9 @@ def load(
     The first instance of a model is named by its key, later ones <key>:2, <key>:3 (the smallest
     number free); an llm in embedding mode is <key>:embedding, <key>:embedding:2.
     """
+    from lms import client as control
+    from lms import starter
+
     if ttl is not None:
         limits.check_ttl(ttl, "--ttl")
     if identifier is not None:
@@ -227,6 +234,9 @@ def unload(
 
     Without an identifier, unloads the only loaded instance; with several loaded, says which.
     """
+    from lms import client as control
+    from lms import starter
+
     if identifier is not None and all_instances:
         raise InvalidParameterError("give an identifier or --all, not both")
     starter.ensure_daemon(announce=_announce)

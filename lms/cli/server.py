@@ -10,8 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lms import client as control
-from lms import config, starter
+from lms import config
 from lms.cli import render
 from lms.cli.daemon import server_line
 from lms.errors import (
@@ -114,6 +113,9 @@ def start(
 
     A bind beyond loopback warns loudly on stderr, more so with authentication off or no TLS.
     """
+    from lms import client as control
+    from lms import starter
+
     overrides: dict[str, Any] = {}
     if port is not None:
         overrides["server.port"] = config.parse_text("server.port", str(port))
@@ -167,6 +169,8 @@ def start(
 @app.command()
 def stop() -> None:
     """Stop the HTTP API server (the daemon keeps running, models stay loaded)."""
+    from lms import client as control
+
     client = control.ControlClient()
     try:
         before = client.server_status()
@@ -185,6 +189,8 @@ def status_cmd(
     ] = False,
 ) -> None:
     """Show whether the server runs, where, and whether authentication is on (exit 3 if not)."""
+    from lms import client as control
+
     client = control.ControlClient()
     try:
         daemon = client.status(check_version=False)
