@@ -36,6 +36,10 @@ class TokenRecord:
     ``*`` also crosses ``/``) against the resolved model key; empty allows every model.
     ``previous_hash`` is the hash before the last rotation, valid until
     ``previous_hash_expires_at``, then never again.
+
+    ``key_rule`` is the model-key rule the allowlist was written under: 1 before lms took LM
+    Studio's keys (a stored token without the field), 2 since (every token created, and every
+    allowlist edited, now). See :meth:`allows_model`.
     """
 
     id: str
@@ -48,6 +52,7 @@ class TokenRecord:
     rpm: int | None = None
     previous_hash: str | None = None
     previous_hash_expires_at: datetime | None = None
+    key_rule: int = 1
     _model_re: re.Pattern[str] | None = field(
         init=False, default=None, repr=False, compare=False, hash=False
     )
@@ -65,16 +70,22 @@ class TokenRecord:
         return permission in self.permissions
 
     def allows_model(self, model_key: str) -> bool:
-        """Whether the allowlist admits the resolved ``model_key`` (empty allowlist: all): a glob
-        matches the key, the model's path relative to the models folder (README: Model keys), so
-        ``google/*`` admits whatever lies in the ``google`` folder, or the key lms gave the model
-        before LM Studio's rule (so a token made then matches the same models now)."""
-        if self._model_re is None or self._model_re.fullmatch(model_key) is not None:
+        """Whether the allowlist admits the resolved ``model_key`` (empty allowlist: all).
+
+        An allowlist written under LM Studio's keys (``key_rule`` 2) matches a glob against the
+        key, the model's path relative to the models folder (README: Model keys: ``google/*``
+        admits whatever lies in the ``google`` folder), or the key lms gave the model before.
+        One written before (``key_rule`` 1) matches only that former key, as it did then: an
+        existing token neither loses a model nor gains one when the keys changed.
+        """
+        if self._model_re is None:
             return True
         path = relative_path_of(model_key)
-        if path is None:
-            return False
-        return any(self._model_re.fullmatch(name) for name in (path, former_key(path)))
+        if self.key_rule < 2:
+            former = model_key if path is None else former_key(path)
+            return self._model_re.fullmatch(former) is not None
+        names = (model_key,) if path is None else (model_key, path, former_key(path))
+        return any(self._model_re.fullmatch(name) for name in names)
 
     def allowed_models(self, model_keys: Iterable[str]) -> list[str]:
         """The keys of ``model_keys`` this token may see and use, in their order."""
@@ -121,6 +132,8 @@ class TokenRecord:
         if self.previous_hash is not None and self.previous_hash_expires_at is not None:
             table["previous_hash"] = self.previous_hash
             table["previous_hash_expires_at"] = self.previous_hash_expires_at
+        if self.key_rule != 1:
+            table["key_rule"] = self.key_rule
         return table
 
 
@@ -167,7 +180,9 @@ def check_permissions(permissions: Collection[Permission | str]) -> frozenset[Pe
 # --- tokens.toml form (ValueError, turned into ConfigBrokenError by the registry) ----------------
 
 _REQUIRED = {"id", "name", "hash", "permissions", "models", "created_at"}
-_OPTIONAL = {"expires_at", "rpm", "previous_hash", "previous_hash_expires_at"}
+_OPTIONAL = {"expires_at", "rpm", "previous_hash", "previous_hash_expires_at", "key_rule"}
+#: The model-key rule of tokens made or given an allowlist now (see TokenRecord).
+KEY_RULE = 2
 
 
 def from_toml(table: Mapping[str, Any]) -> TokenRecord:
@@ -200,6 +215,9 @@ def from_toml(table: Mapping[str, Any]) -> TokenRecord:
     previous_until = _moment(table, "previous_hash_expires_at")
     if (previous_hash is None) != (previous_until is None):
         raise ValueError("previous_hash and previous_hash_expires_at go together")
+    key_rule = table.get("key_rule", 1)
+    if isinstance(key_rule, bool) or key_rule not in (1, KEY_RULE):
+        raise ValueError(f"key_rule must be 1 or {KEY_RULE}")
     created_at = _moment(table, "created_at")
     assert created_at is not None
     return TokenRecord(
@@ -213,6 +231,7 @@ def from_toml(table: Mapping[str, Any]) -> TokenRecord:
         rpm=rpm,
         previous_hash=None if previous_hash is None else _digest(previous_hash, "previous_hash"),
         previous_hash_expires_at=previous_until,
+        key_rule=key_rule,
     )
 
 

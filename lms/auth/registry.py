@@ -16,6 +16,7 @@ Layout (0600, hashes only, never a secret)::
     rpm = 60                                 # optional
     previous_hash = "<sha256 hex>"           # optional, during a rotation's grace period
     previous_hash_expires_at = 2026-01-02T00:00:00Z
+    key_rule = 2                             # optional (1): the model-key rule of `models`
 
 Every operation reads the file and rewrites it atomically while holding ``storage.locked``, so
 concurrent CLIs never lose each other's writes and a writer killed at any moment leaves the old or
@@ -46,6 +47,7 @@ from lms import paths, storage
 from lms.auth import tokens, tomlsubset
 from lms.auth.permissions import DEFAULT_PERMISSIONS, Permission, sorted_permissions
 from lms.auth.record import (
+    KEY_RULE,
     TokenRecord,
     check_models,
     check_name,
@@ -215,6 +217,7 @@ class Registry:
                 created_at=now.replace(microsecond=0),
                 expires_at=expires_at,
                 rpm=rpm,
+                key_rule=KEY_RULE,
             )
             from lms.auth import audit  # config, json: only when writing
 
@@ -275,6 +278,7 @@ class Registry:
             changes["name"] = check_name(name)
         if models is not None or all_models:
             changes["models"] = () if all_models else check_models(models or ())
+            changes["key_rule"] = KEY_RULE  # the allowlist is written under today's keys
         if expires_at is not None:
             check_future(expires_at, now)
             changes["expires_at"] = expires_at

@@ -372,3 +372,19 @@ def test_a_change_whose_audit_entry_cannot_be_written_is_not_made(
         (home / "data.old").rename(home / "data")
     assert reg.find("ci").hash == tokens.hash_token(ci_secret)  # the secret shown still works
     assert [r.name for r in reg.list()] == ["ci", "laptop"]
+
+
+def test_the_key_rule_of_an_allowlist_is_stored(reg: Registry) -> None:
+    # Tokens made now are written under LM Studio's keys (key_rule 2); a stored token without
+    # the field keeps the rule it was written under (1); editing its allowlist moves it to 2.
+    made, _ = reg.create("new", models=["google/*"])
+    assert made.key_rule == 2 and reg.find("new").key_rule == 2
+    text = reg.path.read_text()
+    assert "key_rule = 2" in text
+    reg.path.write_text(text.replace("key_rule = 2\n", ""))
+    assert reg.find("new").key_rule == 1
+    assert reg.edit("new", rpm=5).key_rule == 1  # not an allowlist edit
+    assert reg.edit("new", models=["google/*"]).key_rule == 2
+    reg.path.write_text(reg.path.read_text().replace("key_rule = 2", "key_rule = 3"))
+    with pytest.raises(ConfigBrokenError, match="key_rule"):
+        reg.list()

@@ -4,6 +4,7 @@ manifest that declares a key."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -277,3 +278,19 @@ def test_a_token_glob_matches_the_key_the_path_or_the_former_key(
     assert old_local.allowed_models(sorted(found)) == ["tiny"]
     assert new_exact.allowed_models(sorted(found)) == ["llama-3.2-1b-instruct"]
     assert not google.allows_model("no-such-model")
+    # A token stored before LM Studio's keys (no key_rule) matches exactly what it matched
+    # then, the former keys: it neither loses a model nor gains one.
+    before = [
+        (["*instruct*"], []),  # would match the new key llama-3.2-1b-instruct
+        (["*.gguf"], []),  # would match every path
+        (["hugging-quants/Llama-3.2-1B-Instruct-Q8_0-GGUF"], ["llama-3.2-1b-instruct"]),
+        (["google/*"], ["gemma-2-2b-it", "google/gemma-3-270m"]),
+        (["local/*"], ["tiny"]),
+    ]
+    for n, (globs, matched) in enumerate(before):
+        made, _ = registry.create(f"before-{n}", models=globs)
+        stored = dataclasses.replace(made, key_rule=1)
+        assert stored.allowed_models(sorted(found)) == matched, globs
+    assert registry.create("now", models=["*instruct*"])[0].allowed_models(sorted(found)) == [
+        "llama-3.2-1b-instruct"
+    ]
