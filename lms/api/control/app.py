@@ -16,11 +16,10 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, middlewares
-from lms.api.native.model_admin import DOWNLOAD_ANSWER_SECONDS
+from lms.api.native.model_admin import start_download
 from lms.api.state import DOWNLOADS, MANAGER, MCP
 from lms.download import importer
 from lms.download.downloader import DownloadManager
-from lms.download.jobs import Job
 from lms.errors import (
     ForbiddenRequestError,
     InternalError,
@@ -226,16 +225,7 @@ async def import_model(request: web.Request) -> web.Response:
 @routes.post(protocol.CONTROL_DOWNLOADS)
 async def download(request: web.Request) -> web.Response:
     body = await bodies.read_json(request)
-    downloads = request.app[DOWNLOADS]
-    outcome = await downloads.start(
-        bodies.require(body, "url", str),
-        sha256=bodies.get(body, "sha256", str),
-        size=bodies.get(body, "size", int),
-        publisher=bodies.get(body, "publisher", str),
-        name=bodies.get(body, "name", str),
-    )
-    if isinstance(outcome, Job):
-        await downloads.wait_answered(outcome, DOWNLOAD_ANSWER_SECONDS)
+    outcome = await start_download(request, bodies.require(body, "url", str), body)
     return web.json_response(outcome.to_json(include_path=True))
 
 

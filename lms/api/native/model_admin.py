@@ -18,7 +18,7 @@ from lms import protocol
 from lms.api import bodies, instances
 from lms.api.security import check_model, model_filter
 from lms.api.state import DOWNLOADS, MANAGER
-from lms.download.jobs import Job
+from lms.download.jobs import AlreadyDownloaded, Job
 from lms.errors import (
     InstanceNotFoundError,
     InvalidParameterError,
@@ -115,6 +115,15 @@ async def download(request: web.Request) -> web.Response:
     source = url or model
     if not source:
         raise MissingParameterError("'model' (the URL of a .gguf file) is required", param="model")
+    return web.json_response((await start_download(request, source, body)).to_json())
+
+
+async def start_download(
+    request: web.Request, source: str, body: dict[str, Any]
+) -> Job | AlreadyDownloaded:
+    """Start downloading ``source`` with the body's ``sha256``, ``size``, ``publisher`` and
+    ``name`` (this route's and the control socket's), and wait up to
+    :data:`DOWNLOAD_ANSWER_SECONDS` for the server's first answer."""
     downloads = request.app[DOWNLOADS]
     outcome = await downloads.start(
         source,
@@ -125,7 +134,7 @@ async def download(request: web.Request) -> web.Response:
     )
     if isinstance(outcome, Job):
         await downloads.wait_answered(outcome, DOWNLOAD_ANSWER_SECONDS)
-    return web.json_response(outcome.to_json())
+    return outcome
 
 
 @routes.get(protocol.API_NATIVE_DOWNLOAD_STATUS)
