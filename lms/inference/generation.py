@@ -40,6 +40,20 @@ class LoadOptions:
 
 
 @dataclass
+class DraftStats:
+    """Guessed tokens of one generation, in LM Studio's terms: every guessed (drafted) token is
+    accepted (the model agreed; a decode step saved), rejected (the first guess the model
+    disagreed with) or ignored (guesses after a rejected one, or past the end of the output)."""
+
+    #: The draft model's key; None for guesses looked up in the request's own text.
+    model: str | None = None
+    total: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    ignored: int = 0
+
+
+@dataclass
 class GenerationResult:
     """Counts and timings of a finished generation."""
 
@@ -51,6 +65,8 @@ class GenerationResult:
     error: LmsError | None = None
     #: Leading prompt tokens whose KV cells a previous generation left (not decoded again).
     cached_tokens: int = 0
+    #: What speculative decoding did (None: it was off for this request). See DraftStats.
+    draft: DraftStats | None = None
 
     @property
     def tokens_per_second(self) -> float:

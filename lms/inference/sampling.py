@@ -25,6 +25,13 @@ class SamplingParams:
     # False: decode the whole prompt even when a slot holds a shared prefix (llama.cpp server's
     # ``cache_prompt``), so the output cannot depend on which requests ran before.
     cache_prompt: bool = True
+    # Speculative decoding (docs/SPECULATIVE.md): False turns every kind off for this request.
+    speculative: bool = True
+    # Exactly this many guessed tokens per step when speculating (the SDK's
+    # ``numDraftTokensExact``); None lets the engine choose from what verifying costs.
+    draft_tokens: int | None = None
+    # A draft model's key (``draft_model``); the engine must hold it (``Engine.attach_draft``).
+    draft_model: str | None = None
 
     @property
     def is_greedy(self) -> bool:
