@@ -45,7 +45,9 @@ from lms.errors import (
     ShuttingDownError,
 )
 from lms.inference.choice import Chooser
+from lms.inference.drafter import Drafter
 from lms.inference.generation import (
+    DraftStats,
     FinishReason,
     Generation,
     GenerationResult,
@@ -56,6 +58,15 @@ from lms.inference.generation import (
 )
 from lms.inference.promptcache import PromptCache
 from lms.inference.sampling import SamplingParams, StopMatcher
+from lms.inference.speculation import (
+    DRAFT_MODEL_MATCH,
+    MAX_GUESSES,
+    Candidate,
+    Costs,
+    Guessing,
+    Lookup,
+    plan,
+)
 from lms.inference.vocab import Vocabulary
 from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
 
@@ -89,6 +100,7 @@ class _Sequence:
     output: list[int] = field(default_factory=list)  # sampled tokens, fed back one per step
     first_token_at: float | None = None
     started_at: float = field(default_factory=time.perf_counter)
+    guessing: Guessing | None = None  # None: speculation is off for this request
 
     @property
     def in_prefill(self) -> bool:
@@ -117,6 +129,12 @@ class Engine(ModelWorker):
         self._slots: list[_Sequence | None] = [None] * options.parallel
         self._chooser = Chooser(self.vocab.pointer, self.n_vocab)
         self._cache = PromptCache(options.parallel)
+        #: Measured cost of a decode by rows (what guessing is weighed against).
+        self._costs = Costs()
+        self._max_rows = min(options.batch_size, 64, options.parallel * (MAX_GUESSES + 1))
+        self._calibrated = False
+        #: Draft models by key (attach_draft); used by the worker only.
+        self._drafters: dict[str, Drafter] = {}
         self._outbox: list[tuple[Generation, Item]] = []  # handed over once per step
         #: Members of a submit_many group not yet admitted (worker thread only).
         self._held: collections.deque[Generation] = collections.deque()
@@ -245,7 +263,43 @@ class Engine(ModelWorker):
         self._jobs.put(generations[0] if len(generations) == 1 else tuple(generations))
         return generations
 
+    def attach_draft(self, key: str, path: Path) -> None:
+        """Load ``path`` as the draft model ``key`` for requests naming it (blocking: call it
+        off the event loop; once per key). Raises InvalidParameterError for a model whose
+        vocabulary differs and ModelLoadError for a file llama.cpp cannot load."""
+        if key in self._drafters:
+            return
+        drafter = Drafter.load(
+            key,
+            path,
+            slots=self.options.parallel,
+            n_ctx_per_seq=self.n_ctx_per_seq,
+            batch_size=self.options.batch_size,
+            threads=self.options.threads,
+            vocab=self.vocab.pointer,
+        )
+        if self._closed:
+            drafter.close()
+            raise ShuttingDownError(f"the model {self.path.name} is being unloaded")
+        self._drafters.setdefault(key, drafter)  # the worker only reads the dict
+
+    @property
+    def draft_models(self) -> list[str]:
+        """Keys of the attached draft models."""
+        return list(self._drafters)
+
+    def close(self) -> None:
+        super().close()
+        drafters, self._drafters = list(self._drafters.values()), {}
+        for drafter in drafters:
+            drafter.close()
+
     def _check_request(self, prompt_tokens: list[int], params: SamplingParams) -> None:
+        if params.draft_model is not None and params.draft_model not in self._drafters:
+            raise InvalidParameterError(
+                f"the draft model {params.draft_model} is not loaded for {self.path.name}",
+                param="draft_model",
+            )
         if not prompt_tokens:
             raise InvalidParameterError("the prompt is empty", param="prompt")
         room = self.n_ctx_per_seq - len(prompt_tokens)
@@ -367,6 +421,8 @@ class Engine(ModelWorker):
 
     def _start_sequence(self, generation: Generation, slot: int, reuse: int) -> _Sequence:
         params = generation.params
+        for drafter in self._drafters.values():  # cells of this scope's reused prefix only
+            drafter.forget(slot, reuse)
         room = self.n_ctx_per_seq - len(generation.prompt_tokens)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         return _Sequence(
@@ -382,6 +438,7 @@ class Engine(ModelWorker):
             reused=reuse,
             prefilled=reuse,
             n_past=reuse,
+            guessing=Guessing() if params.speculative else None,
         )
 
     def _step(self) -> None:
@@ -391,10 +448,14 @@ class Engine(ModelWorker):
         for seq in self._active():
             if seq.generation.is_cancelled:
                 self._end(seq, "cancelled")
-        # Generating sequences first (one token each), then prompt chunks in what is left.
-        for seq in self._active():
-            if not seq.in_prefill:
-                rows.append((seq, self._add(seq.last_token, seq, logits=True)))
+        # Generating sequences first (one token each, plus any guesses to verify), then prompt
+        # chunks in what is left.
+        generating = [s for s in self._active() if not s.in_prefill]
+        guesses = self._guesses(generating, prefill=len(generating) < len(self._active()))
+        for seq in generating:
+            rows.append((seq, self._add(seq.last_token, seq, logits=True)))
+            for token in guesses.get(seq.slot, ()):
+                self._add(token, seq, logits=True)
         prefilling: list[_Sequence] = []
         for seq in [s for s in self._active() if s.in_prefill]:
             prefilling.append(seq)
@@ -411,7 +472,10 @@ class Engine(ModelWorker):
         if batch.n_tokens == 0:
             return
         self.status = "processing_prompt" if prefilling else "generating"
+        started = time.perf_counter()
         rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if not prefilling and rc == 0:
+            self._costs.record(batch.n_tokens, (time.perf_counter() - started) * 1000)
         if rc != 0:
             err = InternalError(f"llama_decode failed (code {rc})")
             for seq in self._active():
@@ -422,11 +486,147 @@ class Engine(ModelWorker):
             self._emit(seq.generation, PromptProgress(fraction))
         for seq, index in rows:
             try:  # whatever one sequence raises (sampling, grammar, decoding) ends it alone
-                self._advance(seq, self._sample(seq, index))
+                guess = guesses.get(seq.slot)
+                if guess:
+                    self._verify(seq, index, guess)
+                else:
+                    self._advance(seq, self._sample(seq, index))
             except Exception as exc:
                 self._fail(seq, internal_error(exc, "generating a token"))
         if not self._active():
             self.status = "idle"
+
+    def _guesses(self, generating: list[_Sequence], *, prefill: bool) -> dict[int, list[int]]:
+        """The guesses each generating sequence verifies this step, by slot (see
+        :mod:`lms.inference.speculation`). None while a prompt is being prefilled: its chunk
+        dominates the step's cost and guesses would only take its room."""
+        if prefill:
+            return {}
+        candidates: list[Candidate] = []
+        drafted: list[_Sequence] = []  # sequences whose guesses come from a draft model
+        for seq in generating:
+            guessing = seq.guessing
+            if guessing is None:
+                continue
+            # Room: guesses take positions in the context, and none past the output's limit.
+            limit = min(
+                MAX_GUESSES,
+                seq.max_tokens - seq.generated - 1,
+                self.n_ctx_per_seq - seq.n_past - 1,
+            )
+            if limit < 1:
+                continue
+            exact = seq.generation.params.draft_tokens
+            if seq.generation.params.draft_model is not None:
+                # The draft model guesses after the plan says how many: plan with room for all.
+                rate = guessing.rate(DRAFT_MODEL_MATCH)
+                candidates.append(Candidate(seq.slot, [0] * limit, rate, exact))
+                drafted.append(seq)
+                continue
+            if guessing.lookup is None:
+                guessing.lookup = Lookup(seq.generation.prompt_tokens + seq.output)
+            else:
+                known = len(guessing.lookup.tokens) - len(seq.generation.prompt_tokens)
+                guessing.lookup.extend(seq.output[known:])
+            guess, matched = guessing.lookup.guess(limit)
+            if guess:
+                candidates.append(Candidate(seq.slot, guess, guessing.rate(matched), exact))
+        if not candidates:
+            return {}
+        if not self._calibrated:
+            self._calibrate(generating[0])
+        chosen = plan(len(generating), candidates, self._costs, self._max_rows)
+        picked = {c.key: c.guess[: chosen[c.key]] for c in candidates if c.key in chosen}
+        self._draft(drafted, chosen, picked)
+        for seq in generating:
+            if seq.slot in picked and seq.guessing is not None:
+                seq.guessing.total += len(picked[seq.slot])
+        return picked
+
+    def _draft(
+        self, drafted: list[_Sequence], chosen: dict[int, int], picked: dict[int, list[int]]
+    ) -> None:
+        """Replace the planned guesses of sequences with a draft model by that model's."""
+        by_model: dict[str, list[tuple[int, list[int], int]]] = {}
+        for seq in drafted:
+            if seq.slot in chosen:
+                key = seq.generation.params.draft_model
+                assert key is not None
+                text = seq.generation.prompt_tokens + seq.output
+                by_model.setdefault(key, []).append((seq.slot, text, chosen[seq.slot]))
+        for key, wanted in by_model.items():
+            try:
+                picked.update(self._drafters[key].guess(wanted))
+            except Exception:  # a failing draft costs its guesses, never the generation
+                log.exception("the draft model %s failed", key)
+                for slot, _, _ in wanted:
+                    picked.pop(slot, None)
+
+    def _calibrate(self, seq: _Sequence) -> None:
+        """Measure what a decode of 1, 2, … rows costs, once per instance, before the first
+        guess is weighed: rows of ``seq``'s next token past its cells, removed again."""
+        room = self.n_ctx_per_seq - seq.n_past
+        sizes = [n for n in [*range(1, 17), 20, 24, 32, 48, 64] if n <= self._max_rows]
+        if sizes[-1] > room:
+            return  # too close to the context's end: measure for a later sequence
+        self._calibrated = True
+        batch = self._batch
+        for n in sizes:
+            best = float("inf")
+            for _ in range(2):
+                batch.n_tokens = 0
+                for i in range(n):
+                    batch.token[i] = seq.last_token
+                    batch.pos[i] = seq.n_past + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = seq.slot
+                    batch.logits[i] = True
+                batch.n_tokens = n
+                started = time.perf_counter()
+                rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
+                llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, seq.n_past, -1)
+                if rc != 0:
+                    batch.n_tokens = 0
+                    return
+                best = min(best, (time.perf_counter() - started) * 1000)
+            self._costs.record(n, best)
+        batch.n_tokens = 0
+
+    def _verify(self, seq: _Sequence, index: int, guess: list[int]) -> None:
+        """Take the model's choice at each of ``seq``'s rows while it agrees with the guess.
+
+        Row ``j`` holds the logits after the guess's first ``j`` tokens. The token is chosen
+        from it exactly as without guessing (argmax, or the request's sampler chain and grammar,
+        which see the same tokens in the same order and draw the same random numbers), so the
+        output is what plain decoding gives; a guess is accepted when it equals that choice.
+        For a sampled request this is the standard speculative rule for a guess that is one
+        certain token: it is kept with the probability the model gives it, and otherwise the
+        model's own draw stands. The cells of rejected guesses are removed.
+        """
+        guessing = seq.guessing
+        assert guessing is not None
+        base = seq.n_past - len(guess) - 1  # the position of the row of the last chosen token
+        for j in range(len(guess) + 1):
+            seq.n_past = base + 1 + j  # the cells before this row's token are right
+            token = self._sample(seq, index + j)
+            self._advance(seq, token)
+            if j == len(guess):
+                break
+            ended = self._slots[seq.slot] is not seq
+            if token != guess[j]:
+                guessing.rejected += 1
+                guessing.verified += 1
+                guessing.ignored += len(guess) - j - 1
+                break
+            guessing.accepted += 1
+            guessing.verified += 1
+            if ended:
+                guessing.ignored += len(guess) - j - 1
+                break
+        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, seq.n_past, -1)
+        drafter = self._drafters.get(seq.generation.params.draft_model or "")
+        if drafter is not None:
+            drafter.forget(seq.slot, seq.n_past)
 
     def _add(self, token: int, seq: _Sequence, *, logits: bool) -> int:
         batch = self._batch
@@ -533,5 +733,19 @@ class Engine(ModelWorker):
                 generation_seconds=now - first,
                 error=err,
                 cached_tokens=seq.reused,
+                draft=_draft_stats(seq),
             ),
         )
+
+
+def _draft_stats(seq: _Sequence) -> DraftStats | None:
+    guessing = seq.guessing
+    if guessing is None:
+        return None
+    return DraftStats(
+        model=seq.generation.params.draft_model,
+        total=guessing.total,
+        accepted=guessing.accepted,
+        rejected=guessing.rejected,
+        ignored=guessing.ignored,
+    )
