@@ -1,5 +1,5 @@
 """What speculative decoding did for one generation, as each family reports it (docs/API.md,
-Native chat and SDK endpoints): LM Studio's draft token counts, only when speculation was on for
+Native chat; SDK endpoints): LM Studio's draft token counts, only when speculation was on for
 the request (``GenerationResult.draft`` is not None). The OpenAI- and Anthropic-compatible
 answers have no such fields and get none."""
 
