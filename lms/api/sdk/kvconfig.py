@@ -123,6 +123,9 @@ def prediction(stack: Any) -> Prediction:
         raise InvalidParameterError(
             f"'{_PREFIX}stopStrings' must be a list of strings", param="stopStrings"
         )
+    speculative, draft_tokens, draft_model = _speculation(
+        fields.get(_DRAFT_MODEL), fields.get(_DRAFT_TOKENS)
+    )
     params = SamplingParams(
         temperature=number("temperature", defaults.temperature, 0.0, 5.0, checkbox=False),
         top_k=int(number("topKSampling", defaults.top_k, 0, 100_000, checkbox=False)),
@@ -132,7 +135,9 @@ def prediction(stack: Any) -> Prediction:
         stop=tuple(s for s in stops if s),
         max_tokens=max_tokens,
         grammar=_grammar(fields.get(_PREFIX + "structured")),
-        **_speculation(fields.get(_DRAFT_MODEL), fields.get(_DRAFT_TOKENS)),
+        speculative=speculative,
+        draft_tokens=draft_tokens,
+        draft_model=draft_model,
     )
     raw = _is_raw_prompt(fields.get(_PREFIX + "promptTemplate"), layers)
     return Prediction(
@@ -143,15 +148,15 @@ def prediction(stack: Any) -> Prediction:
     )
 
 
-def _speculation(draft_model: Any, draft_tokens: Any) -> dict[str, Any]:
-    """The SDK's speculative decoding keys, plain values as the SDK sends them:
-    ``draftModel`` a model key (empty: none) and ``numDraftTokensExact`` 0 (speculation off) to
-    :data:`MAX_DRAFT_TOKENS` guessed tokens a step."""
-    found: dict[str, Any] = {}
+def _speculation(draft_model: Any, draft_tokens: Any) -> tuple[bool, int | None, str | None]:
+    """``speculative``, ``draft_tokens`` and ``draft_model`` from the SDK's speculative decoding
+    keys, plain values as the SDK sends them: ``draftModel`` a model key (empty: none) and
+    ``numDraftTokensExact`` 0 (speculation off) to :data:`MAX_DRAFT_TOKENS` guesses a step."""
+    key: str | None = None
     if draft_model is not None and draft_model != "":
-        found["draft_model"] = limits.check_identifier(draft_model, _DRAFT_MODEL)
+        key = limits.check_identifier(draft_model, _DRAFT_MODEL)
     if draft_tokens is None:
-        return found
+        return True, None, key
     if (
         not isinstance(draft_tokens, int)
         or isinstance(draft_tokens, bool)
@@ -162,17 +167,13 @@ def _speculation(draft_model: Any, draft_tokens: Any) -> dict[str, Any]:
             f" {MAX_DRAFT_TOKENS}",
             param=_DRAFT_TOKENS,
         )
-    if draft_tokens == 0:
-        if "draft_model" in found:
-            raise InvalidParameterError(
-                f"'{_DRAFT_MODEL}' asks for speculative decoding, but '{_DRAFT_TOKENS}' is 0,"
-                " which turns it off: send one or the other",
-                param=_DRAFT_TOKENS,
-            )
-        found["speculative"] = False
-    else:
-        found["draft_tokens"] = draft_tokens
-    return found
+    if draft_tokens == 0 and key is not None:
+        raise InvalidParameterError(
+            f"'{_DRAFT_MODEL}' asks for speculative decoding, but '{_DRAFT_TOKENS}' is 0, which"
+            " turns it off: send one or the other",
+            param=_DRAFT_TOKENS,
+        )
+    return (False, None, None) if draft_tokens == 0 else (True, draft_tokens, key)
 
 
 def _grammar(value: Any) -> str | None:
