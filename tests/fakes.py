@@ -44,6 +44,7 @@ from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder, Vector, _Job
 from lms.inference.engine import Engine
 from lms.inference.generation import (
+    DraftStats,
     FinishReason,
     Generation,
     GenerationResult,
@@ -52,7 +53,7 @@ from lms.inference.generation import (
     PromptProgress,
     post,
 )
-from lms.inference.sampling import StopMatcher
+from lms.inference.sampling import SamplingParams, StopMatcher
 from lms.inference.worker import STOP, internal_error
 
 BOS = 1
@@ -77,6 +78,8 @@ class Reply:
     gate: threading.Event | None = None
     gate_after: int = 0
     cached_tokens: int = 0
+    #: The result's ``draft`` (what speculative decoding did), as given.
+    draft: DraftStats | None = None
 
     @property
     def text(self) -> str:
@@ -93,6 +96,8 @@ class Script:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: Prompt tokens of every request played, in order (for assertions on what was asked).
     prompts: list[list[int]] = field(default_factory=list)
+    #: Sampling parameters of every request played, in order (what reached the engine).
+    params: list[SamplingParams] = field(default_factory=list)
 
     def say(self, *replies: Reply | str) -> None:
         """Queue replies (a str is one reply of that one piece)."""
@@ -206,6 +211,7 @@ class FakeEngine(Engine):
             self._send(generation, self._result(generation, "cancelled", 0))
             return
         reply = self.script.next(generation.prompt_tokens)
+        self.script.params.append(generation.params)
         self._playing = generation
         self.status = "processing_prompt"
         self._send(generation, PromptProgress(1.0))
@@ -250,7 +256,9 @@ class FakeEngine(Engine):
         cached = reply.cached_tokens if reply is not None else 0
         self._playing = None
         self.status = "idle"
-        self._send(generation, self._result(generation, reason, generated, error, cached))
+        result = self._result(generation, reason, generated, error, cached)
+        result.draft = reply.draft if reply is not None else None
+        self._send(generation, result)
 
     def _wait(self, gate: threading.Event, generation: Generation) -> None:
         # Polled so that a cancel or a close also ends the wait; no test waits on this timing.

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from lms import payload
+from lms import limits, payload
 from lms.errors import InvalidJsonError, InvalidParameterError, MissingParameterError
 from lms.inference.sampling import SamplingParams
 
@@ -106,4 +106,29 @@ def sampling(body: Mapping[str, Any], *, max_token_fields: tuple[str, ...]) -> S
         stop=stop_strings(body),
         max_tokens=max_tokens(body, *max_token_fields),
         cache_prompt=bool(get(body, "cache_prompt", bool, True)),
+        speculative=speculative(body),
+        draft_model=draft_model(body),
     )
+
+
+def speculative(body: Mapping[str, Any]) -> bool:
+    """``speculative`` (default true): false turns every kind of speculative decoding off for
+    the request. Every generating route of every family reads it."""
+    return bool(get(body, "speculative", bool, True))
+
+
+def draft_model(body: Mapping[str, Any]) -> str | None:
+    """``draft_model``: the key of a model that guesses tokens for this request's model, an
+    identifier within :func:`lms.limits.check_identifier`'s bounds. Together with
+    ``"speculative": false`` it is a contradiction, refused rather than one of them ignored."""
+    value = body.get("draft_model")
+    if value is None:
+        return None
+    key = limits.check_identifier(value, "draft_model")
+    if not speculative(body):
+        raise InvalidParameterError(
+            "'draft_model' asks for speculative decoding, but 'speculative' is false, which"
+            " turns it off: send one or the other",
+            param="draft_model",
+        )
+    return key

@@ -255,6 +255,7 @@ class MessagesRequest:
             max_tokens=max_tokens,
             grammar=_forcing_grammar(tools, forced),
             cache_prompt=bool(bodies.get(body, "cache_prompt", bool, True)),  # as on /v1/*
+            speculative=bodies.speculative(body),  # as on /v1/*; no draft_model here
         )
         return cls(
             model=model,

@@ -21,13 +21,14 @@ from typing import Any
 from aiohttp import web
 
 from lms import pipeline, protocol
-from lms.api import bodies, instances, integrations
+from lms.api import bodies, drafts, instances, integrations
 from lms.api.integrations import Integration
 from lms.api.security import TOKEN, record_generation
 from lms.api.sse import EventStream
 from lms.api.state import CHATS
 from lms.errors import InvalidParameterError, LmsError
 from lms.inference.engine import PromptProgress
+from lms.inference.generation import DraftStats
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.mcp import loop as tool_loop
@@ -68,6 +69,8 @@ class ChatResult:
     extra: dict[str, Any] = field(default_factory=dict)
     #: ``output`` of a chat with tools (the tool loop's items); None: the one message.
     items: list[dict[str, Any]] | None = None
+    #: What speculative decoding did (None: it was off, or the answer came from the tool loop).
+    draft: DraftStats | None = None
 
     def body(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -79,6 +82,7 @@ class ChatResult:
         }
         if self.load_time is not None:
             stats["model_load_time_seconds"] = round(self.load_time, 3)
+        stats.update(drafts.native_stats(self.draft))
         output = [{"type": "message", "content": self.content}] if self.content else []
         body: dict[str, Any] = {
             "model_instance_id": self.instance_id,
@@ -418,5 +422,6 @@ async def _stream(run: pipeline.Run, result: ChatResult, sink: _Sink) -> None:
             result.output_tokens = outcome.completion_tokens
             result.tokens_per_second = outcome.tokens_per_second
             result.time_to_first_token = outcome.time_to_first_token
+            result.draft = outcome.draft
     if started_message:
         await sink.send("message.end")

@@ -2,8 +2,8 @@
 
 A stack is ``{"layers": [{"layerName", "config": {"fields": [{"key", "value"}]}}]}``; it is
 collapsed as LM Studio does (layers in order, a later field wins). Checkbox values are
-``{"checked": bool, "value": X}``. Keys lms does not act on (GPU split, rope, speculative
-decoding...) are ignored, as LM Studio ignores keys it does not know.
+``{"checked": bool, "value": X}``. Keys lms does not act on (GPU split, rope, the speculative
+decoding thresholds...) are ignored, as LM Studio ignores keys it does not know.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from lms.inference.structured import schema_grammar
 COMPLETION_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 COMPLETION_LAYER = "completeModeFormatting"
 _PREFIX = "llm.prediction."
+_DRAFT_MODEL = _PREFIX + "speculativeDecoding.draftModel"
+_DRAFT_TOKENS = _PREFIX + "speculativeDecoding.numDraftTokensExact"
+#: The most guessed tokens a step may be asked for (``numDraftTokensExact``).
+MAX_DRAFT_TOKENS = 16
 
 
 def collapse(stack: Any, param: str) -> tuple[dict[str, Any], set[str]]:
@@ -119,6 +123,9 @@ def prediction(stack: Any) -> Prediction:
         raise InvalidParameterError(
             f"'{_PREFIX}stopStrings' must be a list of strings", param="stopStrings"
         )
+    speculative, draft_tokens, draft_model = _speculation(
+        fields.get(_DRAFT_MODEL), fields.get(_DRAFT_TOKENS)
+    )
     params = SamplingParams(
         temperature=number("temperature", defaults.temperature, 0.0, 5.0, checkbox=False),
         top_k=int(number("topKSampling", defaults.top_k, 0, 100_000, checkbox=False)),
@@ -128,6 +135,9 @@ def prediction(stack: Any) -> Prediction:
         stop=tuple(s for s in stops if s),
         max_tokens=max_tokens,
         grammar=_grammar(fields.get(_PREFIX + "structured")),
+        speculative=speculative,
+        draft_tokens=draft_tokens,
+        draft_model=draft_model,
     )
     raw = _is_raw_prompt(fields.get(_PREFIX + "promptTemplate"), layers)
     return Prediction(
@@ -136,6 +146,34 @@ def prediction(stack: Any) -> Prediction:
         tools=_tools(fields.get(_PREFIX + "tools")),
         echo=_echo(params),
     )
+
+
+def _speculation(draft_model: Any, draft_tokens: Any) -> tuple[bool, int | None, str | None]:
+    """``speculative``, ``draft_tokens`` and ``draft_model`` from the SDK's speculative decoding
+    keys, plain values as the SDK sends them: ``draftModel`` a model key (empty: none) and
+    ``numDraftTokensExact`` 0 (speculation off) to :data:`MAX_DRAFT_TOKENS` guesses a step."""
+    key: str | None = None
+    if draft_model is not None and draft_model != "":
+        key = limits.check_identifier(draft_model, _DRAFT_MODEL)
+    if draft_tokens is None:
+        return True, None, key
+    if (
+        not isinstance(draft_tokens, int)
+        or isinstance(draft_tokens, bool)
+        or not 0 <= draft_tokens <= MAX_DRAFT_TOKENS
+    ):
+        raise InvalidParameterError(
+            f"'{_DRAFT_TOKENS}' must be an integer from 0 (no speculative decoding) to"
+            f" {MAX_DRAFT_TOKENS}",
+            param=_DRAFT_TOKENS,
+        )
+    if draft_tokens == 0 and key is not None:
+        raise InvalidParameterError(
+            f"'{_DRAFT_MODEL}' asks for speculative decoding, but '{_DRAFT_TOKENS}' is 0, which"
+            " turns it off: send one or the other",
+            param=_DRAFT_TOKENS,
+        )
+    return (False, None, None) if draft_tokens == 0 else (True, draft_tokens, key)
 
 
 def _grammar(value: Any) -> str | None:
@@ -202,6 +240,10 @@ def _echo(params: SamplingParams) -> list[dict[str, Any]]:
             "value": {"checked": True, "value": params.repeat_penalty},
         },
         {"key": _PREFIX + "stopStrings", "value": list(params.stop)},
+        # Only what was asked for: the SDK's schema has no "off" value for these keys (it
+        # refuses a numDraftTokensExact of 0), so speculation turned off echoes neither.
+        *([{"key": _DRAFT_MODEL, "value": params.draft_model}] if params.draft_model else []),
+        *([{"key": _DRAFT_TOKENS, "value": params.draft_tokens}] if params.draft_tokens else []),
     ]
 
 

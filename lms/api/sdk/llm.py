@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from lms import pipeline
+from lms.api import drafts
 from lms.api.chat_plan import ChatPlan
 from lms.api.sdk import history, kvconfig, models, records, wire
 from lms.api.sdk.calls import Call, Channel, Endpoint, channel, rpc
@@ -28,6 +29,7 @@ from lms.inference.tool_calls import CallStarted, ContentDelta, ToolCall, ToolCa
 
 def fragment(text: str) -> dict[str, Any]:
     # The engine may join pieces when this consumer lags; each still counts as one here.
+    # ``containsDrafted`` stays false: the engine does not say which pieces came from guesses.
     return {
         "type": "fragment",
         "fragment": {
@@ -58,6 +60,7 @@ def stats(result: GenerationResult, reason: str) -> dict[str, Any]:
         "promptTokensCount": result.prompt_tokens,
         "predictedTokensCount": result.completion_tokens,
         "totalTokensCount": result.prompt_tokens + result.completion_tokens,
+        **drafts.sdk_stats(result.draft),
     }
 
 
