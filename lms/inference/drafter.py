@@ -13,6 +13,7 @@ token, and the engine's verification keeps the output distribution of the main m
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,8 @@ class Drafter:
     ) -> None:
         self.key = key
         self.path = path
-        self._model = model
-        self._ctx = ctx
+        self._model: Any = model
+        self._ctx: Any = ctx
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.vocab))
         self.batch_size = batch_size
         self._batch = llama_cpp.llama_batch_init(batch_size, 0, slots)
@@ -160,7 +161,7 @@ class Drafter:
 
     def _add(self, token: int, pos: int, seq: int, *, logits: bool) -> int:
         batch = self._batch
-        i = batch.n_tokens
+        i: int = batch.n_tokens
         batch.token[i] = token
         batch.pos[i] = pos
         batch.n_seq_id[i] = 1
@@ -179,13 +180,16 @@ class Drafter:
 
     def _argmax(self, index: int) -> int:
         row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
-        return int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
+        logits: np.ndarray[Any, np.dtype[np.float32]] = np.ctypeslib.as_array(
+            row, shape=(self.n_vocab,)
+        )
+        return int(logits.argmax())
 
 
 def _check_vocabulary(draft: Any, main: Any, key: str) -> None:
     size = int(llama_cpp.llama_vocab_n_tokens(draft))
     same = size == int(llama_cpp.llama_vocab_n_tokens(main))
-    buffers = [llama_cpp.ctypes.create_string_buffer(64) for _ in range(2)]
+    buffers = [ctypes.create_string_buffer(64) for _ in range(2)]
     step = max(1, size // _PROBE_TOKENS)
     for token in range(0, size, step) if same else ():
         pieces = []

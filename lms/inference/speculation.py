@@ -19,7 +19,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["DRAFT_MODEL_MATCH", "MAX_GUESSES", "Costs", "Guessing", "Lookup", "expected_accepted", "plan"]
+__all__ = [
+    "DRAFT_MODEL_MATCH",
+    "MAX_GUESSES",
+    "Costs",
+    "Guessing",
+    "Lookup",
+    "expected_accepted",
+    "plan",
+]
 
 #: At most this many guesses per sequence and step (the SDK's ``numDraftTokensExact`` too).
 MAX_GUESSES = 16
