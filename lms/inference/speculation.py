@@ -16,6 +16,7 @@ logits of every row verify them, and every guess it agrees with is a step saved
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,13 +30,20 @@ __all__ = [
     "plan",
 ]
 
-#: At most this many guesses per sequence and step (the SDK's ``numDraftTokensExact`` too).
-MAX_GUESSES = 16
+#: At most this many guesses per sequence and step. Text copied from the prompt is guessed
+#: right run after run, and one step of many rows costs far less than as many steps.
+MAX_GUESSES = 63
 #: The n-gram sizes looked up, longest first: a suffix of two tokens is the least that names a
 #: place in the text; single tokens repeat too often to predict anything.
 NGRAMS = (3, 2)
+#: Occurrences of each n-gram remembered (the latest ones).
+OCCURRENCES = 8
 #: How far back a match is compared to judge it (tokens).
-MATCH_HORIZON = 16
+MATCH_HORIZON = 32
+#: Matches are judged in classes of their length (at least this many tokens): a sequence keeps
+#: its record per class, since a guess continuing 32 copied tokens is right far more often
+#: than one after a common pair of words.
+MATCH_CLASSES = (32, 16, 8, 4, 2)
 #: Verified guesses a sequence's own record weighs against the prior of a match's length.
 PRIOR_WEIGHT = 4.0
 #: The match length whose prior a draft model's guesses start from (until the sequence has a
@@ -46,17 +54,19 @@ MARGIN = 1.03
 
 
 class Lookup:
-    """Prompt-lookup guesses from one request's tokens: where the text's last two or three
-    tokens occurred before, the tokens that followed them then are the guess.
+    """Prompt-lookup guesses from one request's tokens: where the text's last few tokens
+    occurred before, the tokens that followed them there are the guess.
 
-    The index maps each n-gram to the position right after its latest occurrence whose
-    continuation is already known; the current suffix is indexed only when the next token
-    arrives, so a lookup never finds itself.
+    The index maps each n-gram to the positions right after its latest few occurrences whose
+    continuation is already known (the current suffix is indexed only when the next token
+    arrives, so a lookup never finds itself). Of those, the one whose preceding text agrees
+    with the current text the furthest back wins: in a rewritten file, a line that occurs
+    twice is continued from where the surrounding lines match too.
     """
 
     def __init__(self, tokens: Sequence[int]) -> None:
         self.tokens: list[int] = []
-        self._index: dict[tuple[int, ...], int] = {}
+        self._index: dict[tuple[int, ...], list[int]] = {}
         self.extend(tokens)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -66,7 +76,10 @@ class Lookup:
             end = len(history) - 1  # the new token's position: the continuation of what precedes
             for n in NGRAMS:
                 if end >= n:
-                    index[tuple(history[end - n : end])] = end
+                    places = index.setdefault(tuple(history[end - n : end]), [])
+                    places.append(end)
+                    if len(places) > OCCURRENCES:
+                        del places[0]
 
     def guess(self, limit: int) -> tuple[list[int], int]:
         """Up to ``limit`` guessed next tokens and the match's length in tokens (how far back
@@ -76,25 +89,39 @@ class Lookup:
         for n in NGRAMS:
             if size < n:
                 continue
-            start = self._index.get(tuple(history[size - n :]))
-            if start is None:
+            places = self._index.get(tuple(history[size - n :]))
+            if not places:
                 continue
-            guess = history[start : start + limit]
-            matched = n
-            while (
-                matched < MATCH_HORIZON
-                and start - matched - 1 >= 0
-                and history[start - matched - 1] == history[size - matched - 1]
-            ):
-                matched += 1
+            best, matched = places[-1], 0
+            for start in reversed(places):
+                length = n
+                while (
+                    length < MATCH_HORIZON
+                    and start - length - 1 >= 0
+                    and history[start - length - 1] == history[size - length - 1]
+                ):
+                    length += 1
+                if length > matched:
+                    best, matched = start, length
+            # A continuation that runs into the end of the text repeats the span since the
+            # match: the text is going round a loop, and the guess goes round it too.
+            guess = history[best : best + limit]
+            while len(guess) < limit:
+                guess.append(guess[len(guess) - (size - best)])
             return guess, matched
         return [], 0
 
 
 def prior(matched: int) -> float:
     """How likely a guess is right before the sequence has a record: a longer match of the
-    text before it predicts its continuation better (2 tokens: 0.5, 16 tokens: ~0.9)."""
-    return 1.0 - 1.0 / (1.0 + matched / 2.0) if matched else 0.0
+    text before it predicts its continuation better (2 tokens: 0.6, 4: 0.8, 16: 0.95). Set to
+    try guessing early (a wrong try costs one step; the record then decides)."""
+    return 1.0 - 0.8 / matched if matched >= 2 else 0.0
+
+
+def match_class(matched: int) -> int:
+    """The class of a match ``matched`` tokens long (the largest of MATCH_CLASSES it reaches)."""
+    return next((c for c in MATCH_CLASSES if matched >= c), 0)
 
 
 @dataclass
@@ -102,16 +129,31 @@ class Guessing:
     """One sequence's speculation: its source of guesses and its record of verified ones."""
 
     lookup: Lookup | None = None
-    accepted: int = 0
-    verified: int = 0  # guesses compared with the model's choice (accepted + rejected)
     total: int = 0
+    accepted: int = 0
     rejected: int = 0
     ignored: int = 0
+    #: Per match class: [accepted, verified (accepted + rejected)].
+    record: dict[int, list[int]] = field(default_factory=dict)
+    #: The class of this step's guess (what :meth:`verified` books under).
+    current: int = 0
 
     def rate(self, matched: int) -> float:
-        """The chance the next guess is right: the match's prior, moved towards this sequence's
-        own record as it grows."""
-        return (self.accepted + PRIOR_WEIGHT * prior(matched)) / (self.verified + PRIOR_WEIGHT)
+        """The chance a guess after a match ``matched`` tokens long is right: the class's prior,
+        moved towards this sequence's own record in that class as it grows."""
+        cls = match_class(matched)
+        accepted, verified = self.record.get(cls, (0, 0))
+        return (accepted + PRIOR_WEIGHT * prior(cls)) / (verified + PRIOR_WEIGHT)
+
+    def verified(self, *, right: bool) -> None:
+        """Book one guess compared with the model's choice."""
+        counts = self.record.setdefault(self.current, [0, 0])
+        counts[1] += 1
+        if right:
+            counts[0] += 1
+            self.accepted += 1
+        else:
+            self.rejected += 1
 
 
 def expected_accepted(rate: float, k: int) -> float:
@@ -126,27 +168,61 @@ def expected_accepted(rate: float, k: int) -> float:
 class Costs:
     """Milliseconds per ``llama_decode`` by the number of rows in the batch, as measured."""
 
-    alpha: float = 0.1  # weight of a new measurement (steady, yet follows a changing load)
+    #: How far a slower measurement moves the estimate (a faster one sets it): a busy machine
+    #: only ever adds time, so one slow step must not make a size look expensive for good.
+    alpha: float = 0.05
     _ms: dict[int, float] = field(default_factory=dict)
+    _table: list[float] | None = None
+    _stale: bool = False
+    _records: int = 0
 
     def record(self, rows: int, ms: float) -> None:
         old = self._ms.get(rows)
-        self._ms[rows] = ms if old is None else old + self.alpha * (ms - old)
+        self._ms[rows] = ms if old is None or ms < old else old + self.alpha * (ms - old)
+        self._records += 1
+        if old is None or self._records >= 64:
+            self._stale = True
 
     def known(self, rows: int) -> bool:
         return rows in self._ms
 
     def estimate(self, rows: int) -> float | None:
         """The cost of ``rows`` rows: measured, else interpolated between the nearest measured
-        sizes around it; None past the largest measured size."""
-        if rows in self._ms:
-            return self._ms[rows]
-        below = max((r for r in self._ms if r < rows), default=None)
-        above = min((r for r in self._ms if r > rows), default=None)
-        if below is None or above is None:
+        sizes around it; None before anything was measured.
+
+        Past the largest measured size each further row is guessed at half that size's cost
+        per row: optimistic on purpose, so that a sequence whose guesses keep being right
+        tries a larger step, which measures it (a wrong guess costs one step, after which the
+        measured figure stands)."""
+        table = self._table
+        if table is None or self._stale:
+            table = self._rebuild()
+        if rows < len(table):
+            value = table[rows]
+            return None if value < 0 else value
+        largest = len(table) - 1
+        if largest < 1:
             return None
-        low, high = self._ms[below], self._ms[above]
-        return low + (high - low) * (rows - below) / (above - below)
+        return table[largest] * (1.0 + (rows - largest) / (2.0 * largest))
+
+    def _rebuild(self) -> list[float]:
+        """Costs of 0..largest measured rows (interpolated between measured sizes; -1 below the
+        smallest), rebuilt when a size is first measured or every 64 measurements."""
+        sizes = sorted(self._ms)
+        ms = dict(self._ms)
+        # From 8 rows on, decodes run as matrix products whose cost per row does not grow
+        # with the rows: a size measured above that (a slow moment) is capped by a smaller one.
+        for low, high in itertools.combinations(sizes, 2):
+            if low >= 8:
+                ms[high] = min(ms[high], ms[low] * high / low)
+        table = [-1.0] * ((sizes[-1] if sizes else 0) + 1)
+        for low, high in itertools.pairwise(sizes):
+            for rows in range(low, high):
+                table[rows] = ms[low] + (ms[high] - ms[low]) * (rows - low) / (high - low)
+        if sizes:
+            table[sizes[-1]] = ms[sizes[-1]]
+        self._table, self._stale, self._records = table, False, 0
+        return table
 
 
 @dataclass
