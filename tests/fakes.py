@@ -123,6 +123,13 @@ def fake_tokenize(text: str, where: str = "the prompt", param: str | None = None
     return [BOS, *(b + _BYTE_BASE for b in encoded)]
 
 
+class _AnyDraft(dict[str, Any]):
+    """The fake's draft models: it plays any key a request names (it guesses nothing)."""
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str)
+
+
 class FakeEngine(Engine):
     """An :class:`Engine` that plays a :class:`Script` (one generation at a time) instead of
     running a model. Never loads llama.cpp."""
@@ -145,6 +152,7 @@ class FakeEngine(Engine):
         self._held = collections.deque()
         self._outbox = []
         self._playing: Generation | None = None
+        self._drafters = _AnyDraft()
         self._start_worker(
             f"engine:{path.name}",
             slots=self.options.parallel,

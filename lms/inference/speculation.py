@@ -174,14 +174,11 @@ class Costs:
     _ms: dict[int, float] = field(default_factory=dict)
     _table: list[float] | None = None
     _stale: bool = False
-    _records: int = 0
 
     def record(self, rows: int, ms: float) -> None:
         old = self._ms.get(rows)
         self._ms[rows] = ms if old is None or ms < old else old + self.alpha * (ms - old)
-        self._records += 1
-        if old is None or self._records >= 64:
-            self._stale = True
+        self._stale = True  # rebuilt at the next estimate: once per step
 
     def known(self, rows: int) -> bool:
         return rows in self._ms
@@ -207,7 +204,7 @@ class Costs:
 
     def _rebuild(self) -> list[float]:
         """Costs of 0..largest measured rows (interpolated between measured sizes; -1 below the
-        smallest), rebuilt when a size is first measured or every 64 measurements."""
+        smallest), rebuilt after measurements."""
         sizes = sorted(self._ms)
         ms = dict(self._ms)
         # From 8 rows on, decodes run as matrix products whose cost per row does not grow
@@ -221,7 +218,7 @@ class Costs:
                 table[rows] = ms[low] + (ms[high] - ms[low]) * (rows - low) / (high - low)
         if sizes:
             table[sizes[-1]] = ms[sizes[-1]]
-        self._table, self._stale, self._records = table, False, 0
+        self._table, self._stale = table, False
         return table
 
 

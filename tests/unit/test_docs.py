@@ -29,7 +29,8 @@ def _sources() -> list[Path]:
     files = []
     for top in SCANNED:
         for path in sorted((ROOT / top).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
+            # bench/.cache holds the benchmarks' downloads and builds (never committed)
+            if path.is_file() and not {"__pycache__", ".cache"} & set(path.parts):
                 files.append(path)
     return files
 
