@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -145,6 +145,9 @@ class FakeEngine(Engine):
         self._held = collections.deque()
         self._outbox = []
         self._playing: Generation | None = None
+        self._drafters = {}
+        #: Keys and files of the draft models attached, in order (the fake guesses nothing).
+        self.attached: list[tuple[str, Path]] = []
         self._start_worker(
             f"engine:{path.name}",
             slots=self.options.parallel,
@@ -171,6 +174,16 @@ class FakeEngine(Engine):
 
     def check_grammar(self, grammar: str) -> None:
         """Grammars are not checked: the fake has no vocabulary to compile them against."""
+
+    def attach_draft(self, key: str, path: Path) -> None:
+        """Records the draft model; a file whose name holds ``other-vocab`` is refused as a
+        real engine refuses a model with another vocabulary."""
+        if "other-vocab" in path.name:
+            raise InvalidParameterError(
+                f"the draft model {key} has another vocabulary", param="draft_model"
+            )
+        self.attached.append((key, path))
+        self._drafters[key] = cast(Any, path)  # only its presence counts (Engine._check_request)
 
     def close(self) -> None:
         if self._closed:
