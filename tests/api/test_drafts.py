@@ -40,9 +40,8 @@ def models_dir(tmp_path: Path) -> Path:
     main = defaultmodel.default_model_path(root)
     write_gguf(main, tensor_bytes=4096, name="gemma-3-270m")
     defaultmodel.ensure_manifest(main.parent)
-    for name, arch in (("draft-model", "llama"), ("other-vocab", "llama")) + (
-        ("text-embedding-tiny", "bert"),
-    ):
+    models = [("draft-model", "llama"), ("other-vocab", "llama"), ("text-embedding-tiny", "bert")]
+    for name, arch in models:
         folder = root / "someone" / name
         write_gguf(folder / f"{name}.gguf", tensor_bytes=8192, arch=arch)
         modelkeys.write_manifest(folder, f"someone/{name}")
