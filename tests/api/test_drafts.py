@@ -255,3 +255,28 @@ async def test_the_control_load_sets_the_default_draft(
     assert instance.draft_model == DRAFT
     assert instance.load_config()["draft_model"] == DRAFT
     assert engine_of(fake_model).attached[0][0] == DRAFT
+
+
+# --- the real model as its own draft (nothing smaller shares its vocabulary) ---------------------
+
+
+@pytest.mark.model
+@pytest.mark.fresh_load  # the draft stays attached to its engine: not one later tests reuse
+async def test_the_real_model_drafts_for_itself(client: Client) -> None:
+    body = {
+        "model": MODEL,
+        "input": "Count from one to twenty in words: one, two, three, four,",
+        "max_output_tokens": 32,
+        "temperature": 0,
+        "draft_model": "gemma-3-270m",  # resolved to its key, as any model name
+    }
+    response = await client.post("/api/v1/chat", json=body)
+    answer = await response.json()
+    assert response.status == 200, answer
+    stats = answer["stats"]
+    assert stats["draft_model"] == MODEL
+    total = stats["total_draft_tokens_count"]
+    assert total > 0, stats
+    parts = ("accepted", "rejected", "ignored")
+    assert sum(stats[f"{part}_draft_tokens_count"] for part in parts) == total, stats
+    assert answer["output"][0]["content"]
