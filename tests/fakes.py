@@ -406,7 +406,12 @@ class GroupGate:
 
 
 def write_gguf(
-    path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test", arch: str = "llama"
+    path: Path,
+    *,
+    tensor_bytes: int = 1 << 20,
+    name: str = "Tiny Test",
+    arch: str = "llama",
+    context_length: int = 256,
 ) -> bytes:
     """A small GGUF with a header of ``arch`` and one tensor of about ``tensor_bytes`` (enough
     for the catalog, which reads headers; llama.cpp cannot run it). Returns its bytes."""
@@ -415,7 +420,7 @@ def write_gguf(
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
-    writer.add_context_length(256)
+    writer.add_context_length(context_length)
     count = max(16, tensor_bytes // 4)
     values = np.arange(count, dtype=np.float32).reshape(-1, 16)
     writer.add_tensor("token_embd.weight", values)

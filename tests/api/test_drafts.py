@@ -7,13 +7,15 @@ over a models folder of tiny GGUF files; the real model as its own draft is at t
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from fakes import FakeEngine, FakeLoader, write_gguf
+from fakes import FakeEngine, FakeLoader, Reply, write_gguf
 
 from lms import modelkeys
 from lms.api.app import build_api_app
@@ -23,6 +25,7 @@ from lms.auth.permissions import Permission
 from lms.auth.registry import Registry
 from lms.config import ConfigWatcher
 from lms.inference import defaultmodel
+from lms.inference.generation import DraftStats
 from lms.inference.manager import ModelManager
 
 MODEL = "google/gemma-3-270m"
@@ -38,7 +41,7 @@ def models_dir(tmp_path: Path) -> Path:
     engine refuses it as a real one would) and an embedding model."""
     root = tmp_path / "models"
     main = defaultmodel.default_model_path(root)
-    write_gguf(main, tensor_bytes=4096, name="gemma-3-270m")
+    write_gguf(main, tensor_bytes=4096, name="gemma-3-270m", context_length=8192)
     defaultmodel.ensure_manifest(main.parent)
     models = [("draft-model", "llama"), ("other-vocab", "llama"), ("text-embedding-tiny", "bert")]
     for name, arch in models:
@@ -280,3 +283,33 @@ async def test_the_real_model_drafts_for_itself(client: Client) -> None:
     parts = ("accepted", "rejected", "ignored")
     assert sum(stats[f"{part}_draft_tokens_count"] for part in parts) == total, stats
     assert answer["output"][0]["content"]
+
+
+async def test_a_chat_with_integrations_reports_draft_counts(
+    api: Client, fake_model: FakeLoader, lms_home: Path
+) -> None:
+    servers = Path(__file__).parents[1] / "mcp_servers"
+    config = lms_home / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "config.toml").write_text("[auth]\nrequired = true\n[mcp]\nallow_mcp_json = true\n")
+    entry = {"command": sys.executable, "args": [str(servers / "tiktoken_stdio.py")]}
+    (config / "mcp.json").write_text(json.dumps({"mcpServers": {"tiktoken": entry}}))
+    _, token = Registry().create("mcp", permissions={Permission.INFERENCE, Permission.MCP})
+    stats = DraftStats(DRAFT, total=7, accepted=4, rejected=1, ignored=2)
+    fake_model.say(Reply(("The", " answer."), draft=stats))
+    status, body = await chat(
+        api,
+        {"Authorization": f"Bearer {token}"},
+        integrations=[{"type": "plugin", "id": "mcp/tiktoken"}],
+        tool_choice="auto",
+        draft_model=DRAFT,
+    )
+    assert status == 200, body
+    assert [p.draft_model for p in fake_model.script.params] == [DRAFT]
+    assert {k: v for k, v in body["stats"].items() if "draft" in k} == {
+        "draft_model": DRAFT,
+        "total_draft_tokens_count": 7,
+        "accepted_draft_tokens_count": 4,
+        "rejected_draft_tokens_count": 1,
+        "ignored_draft_tokens_count": 2,
+    }
