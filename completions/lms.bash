@@ -33,8 +33,8 @@ _lms_spec() {
             ;;
         "load")
             _lms_subs=""
-            _lms_opts="--context-length -c --ttl --identifier --parallel --embedding --json --help -h"
-            _lms_vopts="--context-length -c --ttl --identifier --parallel"
+            _lms_opts="--context-length -c --ttl --identifier --parallel --draft-model --embedding --json --help -h"
+            _lms_vopts="--context-length -c --ttl --identifier --parallel --draft-model"
             _lms_nargs=1
             ;;
         "unload")
@@ -232,6 +232,9 @@ _lms_spec() {
 # $1: a command path, $2: an option that takes a value: COMPREPLY with its values.
 _lms_option_values() {
     case "$1/$2" in
+        "load/--draft-model")
+            _lms_reply_dynamic models
+            ;;
         "server start/--tls-cert")
             _lms_reply_files
             ;;

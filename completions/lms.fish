@@ -79,7 +79,7 @@ end
 function __lms_value_options
     switch $argv[1]
         case 'load'
-            printf '%s\n' --context-length -c --ttl --identifier --parallel
+            printf '%s\n' --context-length -c --ttl --identifier --parallel --draft-model
         case 'get'
             printf '%s\n' --sha256 --size --publisher --name
         case 'import'
@@ -142,6 +142,7 @@ complete -c lms -n '__lms_at \'load\'' -s c -x -d 'Context length in tokens (def
 complete -c lms -n '__lms_at \'load\'' -l ttl -x -d 'Unload after this many idle seconds (at most 2592000, 30 days).'
 complete -c lms -n '__lms_at \'load\'' -l identifier -x -d 'Name of the instance in the API (default: the key, then <key>:2, <key>:3...); 1 to 128 printable characters, refused when already in use.'
 complete -c lms -n '__lms_at \'load\'' -l parallel -x -d 'Requests it serves at once, batched (default: models.parallel); more queue.'
+complete -c lms -n '__lms_at \'load\'' -l draft-model -x -a '(__lms_values models)' -d 'A model (key, as for MODEL) that guesses tokens for this one (speculative decoding): requests without their own draft_model use it, unless they turn speculation off. It must share the model\'s vocabulary.'
 complete -c lms -n '__lms_at \'load\'' -l embedding -d 'Load it in embedding mode (for /v1/embeddings), as a separate instance named <key>:embedding (then <key>:embedding:2...); an embedding model\'s instance is named <key>.'
 complete -c lms -n '__lms_at \'load\'' -l json -d 'Print one JSON document on stdout.'
 complete -c lms -n '__lms_at \'load\'' -l help -d 'Show this message and exit.'

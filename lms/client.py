@@ -340,9 +340,11 @@ class ControlClient:
         identifier: str | None = None,
         embedding: bool = False,
         parallel: int | None = None,
+        draft_model: str | None = None,
         timeout: float = LOAD_TIMEOUT,
     ) -> InstanceEntry:
-        """Load a model (``embedding``: in embedding mode, as a separate instance)."""
+        """Load a model (``embedding``: in embedding mode, as a separate instance;
+        ``draft_model``: the instance's default draft model for speculative decoding)."""
         body: dict[str, Any] = {"model": model}
         if context_length is not None:
             body["context_length"] = context_length
@@ -354,6 +356,8 @@ class ControlClient:
             body["embedding"] = True
         if parallel is not None:
             body["parallel"] = parallel
+        if draft_model is not None:
+            body["draft_model"] = draft_model
         return cast(InstanceEntry, self.request("POST", CONTROL_LOAD, body, timeout=timeout))
 
     def unload(self, identifier: str | None = None, *, all: bool = False) -> list[str]:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lms.inference.drafts import Drafts, with_draft
 from lms.inference.generation import Generation, GenerationResult, PromptProgress
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
@@ -89,15 +90,26 @@ def with_stops(params: SamplingParams, extra: Sequence[str]) -> SamplingParams:
 
 
 async def start(
-    instance: Instance, prompt: Prompt, params: SamplingParams, *, record: Recorder
+    instance: Instance,
+    prompt: Prompt,
+    params: SamplingParams,
+    *,
+    record: Recorder,
+    drafts: Drafts | None = None,
 ) -> Run:
     """Render ``prompt`` and compile its grammar off the event loop, merge the template's stops,
     submit.
+
+    A ``draft_model`` in ``params`` is resolved among the models ``drafts`` lets the caller use
+    and attached to the instance first (once; :mod:`lms.inference.drafts`: 404 when not found,
+    400 for another vocabulary; without ``drafts`` it is refused); without one, the instance's
+    default draft model applies while speculation is on.
 
     Use the result as ``async with``: the generation is cancelled and counted on the way out.
     Errors of the submission (an empty prompt, a context overflow, a bad grammar, a full queue)
     propagate before anything ran; nothing is recorded for them.
     """
+    params = await with_draft(instance, params, drafts)
     tokens, submitted = await asyncio.to_thread(prepare, instance, prompt, params)
     return Run(instance.engine.submit(tokens, submitted, grammar_checked=True), record)
 

@@ -11,7 +11,7 @@ Two planes:
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 from urllib.parse import quote
 
 from lms.errors import LmsError
@@ -111,7 +111,9 @@ class InstanceEntry(TypedDict):
     loaded_at: float
     last_used_at: float
     load_time_seconds: float
-    size_bytes: int
+    size_bytes: int  # the model's file, plus its attached draft models'
+    draft_model: NotRequired[str | None]  # the default draft model (lms load --draft-model)
+    draft_models: NotRequired[list[str]]  # every attached draft model's key
 
 
 class DownloadJob(TypedDict, total=False):

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -123,13 +123,6 @@ def fake_tokenize(text: str, where: str = "the prompt", param: str | None = None
     return [BOS, *(b + _BYTE_BASE for b in encoded)]
 
 
-class _AnyDraft(dict[str, Any]):
-    """The fake's draft models: it plays any key a request names (it guesses nothing)."""
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str)
-
-
 class FakeEngine(Engine):
     """An :class:`Engine` that plays a :class:`Script` (one generation at a time) instead of
     running a model. Never loads llama.cpp."""
@@ -152,7 +145,9 @@ class FakeEngine(Engine):
         self._held = collections.deque()
         self._outbox = []
         self._playing: Generation | None = None
-        self._drafters = _AnyDraft()
+        self._drafters = {}
+        #: Keys and files of the draft models attached, in order (the fake guesses nothing).
+        self.attached: list[tuple[str, Path]] = []
         self._start_worker(
             f"engine:{path.name}",
             slots=self.options.parallel,
@@ -179,6 +174,16 @@ class FakeEngine(Engine):
 
     def check_grammar(self, grammar: str) -> None:
         """Grammars are not checked: the fake has no vocabulary to compile them against."""
+
+    def attach_draft(self, key: str, path: Path) -> None:
+        """Records the draft model; a file whose name holds ``other-vocab`` is refused as a
+        real engine refuses a model with another vocabulary."""
+        if "other-vocab" in path.name:
+            raise InvalidParameterError(
+                f"the draft model {key} has another vocabulary", param="draft_model"
+            )
+        self.attached.append((key, path))
+        self._drafters[key] = cast(Any, path)  # only its presence counts (Engine._check_request)
 
     def close(self) -> None:
         if self._closed:
@@ -401,7 +406,12 @@ class GroupGate:
 
 
 def write_gguf(
-    path: Path, *, tensor_bytes: int = 1 << 20, name: str = "Tiny Test", arch: str = "llama"
+    path: Path,
+    *,
+    tensor_bytes: int = 1 << 20,
+    name: str = "Tiny Test",
+    arch: str = "llama",
+    context_length: int = 256,
 ) -> bytes:
     """A small GGUF with a header of ``arch`` and one tensor of about ``tensor_bytes`` (enough
     for the catalog, which reads headers; llama.cpp cannot run it). Returns its bytes."""
@@ -410,7 +420,7 @@ def write_gguf(
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
-    writer.add_context_length(256)
+    writer.add_context_length(context_length)
     count = max(16, tensor_bytes // 4)
     values = np.arange(count, dtype=np.float32).reshape(-1, 16)
     writer.add_tensor("token_embd.weight", values)

@@ -11,7 +11,7 @@ from lms.api.security import TOKEN, check_model, model_filter, refuse
 from lms.api.state import MANAGER
 from lms.auth.permissions import Permission
 from lms.errors import ModelNotAllowedError, PermissionDeniedError
-from lms.inference.manager import Choice, Instance, InstanceType
+from lms.inference.manager import Choice, Drafts, Instance, InstanceType
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,16 @@ def audit_hidden(request: web.Request, query: str) -> None:
     record = request.get(TOKEN)
     if record is not None:
         refuse(request, ModelNotAllowedError(f'"{query}" is outside the allowlist'), record.id)
+
+
+def drafts(request: web.Request) -> Drafts:
+    """Draft models as the request's token may name them (its allowlist; a hidden one is
+    audited and answers like a missing one)."""
+    record = request.get(TOKEN)
+    return request.app[MANAGER].drafts(
+        None if record is None else record.allows_model,
+        lambda query: audit_hidden(request, query),
+    )
 
 
 async def acquire(

@@ -169,6 +169,17 @@ def load(
             help="Requests it serves at once, batched (default: models.parallel); more queue.",
         ),
     ] = None,
+    draft_model: Annotated[
+        str | None,
+        typer.Option(
+            "--draft-model",
+            metavar="DRAFT",
+            help="A model (key, as for MODEL) that guesses tokens for this one (speculative"
+            " decoding): requests without their own draft_model use it, unless they turn"
+            " speculation off. It must share the model's vocabulary.",
+            autocompletion=completers.models,
+        ),
+    ] = None,
     embedding: Annotated[
         bool,
         typer.Option(
@@ -194,6 +205,13 @@ def load(
         limits.check_ttl(ttl, "--ttl")
     if identifier is not None:
         limits.check_identifier(identifier, "--identifier")
+    if draft_model is not None:
+        limits.check_identifier(draft_model, "--draft-model")
+        if embedding:
+            raise InvalidParameterError(
+                "--draft-model is for chat models; an instance in embedding mode takes none",
+                param="--draft-model",
+            )
     starter.ensure_daemon(announce=_announce)
     client = control.ControlClient()
     with render.spinner(f"Loading {model}..."):
@@ -204,6 +222,7 @@ def load(
             identifier=identifier,
             embedding=embedding,
             parallel=parallel,
+            draft_model=draft_model,
         )
     if json_output:
         render.emit_json(instance)

@@ -6,6 +6,7 @@ An **llm** instance holds an :class:`Engine` (chat, completions); an **embedding
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,13 @@ class Instance:
     load_time: float
     loaded_at: float = field(default_factory=time.time)
     last_used_at: float = field(default_factory=time.time)
+    #: The default draft model's key (``lms load --draft-model``): requests with speculation on
+    #: and no ``draft_model`` of their own use it (:mod:`lms.inference.drafts`).
+    draft_model: str | None = None
+    #: Attached draft models' file sizes by key (they count towards :meth:`entry`'s size).
+    draft_sizes: dict[str, int] = field(default_factory=dict)
+    #: Held while a draft model is being attached: one attach at a time per instance.
+    draft_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     def touch(self) -> None:
         self.last_used_at = time.time()
@@ -83,6 +91,7 @@ class Instance:
             "eval_batch_size": backend.options.batch_size,
             "parallel": backend.options.parallel,
             "flash_attention": backend.options.flash_attention,
+            **({"draft_model": self.draft_model} if self.draft_model is not None else {}),
         }
 
     @property
@@ -137,7 +146,9 @@ class Instance:
             "loaded_at": self.loaded_at,
             "last_used_at": self.last_used_at,
             "load_time_seconds": round(self.load_time, 3),
-            "size_bytes": self.model.size_bytes,
+            "size_bytes": self.model.size_bytes + sum(self.draft_sizes.values()),
+            "draft_model": self.draft_model,
+            "draft_models": list(self.draft_sizes),
         }
 
 

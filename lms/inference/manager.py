@@ -37,11 +37,13 @@ from lms.errors import (
     PermissionDeniedError,
 )
 from lms.inference import catalog, choosing
+from lms.inference import drafts as drafts_module
 from lms.inference.catalog import ModelFile
 from lms.inference.choosing import Choice as Choice
 from lms.inference.choosing import HiddenHook as HiddenHook
 from lms.inference.choosing import ModelFilter as ModelFilter
 from lms.inference.choosing import model_query as model_query
+from lms.inference.drafts import Drafts as Drafts
 from lms.inference.embedder import Embedder
 from lms.inference.engine import Engine, LoadOptions
 from lms.inference.instance import EMBEDDING_SUFFIX as EMBEDDING_SUFFIX
@@ -116,6 +118,14 @@ class ModelManager:
             allowed,
             hidden,
         )
+
+    def drafts(
+        self, allowed: ModelFilter | None = None, hidden: drafts_module.HiddenName | None = None
+    ) -> Drafts:
+        """Draft models as a caller whose allowlist is ``allowed`` may name them (resolved like
+        a load, see :meth:`resolve`; ``hidden`` hears the name of a model only the allowlist
+        hid)."""
+        return Drafts(self.resolve, self._in_load_order, allowed, hidden)
 
     async def choose(
         self,
@@ -310,6 +320,8 @@ class ModelManager:
         parallel: int | None = None,
         allowed: ModelFilter | None = None,
         context_param: str = "context_length",
+        draft_model: str | None = None,
+        drafts: Drafts | None = None,
     ) -> Instance:
         """An explicit load (``lms load``, ``POST /api/v1/models/load``): a new instance.
 
@@ -323,6 +335,11 @@ class ModelManager:
         ``ttl``, ``context_length`` and ``identifier`` are checked first (:mod:`lms.limits`);
         ``allowed`` limits which models ``query`` may name (see :meth:`resolve`). ``query`` may
         be a model the caller already resolved: then the catalog is not read again.
+
+        ``draft_model`` names the instance's default draft model (:mod:`lms.inference.drafts`),
+        resolved before the load among the models ``drafts`` lets the caller use (default: those
+        ``allowed`` lets it use) and attached after it; should attaching fail, the instance is
+        unloaded again and the load fails.
         """
         self.check_request(ttl=ttl, context_length=context_length, context_param=context_param)
         if identifier is not None:
@@ -335,10 +352,19 @@ class ModelManager:
             model = query
         else:
             model = await self.resolve(query, allowed, kind="embedding" if embedding else "llm")
+        draft = None
+        if draft_model is not None:
+            if embedding or model.type == "embedding":
+                raise InvalidParameterError(
+                    "a draft model guesses tokens for a chat model; an embedding instance"
+                    " takes none",
+                    param=drafts_module.PARAM,
+                )
+            draft = await (drafts or self.drafts(allowed)).resolve(draft_model)
         async with self._lock:
             if identifier is not None:  # again: another load may have taken it meanwhile
                 self.check_identifier(identifier, allowed)
-            return await self._load_locked(
+            instance = await self._load_locked(
                 model,
                 context_length=context_length or self._settings().models_context_length,
                 ttl=ttl,
@@ -348,6 +374,13 @@ class ModelManager:
                 embedding=model.type == "embedding" if embedding is None else embedding,
                 parallel=parallel,
             )
+            if draft is not None:
+                try:
+                    instance.draft_model = await drafts_module.attach(instance, draft)
+                except BaseException:
+                    await self._unload_locked(instance.identifier)
+                    raise
+            return instance
 
     async def _load_locked(
         self,

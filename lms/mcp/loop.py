@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from lms import pipeline
 from lms.errors import InvalidParameterError
+from lms.inference.drafts import Drafts
 from lms.inference.engine import GenerationResult, PromptProgress
+from lms.inference.generation import DraftStats
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.inference.tool_calls import (
@@ -208,6 +210,9 @@ class LoopResult:
     time_to_first_token: float | None = None
     finish_reason: str = "stop"
     rounds: int = 0
+    #: Draft token counts summed over the rounds (the model: the last round's); None while no
+    #: round had speculation on.
+    draft: DraftStats | None = None
 
     @property
     def content(self) -> str:
@@ -239,10 +244,13 @@ class ToolLoop:
         force_first: bool,
         max_tool_rounds: int = MAX_TOOL_ROUNDS,
         record: pipeline.Recorder = pipeline.no_record,
+        drafts: Drafts | None = None,
     ) -> None:
-        """``record`` counts each round's generation (the request's token, say)."""
+        """``record`` counts each round's generation (the request's token, say); ``drafts``
+        says which draft models the caller may name (see :func:`lms.pipeline.start`)."""
         self.instance = instance
         self.record = record
+        self.drafts = drafts
         self.toolbox = toolbox
         self.params = params
         self.force_first = force_first
@@ -298,7 +306,11 @@ class ToolLoop:
         )
         message = _Message(self.result)
         run = await pipeline.start(
-            instance, pipeline.ChatPrompt(conversation, offered), params, record=self.record
+            instance,
+            pipeline.ChatPrompt(conversation, offered),
+            params,
+            record=self.record,
+            drafts=self.drafts,
         )
         self.result.rounds += 1
         try:
@@ -349,6 +361,8 @@ class ToolLoop:
         result.finish_reason = outcome.finish_reason
         if result.time_to_first_token is None:
             result.time_to_first_token = outcome.time_to_first_token
+        if outcome.draft is not None:
+            result.draft = _summed(result.draft, outcome.draft)
 
     async def _run_calls(
         self, conversation: list[dict[str, Any]], calls: list[ToolCall], *, announced: bool
@@ -520,3 +534,16 @@ def _result_text(result: mcp_types.CallToolResult, budget: int) -> str:
 
 def _tool_turn(call: ToolCall, content: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": content}
+
+
+def _summed(total: DraftStats | None, more: DraftStats) -> DraftStats:
+    """``total`` with the counts of ``more`` added; the model is ``more``'s (the later round)."""
+    if total is None:
+        return DraftStats(more.model, more.total, more.accepted, more.rejected, more.ignored)
+    return DraftStats(
+        more.model,
+        total.total + more.total,
+        total.accepted + more.accepted,
+        total.rejected + more.rejected,
+        total.ignored + more.ignored,
+    )

@@ -240,6 +240,37 @@ def test_load_refuses_out_of_bounds_ttl_and_identifier_before_the_daemon(
     assert not [r for r in fake_daemon.requests if r[1] == "/instances/load"]
 
 
+def test_load_passes_the_draft_model_through(
+    runner: CliRunner, fake_daemon: FakeControlServer
+) -> None:
+    doc = instance_doc("pub/m", model_key="pub/m", draft_model="pub/d", draft_models=["pub/d"])
+    fake_daemon.route("POST", "/instances/load", (200, doc))
+    result = runner.invoke(app, ["load", "pub/m", "--draft-model", "pub/d", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["draft_model"] == "pub/d"
+    assert ("POST", "/instances/load", {"model": "pub/m", "draft_model": "pub/d"}) in (
+        fake_daemon.requests
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--draft-model", ""], "'--draft-model' must be 1 to 128 characters long"),
+        (["--draft-model", "x" * 129], "'--draft-model' must be 1 to 128 characters long"),
+        (["--draft-model", "a\nb"], "'--draft-model' must be printable text"),
+        (["--draft-model", "pub/d", "--embedding"], "--draft-model is for chat models"),
+    ],
+)
+def test_load_refuses_a_bad_draft_model_before_the_daemon(
+    runner: CliRunner, fake_daemon: FakeControlServer, args: list[str], says: str
+) -> None:
+    result = runner.invoke(app, ["load", "pub/m", *args])
+    assert result.exit_code == 2, result.stderr
+    assert says in result.stderr
+    assert not [r for r in fake_daemon.requests if r[1] == "/instances/load"]
+
+
 def test_unload_identifier_and_all_together_is_bad_usage(runner: CliRunner) -> None:
     result = runner.invoke(app, ["unload", "x", "--all"])
     assert result.exit_code == 2

@@ -11,6 +11,7 @@ from typing import Any
 import mcp_types
 
 from lms.inference.engine import GenerationResult
+from lms.inference.generation import DraftStats
 from lms.inference.sampling import SamplingParams
 from lms.inference.tools import Tool
 from lms.mcp import loop as tool_loop
@@ -18,16 +19,24 @@ from lms.mcp.loop import Toolbox, ToolLoop
 
 
 class FakeGeneration:
-    def __init__(self, text: str, prompt_tokens: list[int], params: SamplingParams) -> None:
+    def __init__(
+        self,
+        text: str,
+        prompt_tokens: list[int],
+        params: SamplingParams,
+        draft: DraftStats | None = None,
+    ) -> None:
         self.text = text
         self.prompt_tokens = prompt_tokens
         self.params = params
+        self.draft = draft
         self.result: GenerationResult | None = None
 
     async def events(self) -> Any:
         for start in range(0, len(self.text), 7):  # arrives in pieces, as tokens do
             yield self.text[start : start + 7]
         self.result = GenerationResult("stop", len(self.prompt_tokens), 5, 0.01, 0.1)
+        self.result.draft = self.draft
 
     def cancel(self) -> None:
         pass
@@ -37,6 +46,8 @@ class FakeEngine:
     def __init__(self, outputs: list[str]) -> None:
         self.outputs = outputs
         self.params: list[SamplingParams] = []
+        #: What speculative decoding did in each generation, in order (none: it was off).
+        self.drafts: list[DraftStats | None] = []
 
     def check_grammar(self, grammar: str) -> None:
         """No vocabulary to compile against: the forced call's grammar is checked by the
@@ -47,7 +58,8 @@ class FakeEngine:
     ) -> FakeGeneration:
         assert grammar_checked or params.grammar is None  # the pipeline compiled it already
         self.params.append(params)
-        return FakeGeneration(self.outputs.pop(0), tokens, params)
+        draft = self.drafts.pop(0) if self.drafts else None
+        return FakeGeneration(self.outputs.pop(0), tokens, params, draft)
 
 
 class FakeFormatter:
@@ -64,6 +76,7 @@ class FakeInstance:
     formatter = FakeFormatter()
     model = FakeModel()
     context_length = 4096
+    draft_model: str | None = None  # the default draft model (lms load --draft-model)
 
     def __init__(self, outputs: list[str]) -> None:
         self.engine = FakeEngine(outputs)
@@ -237,3 +250,31 @@ async def test_each_round_is_recorded_once_with_the_template_stops() -> None:
         pass
     assert recorded == [(3, 5), (3, 5)]
     assert all(p.stop == ("STOP", "<end_of_turn>") for p in instance.engine.params)
+
+
+async def test_draft_counts_are_summed_over_the_rounds() -> None:
+    instance = FakeInstance([call("fetch"), "The docs say hi."])
+    instance.draft_model = "someone/draft"  # the instance's default: every round uses it
+    instance.engine.drafts = [
+        DraftStats("someone/draft", total=4, accepted=2, rejected=1, ignored=1),
+        DraftStats("someone/draft", total=6, accepted=5, rejected=1, ignored=0),
+    ]
+    toolbox = Toolbox()
+    toolbox.add(FakeConnection(), TOOLS, ["fetch"])  # type: ignore[arg-type]
+    loop = ToolLoop(
+        instance,  # type: ignore[arg-type]
+        toolbox,
+        SamplingParams(temperature=0, max_tokens=8),
+        force_first=True,
+    )
+    async for _ in loop.run([{"role": "user", "content": "Docs?"}]):
+        pass
+    assert [p.draft_model for p in instance.engine.params] == ["someone/draft"] * 2
+    assert loop.result.draft == DraftStats(
+        "someone/draft", total=10, accepted=7, rejected=2, ignored=1
+    )
+
+
+async def test_no_draft_counts_without_speculation() -> None:
+    loop, _, _, _ = await run([call("fetch"), "The docs say hi."], ["fetch"], force_first=True)
+    assert loop.result.draft is None

@@ -131,6 +131,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         _prompt(parsed),
         parsed.params,  # its stops: the template's; the request's are matched by _Answer
         record=functools.partial(record_generation, request),
+        drafts=instances.drafts(request),
     )
     answer = _Answer(run, parsed.stop_sequences)
     message: dict[str, Any] = {

@@ -174,6 +174,7 @@ async def load(request: web.Request) -> web.Response:
         identifier=bodies.get(body, "identifier", str),
         embedding=bodies.get(body, "embedding", bool),
         parallel=bodies.get(body, "parallel", int),
+        draft_model=bodies.draft_model(body),
     )
     return web.json_response(instance.entry())
 

@@ -54,7 +54,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
     instance = await instances.acquire(request, model, ttl=bodies.get(body, "ttl", int))
     # The local owner needs no token: nothing to count against.
     run = await pipeline.start(
-        instance, pipeline.ChatPrompt(messages), params, record=pipeline.no_record
+        instance,
+        pipeline.ChatPrompt(messages),
+        params,
+        record=pipeline.no_record,
+        drafts=instances.drafts(request),
     )
     lines = await EventStream.open(request, "ndjson")
 

@@ -254,6 +254,7 @@ async def _run(
         pipeline.ChatPrompt(chat_request.messages),
         chat_request.params,
         record=functools.partial(record_generation, request),
+        drafts=instances.drafts(request),
     )
     result.input_tokens = run.prompt_tokens
     async with run:
@@ -288,6 +289,7 @@ async def _run_tools(
         chat_request.params,
         force_first=force,
         record=functools.partial(record_generation, request),
+        drafts=instances.drafts(request),
     )
     in_prompt = False
     try:
@@ -312,6 +314,7 @@ async def _run_tools(
         result.output_tokens = outcome.completion_tokens
         result.tokens_per_second = outcome.tokens_per_second
         result.time_to_first_token = outcome.time_to_first_token or 0.0
+        result.draft = outcome.draft
     if chat_request.store:
         result.response_id = await asyncio.to_thread(
             request.app[CHATS].save,

@@ -57,6 +57,7 @@ async def load(request: web.Request) -> web.Response:
     for name, kind in _IGNORED_LOAD_FIELDS:
         bodies.get(body, name, kind)
     parallel = bodies.get(body, "parallel", int)
+    draft_model = bodies.draft_model(body)
     manager = request.app[MANAGER]
     allowed = model_filter(request)
     manager.check_request(ttl=ttl, context_length=context_length)
@@ -73,6 +74,8 @@ async def load(request: web.Request) -> web.Response:
         identifier=identifier,
         parallel=parallel,
         allowed=allowed,
+        draft_model=draft_model,
+        drafts=instances.drafts(request),
     )
     answer: dict[str, Any] = {
         "type": instance.model.type,

@@ -156,6 +156,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         pipeline.ChatPrompt(messages, plan.offered),
         dataclasses.replace(params, grammar=plan.grammar),
         record=functools.partial(record_generation, request),
+        drafts=instances.drafts(request),
     )
     meta = {
         "id": _id("chatcmpl-"),
@@ -226,6 +227,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         pipeline.TextPrompt(prompt),
         params,
         record=functools.partial(record_generation, request),
+        drafts=instances.drafts(request),
     )
     meta = {"id": _id("cmpl-"), "created": int(time.time()), "model": instance.model.key}
     if not stream:

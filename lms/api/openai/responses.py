@@ -182,6 +182,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         pipeline.ChatPrompt(messages),
         params,
         record=functools.partial(record_generation, request),
+        drafts=instances.drafts(request),
     )
     response_id = new_response_id()
     message_id = "msg_" + secrets.token_hex(24)

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lms.api import instances
 from lms.api.security import record_generation
 from lms.api.sse import EventStream
 from lms.api.state import CHATS
@@ -111,6 +112,7 @@ async def respond(
         params,
         force_first=force_first(body, instance),
         record=functools.partial(record_generation, request),
+        drafts=instances.drafts(request),
     )
     output = list_tools_items(toolbox)
 

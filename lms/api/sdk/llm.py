@@ -114,7 +114,13 @@ async def predict(channel: Channel, parameter: Any) -> None:
             prompt = pipeline.ChatPrompt(messages, plan.offered)
         else:
             prompt = pipeline.ChatPrompt(messages)
-    run = await pipeline.start(instance, prompt, settings.params, record=channel.record_tokens)
+    run = await pipeline.start(
+        instance,
+        prompt,
+        settings.params,
+        record=channel.record_tokens,
+        drafts=channel.manager.drafts(channel.allows, channel.hidden),
+    )
     channel.on_cancel(run.cancel)
     output: ToolCallStream | None = plan.stream() if plan is not None else None
     async with run:
