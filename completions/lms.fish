@@ -339,18 +339,18 @@ complete -c lms -n '__lms_at \'config list\'' -l help -d 'Show this message and 
 complete -c lms -n '__lms_at \'config list\'' -s h -d 'Show this message and exit.'
 
 # lms config get
-complete -c lms -n '__lms_arg \'config get\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.dir' -d 'KEY'
+complete -c lms -n '__lms_arg \'config get\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
 complete -c lms -n '__lms_at \'config get\'' -l json -d 'Print one JSON document on stdout.'
 complete -c lms -n '__lms_at \'config get\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config get\'' -s h -d 'Show this message and exit.'
 
 # lms config set
-complete -c lms -n '__lms_arg \'config set\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.dir' -d 'KEY'
+complete -c lms -n '__lms_arg \'config set\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
 complete -c lms -n '__lms_at \'config set\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config set\'' -s h -d 'Show this message and exit.'
 
 # lms config unset
-complete -c lms -n '__lms_arg \'config unset\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.dir' -d 'KEY'
+complete -c lms -n '__lms_arg \'config unset\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
 complete -c lms -n '__lms_at \'config unset\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config unset\'' -s h -d 'Show this message and exit.'
 

@@ -47,6 +47,7 @@ class Settings:
     models_parallel: int = 4
     models_max_context_length: int = 32768
     models_queue_length: int = 64
+    models_speculative: bool = True
     models_dir: str = ""
 
     def get(self, key: str) -> Any:
@@ -242,6 +243,12 @@ SETTINGS: dict[str, Setting] = {
             int,
             "requests that may wait for a loaded model beyond those it serves (more get 503)",
             check=_check_queue_length,
+        ),
+        Setting(
+            "models.speculative",
+            bool,
+            "guess tokens from each request's own text (speculative decoding; models loaded"
+            " after the change)",
         ),
         Setting(
             "models.dir",

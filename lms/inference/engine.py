@@ -420,6 +420,12 @@ class Engine(ModelWorker):
         llama_cpp.llama_memory_seq_rm(memory, slot, -1, -1)
         return 0
 
+    def _speculates(self, params: SamplingParams) -> bool:
+        if not params.speculative:
+            return False
+        asked = params.draft_model is not None or params.draft_tokens is not None
+        return asked or self.options.speculative
+
     def _start_sequence(self, generation: Generation, slot: int, reuse: int) -> _Sequence:
         params = generation.params
         for drafter in self._drafters.values():  # cells of this scope's reused prefix only
@@ -439,7 +445,7 @@ class Engine(ModelWorker):
             reused=reuse,
             prefilled=reuse,
             n_past=reuse,
-            guessing=Guessing() if params.speculative else None,
+            guessing=Guessing() if self._speculates(params) else None,
         )
 
     def _step(self) -> None:

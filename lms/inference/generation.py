@@ -37,6 +37,9 @@ class LoadOptions:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     #: Requests that may wait beyond the ``parallel`` slots; one more gets 503 (docs/LIMITS.md).
     queue_length: int = 64
+    #: Prompt-lookup guesses for requests that do not turn speculation off (``models.
+    #: speculative``); a request naming a draft model or a guess count speculates regardless.
+    speculative: bool = True
 
 
 @dataclass

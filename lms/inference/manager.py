@@ -402,6 +402,7 @@ class ModelManager:
             context_length=context_length,
             parallel=1 if embedding else (parallel or self._settings().models_parallel),
             queue_length=self._settings().models_queue_length,
+            speculative=self._settings().models_speculative,
         )
         started = time.perf_counter()
         backend = await asyncio.to_thread(self._loader, model, options, embedding, progress)

@@ -30,6 +30,9 @@ def lms_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LMS_HOME", str(tmp_path))
     for var in ("LMS_SERVER_PORT", "LMS_MODELS_JIT", "LMS_MODELS_TTL"):
         monkeypatch.delenv(var, raising=False)
+    # Outputs compared across requests must not hang on the machine's timing: speculation is
+    # off here (its cost plan is measured), and proven in tests/inference/test_speculative.py.
+    monkeypatch.setenv("LMS_MODELS_SPECULATIVE", "false")
     return tmp_path
 
 

@@ -29,6 +29,9 @@ def server(default_models_dir: Path) -> Iterator[Server]:
     (home / "data" / "models").symlink_to(default_models_dir, target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
     env["LMS_HOME"] = str(home)
+    # Outputs compared across requests must not hang on the machine's timing: speculation is
+    # off here (its cost plan is measured), and proven in tests/inference/test_speculative.py.
+    env["LMS_MODELS_SPECULATIVE"] = "false"
     proc = subprocess.Popen(
         [sys.executable, "-m", "lms.daemon", "--serve", "--port", "0"],
         env=env,

@@ -63,6 +63,9 @@ def home(default_models_dir: Path) -> Iterator[Home]:
     (root / "data" / "models").symlink_to(default_models_dir, target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMS_")}
     env.update(LMS_HOME=str(root), NO_COLOR="1")
+    # Outputs compared across requests must not hang on the machine's timing: speculation is
+    # off here (its cost plan is measured), and proven in tests/inference/test_speculative.py.
+    env["LMS_MODELS_SPECULATIVE"] = "false"
     state = Home(root, env)
     try:
         yield state

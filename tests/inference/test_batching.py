@@ -14,6 +14,10 @@ from lms.inference.sampling import SamplingParams
 
 pytestmark = pytest.mark.model
 
+# No prompt-lookup guesses: these tests compare runs, and how many tokens a step guesses follows
+# measured costs (tests/inference/test_speculative.py covers guessing).
+LOAD4 = LoadOptions(context_length=512, parallel=4, speculative=False)
+LOAD2 = LoadOptions(context_length=512, parallel=2, speculative=False)
 PROMPTS = ["The capital of France is", "Once upon a time", "List of fruits:", "1, 2, 3,"]
 
 
@@ -23,14 +27,14 @@ def greedy(n: int) -> SamplingParams:
 
 @pytest.fixture(scope="module")
 def engine4(default_model_path: Path) -> Iterator[Engine]:
-    loaded = Engine.load(default_model_path, LoadOptions(context_length=512, parallel=4))
+    loaded = Engine.load(default_model_path, LOAD4)
     yield loaded
     loaded.close()
 
 
 @pytest.fixture(scope="module")
 def engine2(default_model_path: Path) -> Iterator[Engine]:
-    loaded = Engine.load(default_model_path, LoadOptions(context_length=512, parallel=2))
+    loaded = Engine.load(default_model_path, LOAD2)
     yield loaded
     loaded.close()
 

@@ -22,7 +22,10 @@ PROMPT = "The lighthouse keeper climbed the stairs every evening, and"
 
 @pytest.fixture(scope="module")
 def engine(default_model_path: Path) -> Iterator[Engine]:
-    loaded = Engine.load(default_model_path, LoadOptions(context_length=2048, parallel=2))
+    # No prompt-lookup guesses: warm and cold runs are compared, and how many tokens a step
+    # guesses follows measured costs (tests/inference/test_speculative.py covers guessing).
+    options = LoadOptions(context_length=2048, parallel=2, speculative=False)
+    loaded = Engine.load(default_model_path, options)
     yield loaded
     loaded.close()
 
