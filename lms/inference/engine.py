@@ -428,7 +428,8 @@ class Engine(ModelWorker):
 
     def _start_sequence(self, generation: Generation, slot: int, reuse: int) -> _Sequence:
         params = generation.params
-        for drafter in self._drafters.values():  # cells of this scope's reused prefix only
+        # A copy: attach_draft may add a key from another thread meanwhile.
+        for drafter in tuple(self._drafters.values()):  # cells of this scope's prefix only
             drafter.forget(slot, reuse)
         room = self.n_ctx_per_seq - len(generation.prompt_tokens)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
