@@ -3,16 +3,17 @@ false`` and against llama.cpp's llama-server with its own n-gram speculation.
 
 Two workloads, greedy where the output is copied and sampled where it is free:
 
-- *repetitive*: rewrite a ~400-token Python module with one name changed (the answer mostly
-  repeats the prompt), 256 tokens, temperature 0;
-- *free*: a short story, 256 tokens, temperature 0.7 and a seed (the same seed for every
-  server in a round).
+- *repetitive*: rewrite a ~400-token JSON document with one change (the answer mostly repeats
+  the prompt; two such prompts), 256 tokens, temperature 0;
+- *free*: a short story (two prompts), 256 tokens, temperature 0.7 and a seed (the same seed
+  for every server in a round).
 
 Each round runs every server once, in an order that rotates from round to round, with 1 or 4
-concurrent clients sending the same request through ``/v1/completions`` (non-streaming; the
-figure is completion tokens ÷ wall time of the round). lms serves 4 slots; llama-server runs
-``-np 4``, built from the llama.cpp vendored in the installed llama-cpp-python (see
-bench/parallel.py). The figures that count are medians of per-round ratios.
+concurrent clients, each sending the workload's prompts one after the other through
+``/v1/completions`` (non-streaming; the figure is completion tokens ÷ wall time of the round).
+lms serves 4 slots; llama-server runs ``-np 4``, built from the llama.cpp vendored in the
+installed llama-cpp-python (see bench/parallel.py). The figures that count are medians of
+per-round ratios.
 
     .venv/bin/python bench/speculative.py [--rounds 8] [--clients 1,4] [--spec-type ngram-mod]
     .venv/bin/python bench/speculative.py --search     # which --spec-type serves best here
@@ -38,86 +39,71 @@ from parallel import build_llama_server, free_port, wait_http
 MODEL = "google/gemma-3-270m"
 SPEC_TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
 
-MODULE = '''import json
-import os
-from dataclasses import dataclass, field
-
-
-@dataclass
-class Settings:
-    """What the tool reads from its configuration file."""
-
-    name: str
-    port: int = 8080
-    hosts: list[str] = field(default_factory=list)
-    debug: bool = False
-
-
-def parse_config(path: str) -> Settings:
-    """Read the configuration file at path and return its settings."""
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the configuration must be a JSON object")
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{path}: 'name' must be a non-empty string")
-    port = data.get("port", 8080)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise ValueError(f"{path}: 'port' must be an integer between 1 and 65535")
-    hosts = data.get("hosts", [])
-    if not all(isinstance(host, str) for host in hosts):
-        raise ValueError(f"{path}: 'hosts' must be a list of strings")
-    return Settings(name=name, port=port, hosts=hosts, debug=bool(data.get("debug")))
-
-
-def save_config(path: str, settings: Settings) -> None:
-    """Write the settings to path as JSON, atomically."""
-    data = {"name": settings.name, "port": settings.port, "hosts": settings.hosts}
-    if settings.debug:
-        data["debug"] = True
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(temporary, path)
-'''
+PEOPLE = [
+    {"id": i, "name": name, "age": age, "city": city, "email": f"{name.lower()}@example.com"}
+    for i, (name, age, city) in enumerate(
+        [
+            ("Alice", 34, "Lisbon"),
+            ("Bruno", 28, "Porto"),
+            ("Chen", 41, "Madrid"),
+            ("Dana", 25, "Paris"),
+            ("Emil", 39, "Berlin"),
+            ("Fatima", 31, "Rome"),
+            ("Goran", 45, "Vienna"),
+            ("Hana", 29, "Prague"),
+        ]
+    )
+]
+DOCUMENT = json.dumps(PEOPLE, indent=2)  # about 400 tokens
 
 
 def turn(text: str) -> str:
     return f"<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
 
 
+#: Each client sends every prompt of the workload in turn: two prompts per workload, so that
+#: a round does not hang on the one path greedy decoding takes through one text (lms and
+#: llama-server round near-ties differently, and their texts can part ways).
 WORKLOADS: dict[str, dict[str, object]] = {
     "repetitive": {
-        "prompt": turn(
-            "Rewrite this Python module with the function parse_config renamed to"
-            " load_config. Output the whole module and nothing else.\n\n" + MODULE
-        ),
+        "prompts": [
+            turn(
+                'Rewrite this JSON with the key "age" renamed to "years". Output only the'
+                " JSON.\n\n" + DOCUMENT
+            ),
+            turn("Copy this JSON exactly, changing Lisbon to Faro.\n\n" + DOCUMENT),
+        ],
         "temperature": 0,
     },
     "free": {
-        "prompt": turn("Write a short story about a lighthouse keeper and a storm."),
+        "prompts": [
+            turn("Write a short story about a lighthouse keeper and a storm."),
+            turn("Write a short story about a baker who finds a map in a loaf of bread."),
+        ],
         "temperature": 0.7,
     },
 }
 
 
-def one_request(port: int, body: dict[str, object], out: list[int]) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    answer = json.loads(response.read())
-    conn.close()
-    if response.status != 200:
-        raise RuntimeError(f"port {port}: {response.status} {answer}")
-    out.append(int(answer["usage"]["completion_tokens"]))
+def one_client(port: int, bodies: list[dict[str, object]], out: list[int]) -> None:
+    for body in bodies:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        headers = {"Content-Type": "application/json"}
+        conn.request("POST", "/v1/completions", json.dumps(body), headers)
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"port {port}: {response.status} {answer}")
+        out.append(int(answer["usage"]["completion_tokens"]))
 
 
-def run_round(port: int, body: dict[str, object], clients: int) -> float:
-    """Aggregate completion tokens per second of ``clients`` concurrent requests."""
+def run_round(port: int, bodies: list[dict[str, object]], clients: int) -> float:
+    """Aggregate completion tokens per second of ``clients`` concurrent clients, each sending
+    ``bodies`` one after the other."""
     counts: list[int] = []
     threads = [
-        threading.Thread(target=one_request, args=(port, body, counts)) for _ in range(clients)
+        threading.Thread(target=one_client, args=(port, bodies, counts)) for _ in range(clients)
     ]
     start = time.perf_counter()
     for thread in threads:
@@ -125,21 +111,26 @@ def run_round(port: int, body: dict[str, object], clients: int) -> float:
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    if len(counts) != clients:
+    if len(counts) != clients * len(bodies):
         raise RuntimeError("a request failed")
     return sum(counts) / wall
 
 
-def body_of(workload: str, seed: int, **extra: object) -> dict[str, object]:
+def body_of(workload: str, seed: int, **extra: object) -> list[dict[str, object]]:
     spec = WORKLOADS[workload]
-    return {
-        "model": MODEL,
-        "prompt": spec["prompt"],
-        "max_tokens": 256,
-        "temperature": spec["temperature"],
-        "seed": seed,
-        **extra,
-    }
+    prompts = spec["prompts"]
+    assert isinstance(prompts, list)
+    return [
+        {
+            "model": MODEL,
+            "prompt": prompt,
+            "max_tokens": 256,
+            "temperature": spec["temperature"],
+            "seed": seed,
+            **extra,
+        }
+        for prompt in prompts
+    ]
 
 
 def start_llama_server(

@@ -59,24 +59,33 @@ class PromptCache:
         """``(slot, reuse)``: the free slot to run ``prompt`` in and how many of its leading
         tokens are already in that slot's cells.
 
-        The slot sharing the longest prefix of the same scope wins; with nothing to share, an
-        empty slot, else the least recently used one (keeping the warmest caches alive). At
-        least the last prompt token is always decoded again: its logits give the first token.
+        The slot sharing the longest prefix of the same scope wins, if that prefix is at least
+        half of the prompt or of what the slot holds; otherwise an empty slot, else the least
+        recently used one (keeping the warmest caches alive; whatever prefix it shares is
+        still reused). So two prompts that share only a chat template's first tokens keep a
+        slot each instead of evicting each other's cells turn by turn. At least the last prompt
+        token is always decoded again: its logits give the first token.
         """
         if not free:
             raise ValueError("no free slot")
         best, reuse = -1, 0
         for slot in free:
-            entry = self._entries[slot]
-            if entry is None or entry.scope != scope:
-                continue
-            shared = min(common_prefix(entry.tokens, prompt), len(prompt) - 1)
-            if shared > reuse:
+            shared = self._shared(slot, prompt, scope)
+            held = self.cached(slot)
+            if shared > reuse and (2 * shared >= len(prompt) or 2 * shared >= held):
                 best, reuse = slot, shared
         if best < 0:
             best = min(free, key=lambda s: self._age(s))
+            reuse = self._shared(best, prompt, scope)
         self._entries[best] = None  # the slot is taken: the caller clears past ``reuse``
         return best, reuse
+
+    def _shared(self, slot: int, prompt: list[int], scope: str | None) -> int:
+        """Leading prompt tokens ``slot`` holds for ``scope`` (never the last prompt token)."""
+        entry = self._entries[slot]
+        if entry is None or entry.scope != scope:
+            return 0
+        return max(0, min(common_prefix(entry.tokens, prompt), len(prompt) - 1))
 
     def keep(self, slot: int, tokens: list[int], scope: str | None) -> None:
         """Record what a finished sequence left in ``slot``'s cells."""

@@ -139,11 +139,16 @@ class Guessing:
     current: int = 0
 
     def rate(self, matched: int) -> float:
-        """The chance a guess after a match ``matched`` tokens long is right: the class's prior,
-        moved towards this sequence's own record in that class as it grows."""
+        """The chance a guess after a match ``matched`` tokens long is right: the class's own
+        record, which starts from the sequence's record over all classes, which starts from the
+        class's prior. So a sequence that copies guesses again right after a miss (its record
+        says guesses are right), and free text, where they miss, stops guessing at all."""
         cls = match_class(matched)
         accepted, verified = self.record.get(cls, (0, 0))
-        return (accepted + PRIOR_WEIGHT * prior(cls)) / (verified + PRIOR_WEIGHT)
+        overall = (self.accepted + PRIOR_WEIGHT * prior(cls)) / (
+            self.accepted + self.rejected + PRIOR_WEIGHT
+        )
+        return (accepted + PRIOR_WEIGHT * overall) / (verified + PRIOR_WEIGHT)
 
     def verified(self, *, right: bool) -> None:
         """Book one guess compared with the model's choice."""
@@ -183,9 +188,10 @@ class Costs:
     def known(self, rows: int) -> bool:
         return rows in self._ms
 
-    def estimate(self, rows: int) -> float | None:
+    def estimate(self, rows: int, *, measured: bool = False) -> float | None:
         """The cost of ``rows`` rows: measured, else interpolated between the nearest measured
-        sizes around it; None before anything was measured.
+        sizes around it (with ``measured``: None — on a small CPU a size between two measured
+        ones can cost more than both); None before anything was measured.
 
         Past the largest measured size each further row is guessed at half that size's cost
         per row: optimistic on purpose, so that a sequence whose guesses keep being right
@@ -196,7 +202,7 @@ class Costs:
             table = self._rebuild()
         if rows < len(table):
             value = table[rows]
-            return None if value < 0 else value
+            return None if value < 0 or (measured and rows not in self._ms) else value
         largest = len(table) - 1
         if largest < 1:
             return None
@@ -258,9 +264,9 @@ def plan(rows: int, candidates: Sequence[Candidate], costs: Costs, max_rows: int
             break
         best_k, best_rate = 0, tokens / base * MARGIN
         for k in range(1, min(len(cand.guess), max_rows - rows) + 1):
-            cost = costs.estimate(rows + k)
+            cost = costs.estimate(rows + k, measured=True)
             if cost is None:
-                break
+                continue
             rate = (tokens + expected_accepted(cand.rate, k)) / cost
             if rate > best_rate:
                 best_k, best_rate = k, rate

@@ -52,6 +52,17 @@ def test_without_a_match_the_least_recently_used_slot_goes() -> None:
     assert cache.choose([0, 1, 2], [99, 98], None) == (1, 0)
 
 
+def test_a_short_shared_prefix_does_not_evict_a_long_cache() -> None:
+    # Two prompts sharing only a chat template's first tokens: the second takes the empty slot,
+    # and both stay cached.
+    cache = PromptCache(2)
+    first = [1, 2, *range(100, 150)]
+    cache.keep(0, first, None)
+    assert cache.choose([0, 1], [1, 2, *range(200, 250)], None) == (1, 0)
+    # With no other slot, the short prefix is still reused.
+    assert cache.choose([0], [1, 2, *range(200, 250)], None) == (0, 2)
+
+
 def test_a_taken_slot_is_no_longer_offered_until_kept_again() -> None:
     cache = PromptCache(1)
     cache.keep(0, [1, 2, 3], None)
