@@ -41,28 +41,45 @@ def long_text(entries: int) -> str:
     )
 
 
-def complete(port: int, prompt: str) -> tuple[float, int]:
-    """One non-streamed completion of one token: (seconds, prompt tokens)."""
-    body = {
+def complete(port: int, prompt: str, *, stream: bool = False) -> tuple[float, int]:
+    """One completion of one token: (seconds, prompt tokens). Seconds are the whole request's,
+    or with ``stream`` those to the first chunk holding text (time to first token)."""
+    body: dict[str, object] = {
         "model": MODEL,
         "prompt": prompt,
         "max_tokens": 1,
         "temperature": 0,
         "cache_prompt": False,
     }
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     start = time.perf_counter()
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = conn.getresponse()
-    raw = response.read()
-    seconds = time.perf_counter() - start
-    conn.close()
     if response.status != 200:
-        raise RuntimeError(f"port {port}: HTTP {response.status}: {raw[:300]!r}")
-    return seconds, int(json.loads(raw)["usage"]["prompt_tokens"])
+        raise RuntimeError(f"port {port}: HTTP {response.status}: {response.read()[:300]!r}")
+    if not stream:
+        raw = response.read()
+        seconds = time.perf_counter() - start
+        conn.close()
+        return seconds, int(json.loads(raw)["usage"]["prompt_tokens"])
+    seconds, tokens = 0.0, 0
+    for line in response:
+        if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[6:])
+        if not seconds and chunk.get("choices") and "text" in chunk["choices"][0]:
+            seconds = time.perf_counter() - start
+        if chunk.get("usage"):
+            tokens = int(chunk["usage"]["prompt_tokens"])
+    conn.close()
+    return seconds, tokens
 
 
-def measure(lms_port: int, llama_port: int, text: str, rounds: int, label: str) -> None:
+def measure(
+    lms_port: int, llama_port: int, text: str, rounds: int, label: str, *, stream: bool
+) -> None:
     ratios: list[float] = []
     lms_tps: list[float] = []
     llama_tps: list[float] = []
@@ -72,11 +89,11 @@ def measure(lms_port: int, llama_port: int, text: str, rounds: int, label: str) 
         # ABBA: whoever runs second meets a machine the first has just warmed; swapping the
         # order each round cancels that out of the median.
         if n % 2 == 0:
-            a = complete(lms_port, prompt)
-            b = complete(llama_port, prompt)
+            a = complete(lms_port, prompt, stream=stream)
+            b = complete(llama_port, prompt, stream=stream)
         else:
-            b = complete(llama_port, prompt)
-            a = complete(lms_port, prompt)
+            b = complete(llama_port, prompt, stream=stream)
+            a = complete(lms_port, prompt, stream=stream)
         counts.add((a[1], b[1]))
         lms_tps.append(a[1] / a[0])
         llama_tps.append(b[1] / b[0])
@@ -96,6 +113,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--entries", type=int, default=70, help="long prompt size (~37 tok each)")
     parser.add_argument("--short-rounds", type=int, default=10)
+    parser.add_argument("--parallel", type=int, help="lms's slots (models.parallel)")
+    parser.add_argument(
+        "--stream", action="store_true", help="time to the first streamed token instead"
+    )
     parser.add_argument(
         "--server-args", default="", help="more llama-server options, e.g. '--cache-ram 0'"
     )
@@ -103,7 +124,8 @@ def main() -> int:
     print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
 
     server_bin = build_llama_server()
-    served = harness.start("lmsf")
+    settings = {} if args.parallel is None else {"LMS_MODELS_PARALLEL": str(args.parallel)}
+    served = harness.start("lmsf", settings)
     llama_proc = None
     try:
         model_path = next(served.models_dir.rglob("*.gguf"))
@@ -123,16 +145,17 @@ def main() -> int:
         for port in (served.port, llama_port):  # JIT load, first-run costs
             complete(port, "Warm-up.")
             complete(port, text)
+        timed = "time to the first streamed token" if args.stream else "whole request time"
         print(
             f"llama-server: {server_bin} (defaults, -c {4 * 4096} {args.server_args});"
-            " lms: defaults;"
+            f" lms: {settings or 'defaults'};"
             " /v1/completions, max_tokens 1, cache_prompt false;"
-            " throughput = prompt tokens / whole request time"
+            f" throughput = prompt tokens / {timed}"
         )
-        measure(served.port, llama_port, text, args.rounds, "long")
+        measure(served.port, llama_port, text, args.rounds, "long", stream=args.stream)
         if args.short_rounds:
             short = "Write a short story about a lighthouse keeper."
-            measure(served.port, llama_port, short, args.short_rounds, "short")
+            measure(served.port, llama_port, short, args.short_rounds, "short", stream=args.stream)
     finally:
         served.stop()
         if llama_proc is not None:
