@@ -9,9 +9,14 @@ with one output token that is time to first token plus the answer's few bytes. l
 (built as in ``bench/parallel.py``) runs with its defaults and lms's context (``-c`` =
 4 slots of 4,096); lms runs with its defaults. Rounds alternate ABBA; the figure that counts is the
 median of the per-round ratios lms ÷ llama-server, for a long prompt (about 2,600 tokens by
-default) and, for comparison, a short one.
+default) and, for comparison, a short one. ``--stream`` times the first streamed token instead.
 
-    .venv/bin/python bench/prefill.py [--rounds 10] [--entries 70]
+The machine's load average is printed before and after: a run that shares the CPU with other
+work gives wide round ranges and is to be repeated, not read (wrap runs in ``flock`` with any
+other benchmark of the machine).
+
+    .venv/bin/python bench/prefill.py [--rounds 10] [--entries 70] [--stream] [--parallel N]
+        [--server-args '--cache-ram 0']
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -152,10 +158,12 @@ def main() -> int:
             " /v1/completions, max_tokens 1, cache_prompt false;"
             f" throughput = prompt tokens / {timed}"
         )
+        print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
         measure(served.port, llama_port, text, args.rounds, "long", stream=args.stream)
         if args.short_rounds:
             short = "Write a short story about a lighthouse keeper."
             measure(served.port, llama_port, short, args.short_rounds, "short", stream=args.stream)
+        print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
     finally:
         served.stop()
         if llama_proc is not None:
