@@ -84,7 +84,7 @@ def complete(port: int, prompt: str, *, stream: bool = False) -> tuple[float, in
 
 
 def measure(
-    lms_port: int, llama_port: int, text: str, rounds: int, label: str, *, stream: bool
+    lms_port: int, llama_port: int, text: str, rounds: int, label: str, *, stream: bool, gap: float
 ) -> None:
     ratios: list[float] = []
     lms_tps: list[float] = []
@@ -94,11 +94,17 @@ def measure(
         prompt = f"Log {label} {n}.\n{text}"
         # ABBA: whoever runs second meets a machine the first has just warmed; swapping the
         # order each round cancels that out of the median.
+        # Both servers' compute threads spin for a while after a request (OpenMP, llama-server's
+        # polling threadpool): the pause keeps one server's spinning off the other's request.
         if n % 2 == 0:
+            time.sleep(gap)
             a = complete(lms_port, prompt, stream=stream)
+            time.sleep(gap)
             b = complete(llama_port, prompt, stream=stream)
         else:
+            time.sleep(gap)
             b = complete(llama_port, prompt, stream=stream)
+            time.sleep(gap)
             a = complete(lms_port, prompt, stream=stream)
         counts.add((a[1], b[1]))
         lms_tps.append(a[1] / a[0])
@@ -119,6 +125,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--entries", type=int, default=70, help="long prompt size (~37 tok each)")
     parser.add_argument("--short-rounds", type=int, default=10)
+    parser.add_argument("--gap", type=float, default=0.5, help="seconds between requests")
     parser.add_argument("--parallel", type=int, help="lms's slots (models.parallel)")
     parser.add_argument(
         "--stream", action="store_true", help="time to the first streamed token instead"
@@ -127,7 +134,7 @@ def main() -> int:
         "--server-args", default="", help="more llama-server options, e.g. '--cache-ram 0'"
     )
     args = parser.parse_args()
-    print("$ " + " ".join([sys.executable, *sys.argv]), flush=True)
+    print("$ " + shlex.join([sys.executable, *sys.argv]), flush=True)
 
     server_bin = build_llama_server()
     settings = {} if args.parallel is None else {"LMS_MODELS_PARALLEL": str(args.parallel)}
@@ -159,10 +166,20 @@ def main() -> int:
             f" throughput = prompt tokens / {timed}"
         )
         print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-        measure(served.port, llama_port, text, args.rounds, "long", stream=args.stream)
+        measure(
+            served.port, llama_port, text, args.rounds, "long", stream=args.stream, gap=args.gap
+        )
         if args.short_rounds:
             short = "Write a short story about a lighthouse keeper."
-            measure(served.port, llama_port, short, args.short_rounds, "short", stream=args.stream)
+            measure(
+                served.port,
+                llama_port,
+                short,
+                args.short_rounds,
+                "short",
+                stream=args.stream,
+                gap=args.gap,
+            )
         print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
     finally:
         served.stop()
