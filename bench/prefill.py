@@ -16,7 +16,9 @@ work gives wide round ranges and is to be repeated, not read (wrap runs in ``flo
 other benchmark of the machine).
 
     .venv/bin/python bench/prefill.py [--rounds 10] [--entries 70] [--stream] [--parallel N]
-        [--server-args '--cache-ram 0']
+        [--server-args '--cache-ram 0'] [--gap 0.5]
+
+``--parallel 8 --server-args '-np 4 -fa on -t 2 -tb 2'`` is ``bench/parallel.py``'s set-up.
 """
 
 from __future__ import annotations
