@@ -498,7 +498,10 @@ class Engine(ModelWorker):
                 if guess:
                     self._verify(seq, index, guess)
                 else:
-                    self._advance(seq, self._sample(seq, index))
+                    token = self._sample(seq, index)
+                    if seq.guessing is not None:
+                        seq.guessing.observed(token)
+                    self._advance(seq, token)
             except Exception as exc:
                 self._fail(seq, internal_error(exc, "generating a token"))
         if not self._active():
@@ -547,6 +550,11 @@ class Engine(ModelWorker):
             self._calibrate(generating[0])
         chosen = plan(len(generating), candidates, self._costs, self._max_rows)
         picked = {c.key: c.guess[: chosen[c.key]] for c in candidates if c.key in chosen}
+        for seq in generating:  # a guess not verified is still judged, for free
+            if seq.guessing is not None and seq.slot not in picked:
+                cand = next((c for c in candidates if c.key == seq.slot), None)
+                if cand is not None and seq not in drafted:
+                    seq.guessing.unverified = cand.guess[0]
         self._draft(drafted, chosen, picked)
         for seq in generating:
             if seq.slot in picked and seq.guessing is not None:

@@ -126,17 +126,28 @@ def match_class(matched: int) -> int:
 
 @dataclass
 class Guessing:
-    """One sequence's speculation: its source of guesses and its record of verified ones."""
+    """One sequence's speculation: its source of guesses, the counts it reports and the record
+    its odds come from.
+
+    The record also hears guesses that were not verified: when a step plans no guesses for a
+    sequence that had one, its first token is compared with the token the model then chooses
+    (:meth:`observed`, free). Without that, a sequence whose odds fell below what guessing
+    costs would never guess again, even once its text turns into a copy.
+    """
 
     lookup: Lookup | None = None
     total: int = 0
     accepted: int = 0
     rejected: int = 0
     ignored: int = 0
-    #: Per match class: [accepted, verified (accepted + rejected)].
+    #: Per match class: [right, judged] — verified guesses and observed ones.
     record: dict[int, list[int]] = field(default_factory=dict)
+    right: int = 0  # over all classes
+    judged: int = 0
     #: The class of this step's guess (what :meth:`verified` books under).
     current: int = 0
+    #: This step's first guessed token when none was verified (for :meth:`observed`).
+    unverified: int | None = None
 
     def rate(self, matched: int) -> float:
         """The chance a guess after a match ``matched`` tokens long is right: the class's own
@@ -144,21 +155,31 @@ class Guessing:
         class's prior. So a sequence that copies guesses again right after a miss (its record
         says guesses are right), and free text, where they miss, stops guessing at all."""
         cls = match_class(matched)
-        accepted, verified = self.record.get(cls, (0, 0))
-        overall = (self.accepted + PRIOR_WEIGHT * prior(cls)) / (
-            self.accepted + self.rejected + PRIOR_WEIGHT
-        )
-        return (accepted + PRIOR_WEIGHT * overall) / (verified + PRIOR_WEIGHT)
+        right, judged = self.record.get(cls, (0, 0))
+        overall = (self.right + PRIOR_WEIGHT * prior(cls)) / (self.judged + PRIOR_WEIGHT)
+        return (right + PRIOR_WEIGHT * overall) / (judged + PRIOR_WEIGHT)
 
     def verified(self, *, right: bool) -> None:
         """Book one guess compared with the model's choice."""
-        counts = self.record.setdefault(self.current, [0, 0])
-        counts[1] += 1
         if right:
-            counts[0] += 1
             self.accepted += 1
         else:
             self.rejected += 1
+        self._book(right)
+
+    def observed(self, token: int) -> None:
+        """The model chose ``token`` where an unverified guess said :attr:`unverified`."""
+        if self.unverified is not None:
+            self._book(token == self.unverified)
+            self.unverified = None
+
+    def _book(self, right: bool) -> None:
+        counts = self.record.setdefault(self.current, [0, 0])
+        counts[1] += 1
+        self.judged += 1
+        if right:
+            counts[0] += 1
+            self.right += 1
 
 
 def expected_accepted(rate: float, k: int) -> float:
