@@ -101,6 +101,21 @@ def test_a_sequence_that_copies_guesses_again_at_once() -> None:
     assert guessing.rate(2) > 0.9 > prior(2)  # right after a miss, the match is short
 
 
+def test_unverified_guesses_are_judged_without_counting_as_drafts() -> None:
+    guessing = Guessing()
+    guessing.current = match_class(2)
+    for _ in range(10):
+        guessing.verified(right=False)
+    low = guessing.rate(2)
+    for _ in range(30):  # the text turned into a copy: each step's unverified guess was right
+        guessing.unverified = 7
+        guessing.observed(7)
+    assert guessing.rate(2) > 0.7 > low
+    assert (guessing.total, guessing.accepted, guessing.rejected) == (0, 0, 10)  # reported
+    guessing.observed(7)  # nothing pending: nothing booked
+    assert guessing.judged == 40
+
+
 def test_expected_accepted_is_a_geometric_sum() -> None:
     assert expected_accepted(0.5, 2) == pytest.approx(0.75)
     assert expected_accepted(1.0, 5) == 5.0
