@@ -1,11 +1,11 @@
 """The llama.cpp engine: one loaded model, one worker thread, a step loop over sequences.
 
-``llama_cpp`` is imported by the inference modules that drive it (this one, the embedder, the
-shared worker base, the vocabulary and token choice) and nowhere else. The worker thread owns the
-llama context; the event loop talks to it through a job queue (in) and :class:`Generation`
-handles (out).
+``llama_cpp`` is imported by the inference modules that drive it (this one, its speculative
+steps, the draft model, the embedder, the shared worker base, the vocabulary and token choice)
+and nowhere else. The worker thread owns the llama context; the event loop talks to it through
+a job queue (in) and :class:`Generation` handles (out).
 
-The loop is written for several sequences per context: each request is a :class:`_Sequence`
+The loop is written for several sequences per context: each request is a :class:`Running`
 with its own ``seq_id`` (a slot), positions, sampler and stop handling; every step builds one
 ``llama_batch`` holding the next token of each generating sequence plus a chunk of prompt for
 sequences still in prefill, makes one ``llama_decode`` call and samples each sequence from its
@@ -14,7 +14,8 @@ own logits row. With ``parallel=1`` that is plain sequential serving; raising ``
 steps. A finished sequence frees its slot at once but leaves its KV cells, which the next prompt
 sharing their prefix reuses (:mod:`lms.inference.promptcache`); everything past the shared
 prefix is removed (``llama_memory_seq_rm``) before a new sequence runs in the slot. Token choice
-(sampler chains, grammars) lives in :mod:`lms.inference.choice`.
+(sampler chains, grammars) lives in :mod:`lms.inference.choice`; guessed tokens that a step
+verifies (speculative decoding) in :mod:`lms.inference.speculative_steps`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,9 +45,7 @@ from lms.errors import (
     ShuttingDownError,
 )
 from lms.inference.choice import Chooser
-from lms.inference.drafter import Drafter
 from lms.inference.generation import (
-    DraftStats,
     FinishReason,
     Generation,
     GenerationResult,
@@ -58,16 +56,8 @@ from lms.inference.generation import (
 )
 from lms.inference.promptcache import PromptCache
 from lms.inference.sampling import SamplingParams, StopMatcher
-from lms.inference.speculation import (
-    DRAFT_MODEL_MATCH,
-    MAX_GUESSES,
-    Candidate,
-    Costs,
-    Guessing,
-    Lookup,
-    match_class,
-    plan,
-)
+from lms.inference.speculation import Guessing
+from lms.inference.speculative_steps import Running, Speculating, draft_stats
 from lms.inference.vocab import Vocabulary
 from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
 
@@ -84,31 +74,7 @@ __all__ = [
 log = logging.getLogger("lms.engine")
 
 
-@dataclass
-class _Sequence:
-    generation: Generation
-    slot: int
-    max_tokens: int
-    stops: StopMatcher
-    sampler: internals.LlamaSampler | None
-    decoder: codecs.IncrementalDecoder
-    grammar: Any = None  # a llama_sampler_p of the request's grammar (kept out of the chain)
-    reused: int = 0  # leading prompt tokens found in the slot's cells
-    prefilled: int = 0
-    n_past: int = 0
-    last_token: int = -1
-    generated: int = 0
-    output: list[int] = field(default_factory=list)  # sampled tokens, fed back one per step
-    first_token_at: float | None = None
-    started_at: float = field(default_factory=time.perf_counter)
-    guessing: Guessing | None = None  # None: speculation is off for this request
-
-    @property
-    def in_prefill(self) -> bool:
-        return self.prefilled < len(self.generation.prompt_tokens)
-
-
-class Engine(ModelWorker):
+class Engine(Speculating, ModelWorker):
     """A loaded GGUF model with its context and worker thread. Build it with :meth:`load`."""
 
     def __init__(
@@ -127,15 +93,10 @@ class Engine(ModelWorker):
         self.n_ctx = ctx.n_ctx()
         self.n_ctx_per_seq = self.n_ctx // options.parallel
         self._batch = llama_cpp.llama_batch_init(options.batch_size, 0, options.parallel)
-        self._slots: list[_Sequence | None] = [None] * options.parallel
+        self._slots: list[Running | None] = [None] * options.parallel
         self._chooser = Chooser(self.vocab.pointer, self.n_vocab)
         self._cache = PromptCache(options.parallel)
-        #: Measured cost of a decode by rows (what guessing is weighed against).
-        self._costs = Costs()
-        self._max_rows = min(options.batch_size, 128, options.parallel * (MAX_GUESSES + 1))
-        self._calibrated = False
-        #: Draft models by key (attach_draft); used by the worker only.
-        self._drafters: dict[str, Drafter] = {}
+        self._init_speculation()
         self._outbox: list[tuple[Generation, Item]] = []  # handed over once per step
         #: Members of a submit_many group not yet admitted (worker thread only).
         self._held: collections.deque[Generation] = collections.deque()
@@ -264,31 +225,6 @@ class Engine(ModelWorker):
         self._jobs.put(generations[0] if len(generations) == 1 else tuple(generations))
         return generations
 
-    def attach_draft(self, key: str, path: Path) -> None:
-        """Load ``path`` as the draft model ``key`` for requests naming it (blocking: call it
-        off the event loop; once per key). Raises InvalidParameterError for a model whose
-        vocabulary differs and ModelLoadError for a file llama.cpp cannot load."""
-        if key in self._drafters:
-            return
-        drafter = Drafter.load(
-            key,
-            path,
-            slots=self.options.parallel,
-            n_ctx_per_seq=self.n_ctx_per_seq,
-            batch_size=self.options.batch_size,
-            threads=self.options.threads,
-            vocab=self.vocab.pointer,
-        )
-        if self._closed:
-            drafter.close()
-            raise ShuttingDownError(f"the model {self.path.name} is being unloaded")
-        self._drafters.setdefault(key, drafter)  # the worker only reads the dict
-
-    @property
-    def draft_models(self) -> list[str]:
-        """Keys of the attached draft models."""
-        return list(self._drafters)
-
     def close(self) -> None:
         super().close()
         drafters, self._drafters = list(self._drafters.values()), {}
@@ -344,7 +280,7 @@ class Engine(ModelWorker):
         self._drain_queue("error", gone)
         self._flush()
 
-    def _active(self) -> list[_Sequence]:
+    def _active(self) -> list[Running]:
         return [s for s in self._slots if s is not None]
 
     def _admit(self) -> bool:
@@ -420,20 +356,14 @@ class Engine(ModelWorker):
         llama_cpp.llama_memory_seq_rm(memory, slot, -1, -1)
         return 0
 
-    def _speculates(self, params: SamplingParams) -> bool:
-        if not params.speculative:
-            return False
-        asked = params.draft_model is not None or params.draft_tokens is not None
-        return asked or self.options.speculative
-
-    def _start_sequence(self, generation: Generation, slot: int, reuse: int) -> _Sequence:
+    def _start_sequence(self, generation: Generation, slot: int, reuse: int) -> Running:
         params = generation.params
         # A copy: attach_draft may add a key from another thread meanwhile.
         for drafter in tuple(self._drafters.values()):  # cells of this scope's prefix only
             drafter.forget(slot, reuse)
         room = self.n_ctx_per_seq - len(generation.prompt_tokens)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        return _Sequence(
+        return Running(
             generation=generation,
             slot=slot,
             max_tokens=max_tokens,
@@ -452,7 +382,7 @@ class Engine(ModelWorker):
     def _step(self) -> None:
         batch = self._batch
         batch.n_tokens = 0
-        rows: list[tuple[_Sequence, int]] = []
+        rows: list[tuple[Running, int]] = []
         for seq in self._active():
             if seq.generation.is_cancelled:
                 self._end(seq, "cancelled")
@@ -464,7 +394,7 @@ class Engine(ModelWorker):
             rows.append((seq, self._add(seq.last_token, seq, logits=True)))
             for token in guesses.get(seq.slot, ()):
                 self._add(token, seq, logits=True)
-        prefilling: list[_Sequence] = []
+        prefilling: list[Running] = []
         for seq in [s for s in self._active() if s.in_prefill]:
             prefilling.append(seq)
             prompt = seq.generation.prompt_tokens
@@ -507,148 +437,7 @@ class Engine(ModelWorker):
         if not self._active():
             self.status = "idle"
 
-    def _guesses(self, generating: list[_Sequence], *, prefill: bool) -> dict[int, list[int]]:
-        """The guesses each generating sequence verifies this step, by slot (see
-        :mod:`lms.inference.speculation`). None while a prompt is being prefilled: its chunk
-        dominates the step's cost and guesses would only take its room."""
-        if prefill:
-            return {}
-        candidates: list[Candidate] = []
-        drafted: list[_Sequence] = []  # sequences whose guesses come from a draft model
-        for seq in generating:
-            guessing = seq.guessing
-            if guessing is None:
-                continue
-            # Room: guesses take positions in the context, and none past the output's limit.
-            limit = min(
-                MAX_GUESSES,
-                seq.max_tokens - seq.generated - 1,
-                self.n_ctx_per_seq - seq.n_past - 1,
-            )
-            if limit < 1:
-                continue
-            exact = seq.generation.params.draft_tokens
-            if seq.generation.params.draft_model is not None:
-                # The draft model guesses after the plan says how many: plan with room for all.
-                rate = guessing.rate(DRAFT_MODEL_MATCH)
-                guessing.current = match_class(DRAFT_MODEL_MATCH)
-                candidates.append(Candidate(seq.slot, [0] * limit, rate, exact))
-                drafted.append(seq)
-                continue
-            if guessing.lookup is None:
-                guessing.lookup = Lookup(seq.generation.prompt_tokens + seq.output)
-            else:
-                known = len(guessing.lookup.tokens) - len(seq.generation.prompt_tokens)
-                guessing.lookup.extend(seq.output[known:])
-            guess, matched = guessing.lookup.guess(limit)
-            guessing.current = match_class(matched)
-            if guess:
-                candidates.append(Candidate(seq.slot, guess, guessing.rate(matched), exact))
-        if not candidates:
-            return {}
-        if not self._calibrated:
-            self._calibrate(generating[0])
-        chosen = plan(len(generating), candidates, self._costs, self._max_rows)
-        picked = {c.key: c.guess[: chosen[c.key]] for c in candidates if c.key in chosen}
-        for seq in generating:  # a guess not verified is still judged, for free
-            if seq.guessing is not None and seq.slot not in picked:
-                cand = next((c for c in candidates if c.key == seq.slot), None)
-                if cand is not None and seq not in drafted:
-                    seq.guessing.unverified = cand.guess[0]
-        self._draft(drafted, chosen, picked)
-        for seq in generating:
-            if seq.slot in picked and seq.guessing is not None:
-                seq.guessing.total += len(picked[seq.slot])
-        return picked
-
-    def _draft(
-        self, drafted: list[_Sequence], chosen: dict[int, int], picked: dict[int, list[int]]
-    ) -> None:
-        """Replace the planned guesses of sequences with a draft model by that model's."""
-        by_model: dict[str, list[tuple[int, list[int], int]]] = {}
-        for seq in drafted:
-            if seq.slot in chosen:
-                key = seq.generation.params.draft_model
-                assert key is not None
-                text = seq.generation.prompt_tokens + seq.output
-                by_model.setdefault(key, []).append((seq.slot, text, chosen[seq.slot]))
-        for key, wanted in by_model.items():
-            try:
-                picked.update(self._drafters[key].guess(wanted))
-            except Exception:  # a failing draft costs its guesses, never the generation
-                log.exception("the draft model %s failed", key)
-                for slot, _, _ in wanted:
-                    picked.pop(slot, None)
-
-    def _calibrate(self, seq: _Sequence) -> None:
-        """Measure what a decode of 1 to 8, 12, 16, … 64 rows costs, once per instance, before
-        the first guess is weighed (about 1.5 s on a small CPU): rows of ``seq``'s
-        next token past its cells, removed again. Steps measure the sizes they use from then on
-        (:class:`Costs`)."""
-        room = self.n_ctx_per_seq - seq.n_past
-        sizes = [n for n in [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64] if n <= self._max_rows]
-        if sizes[-1] > room:
-            return  # too close to the context's end: measure for a later sequence
-        self._calibrated = True
-        batch = self._batch
-        measured: dict[int, float] = {}
-        # Two passes, the faster of each kept: a busy machine only ever adds time. The first
-        # decode also wakes the threads up.
-        for n in [1, *sizes, *sizes]:
-            batch.n_tokens = 0
-            for i in range(n):
-                batch.token[i] = seq.last_token
-                batch.pos[i] = seq.n_past + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq.slot
-                batch.logits[i] = True
-            batch.n_tokens = n
-            started = time.perf_counter()
-            rc = llama_cpp.llama_decode(self._ctx.ctx, batch)
-            ms = (time.perf_counter() - started) * 1000
-            llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, seq.n_past, -1)
-            if rc != 0:
-                break
-            measured[n] = min(ms, measured.get(n, ms))
-        batch.n_tokens = 0
-        for n, ms in measured.items():
-            self._costs.record(n, ms)
-
-    def _verify(self, seq: _Sequence, index: int, guess: list[int]) -> None:
-        """Take the model's choice at each of ``seq``'s rows while it agrees with the guess.
-
-        Row ``j`` holds the logits after the guess's first ``j`` tokens. The token is chosen
-        from it exactly as without guessing (argmax, or the request's sampler chain and grammar,
-        which see the same tokens in the same order and draw the same random numbers), so the
-        output is what plain decoding gives; a guess is accepted when it equals that choice.
-        For a sampled request this is the standard speculative rule for a guess that is one
-        certain token: it is kept with the probability the model gives it, and otherwise the
-        model's own draw stands. The cells of rejected guesses are removed.
-        """
-        guessing = seq.guessing
-        assert guessing is not None
-        base = seq.n_past - len(guess) - 1  # the position of the row of the last chosen token
-        for j in range(len(guess) + 1):
-            seq.n_past = base + 1 + j  # the cells before this row's token are right
-            token = self._sample(seq, index + j)
-            self._advance(seq, token)
-            if j == len(guess):
-                break
-            ended = self._slots[seq.slot] is not seq
-            if token != guess[j]:
-                guessing.verified(right=False)
-                guessing.ignored += len(guess) - j - 1
-                break
-            guessing.verified(right=True)
-            if ended:
-                guessing.ignored += len(guess) - j - 1
-                break
-        llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.slot, seq.n_past, -1)
-        drafter = self._drafters.get(seq.generation.params.draft_model or "")
-        if drafter is not None:
-            drafter.forget(seq.slot, seq.n_past)
-
-    def _add(self, token: int, seq: _Sequence, *, logits: bool) -> int:
+    def _add(self, token: int, seq: Running, *, logits: bool) -> int:
         batch = self._batch
         i = batch.n_tokens
         batch.token[i] = token
@@ -660,7 +449,7 @@ class Engine(ModelWorker):
         seq.n_past += 1
         return i
 
-    def _sample(self, seq: _Sequence, index: int) -> int:
+    def _sample(self, seq: Running, index: int) -> int:
         if seq.grammar is not None:
             return self._chooser.pick(
                 self._logits(index), seq.generation.params, seq.sampler, seq.grammar
@@ -673,7 +462,7 @@ class Engine(ModelWorker):
         row = llama_cpp.llama_get_logits_ith(self._ctx.ctx, index)
         return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
-    def _advance(self, seq: _Sequence, token: int) -> None:
+    def _advance(self, seq: Running, token: int) -> None:
         now = time.perf_counter()
         if seq.first_token_at is None:
             seq.first_token_at = now
@@ -691,14 +480,14 @@ class Engine(ModelWorker):
         elif seq.generated >= seq.max_tokens:
             self._end(seq, "length")
 
-    def _end(self, seq: _Sequence, reason: FinishReason) -> None:
+    def _end(self, seq: Running, reason: FinishReason) -> None:
         """Finish ``seq`` without an error; if finishing raises, it fails instead."""
         try:
             self._finish(seq, reason, None)
         except Exception as exc:
             self._fail(seq, internal_error(exc, "finishing a generation"))
 
-    def _fail(self, seq: _Sequence, err: LmsError) -> None:
+    def _fail(self, seq: Running, err: LmsError) -> None:
         """End ``seq`` with ``err`` (once: a sequence no longer in its slot is left alone); the
         slot is freed and its cells cleared even when the orderly path raises."""
         if self._slots[seq.slot] is not seq:
@@ -719,7 +508,7 @@ class Engine(ModelWorker):
             ),
         )
 
-    def _finish(self, seq: _Sequence, reason: FinishReason, err: LmsError | None) -> None:
+    def _finish(self, seq: Running, reason: FinishReason, err: LmsError | None) -> None:
         if reason in ("stop", "length"):
             tail = seq.stops.feed(seq.decoder.decode(b"", final=True)) + seq.stops.flush()
             if tail:
@@ -753,19 +542,6 @@ class Engine(ModelWorker):
                 generation_seconds=now - first,
                 error=err,
                 cached_tokens=seq.reused,
-                draft=_draft_stats(seq),
+                draft=draft_stats(seq),
             ),
         )
-
-
-def _draft_stats(seq: _Sequence) -> DraftStats | None:
-    guessing = seq.guessing
-    if guessing is None:
-        return None
-    return DraftStats(
-        model=seq.generation.params.draft_model,
-        total=guessing.total,
-        accepted=guessing.accepted,
-        rejected=guessing.rejected,
-        ignored=guessing.ignored,
-    )

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from lms.errors import InvalidParameterError
-from lms.inference import engine as engine_module
+from lms.inference import speculative_steps
 from lms.inference.engine import Engine, LoadOptions
 from lms.inference.generation import Generation
 from lms.inference.sampling import SamplingParams
@@ -174,7 +174,7 @@ async def test_guesses_come_from_the_requests_own_text(
             super().__init__(tokens)
             lookups.append(self)
 
-    monkeypatch.setattr(engine_module, "Lookup", Recording)
+    monkeypatch.setattr(speculative_steps, "Lookup", Recording)
     prompts = [engine.tokenize(PROMPT), engine.tokenize("Count: 1, 2, 3, 4, 5, 6,")]
     generations = engine.submit_many([(p, greedy(draft_tokens=4)) for p in prompts])
     await asyncio.gather(*(g.text() for g in generations))
