@@ -107,7 +107,8 @@ def fake_model() -> FakeLoader:
 async def manager(
     request: pytest.FixtureRequest, lms_home: Path, fake_model: FakeLoader
 ) -> AsyncIterator[ModelManager]:
-    config = ConfigWatcher({})
+    # Speculation off, as for the daemons (see lms_home): outputs of two requests are compared.
+    config = ConfigWatcher({"models.speculative": False})
     if request.node.get_closest_marker("model") is not None:
         models_dir: Path = request.getfixturevalue("default_models_dir")
         loader = load_backend
