@@ -74,6 +74,10 @@ class Drafts:
             )
         return model
 
+    def allows(self, key: str) -> bool:
+        """Whether the caller may use the model ``key`` (its allowlist; no allowlist: any)."""
+        return self._allowed is None or self._allowed(key)
+
     async def use(self, instance: Instance, query: str) -> str:
         """The key of the draft model ``query`` names, attached to ``instance`` (at most once per
         key; later requests reuse it)."""
@@ -109,8 +113,12 @@ async def with_draft(
     attached (``drafts`` says which models the caller may use; None: none); else the
     instance's default draft model when speculation is on."""
     if params.draft_model is None:
-        if params.speculative and instance.draft_model is not None:
-            return dataclasses.replace(params, draft_model=instance.draft_model)
+        default = instance.draft_model
+        # A caller whose allowlist hides the default draft gets none (its key would show in
+        # the stats): prompt lookup still guesses for it.
+        allowed = drafts is None or drafts.allows(default or "")
+        if params.speculative and default is not None and allowed:
+            return dataclasses.replace(params, draft_model=default)
         return params
     if drafts is None:
         raise InvalidParameterError("draft models are not available on this route", param=PARAM)

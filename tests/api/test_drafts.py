@@ -204,6 +204,21 @@ async def test_a_loads_default_draft_serves_requests_without_their_own(
     assert used == [(True, DRAFT), (False, None), (True, MODEL)]
 
 
+async def test_a_default_draft_hidden_from_a_token_is_not_used_for_it(
+    api: Client, fake_model: FakeLoader, lms_home: Path
+) -> None:
+    status, body = await load(api, draft_model="draft-model")  # loaded by the owner
+    assert status == 200, body
+    require_auth(lms_home)
+    registry = Registry()
+    _, narrow = registry.create("google-only", models=["google/*"], permissions=set(Permission))
+    _, wide = registry.create("everything", permissions=set(Permission))
+    assert (await chat(api, {"Authorization": f"Bearer {narrow}"}))[0] == 200
+    assert (await chat(api, {"Authorization": f"Bearer {wide}"}))[0] == 200
+    used = [(p.speculative, p.draft_model) for p in fake_model.script.params]
+    assert used == [(True, None), (True, DRAFT)]  # its key never reaches the narrow token
+
+
 @pytest.mark.parametrize(
     ("draft", "status", "code"),
     [
