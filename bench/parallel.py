@@ -105,6 +105,33 @@ def wait_http(port: int, path: str, deadline: float) -> None:
     raise RuntimeError(f"server on port {port} did not come up")
 
 
+def start_llama_server(model_path: Path, args: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """llama-server (built as above) on ``model_path`` and a free port with ``args`` added;
+    returns once ``/health`` answers (the process is stopped if it never does)."""
+    port = free_port()
+    command = [str(build_llama_server()), "-m", str(model_path), "--port", str(port)]
+    command += ["--no-webui", "--log-disable", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(port, "/health", time.monotonic() + 120)
+    except BaseException:
+        stop_llama_server(proc)
+        raise
+    return proc, port
+
+
+def stop_llama_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def slots_args(slots: int) -> list[str]:
+    """The set-up the parallel benchmarks compare: ``slots`` slots of 4,096 tokens, flash
+    attention, every core for generation and prompts."""
+    threads = str(os.cpu_count())
+    return ["-np", str(slots), "-c", str(4096 * slots), "-fa", "on", "-t", threads, "-tb", threads]
+
+
 def one_stream(port: int, model: str, results: list[tuple[float, int, float]]) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     body = {"model": model, "prompt": PROMPT, "max_tokens": 64, "temperature": 0, "stream": True}
@@ -154,32 +181,7 @@ def main() -> int:
     llama_proc = None
     try:
         model_path = next(served.models_dir.rglob("*.gguf"))
-        llama_port = free_port()
-        threads = str(os.cpu_count())
-        llama_proc = subprocess.Popen(
-            [
-                str(server_bin),
-                "-m",
-                str(model_path),
-                "--port",
-                str(llama_port),
-                "-np",
-                "4",
-                "-c",
-                str(4096 * 4),
-                "-fa",
-                "on",
-                "-t",
-                threads,
-                "-tb",
-                threads,
-                "--no-webui",
-                "--log-disable",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_http(llama_port, "/health", time.monotonic() + 120)
+        llama_proc, llama_port = start_llama_server(model_path, slots_args(4))
         model = "google/gemma-3-270m"
         run_round(lms_port, model, 1)  # JIT load + warm-up
         run_round(llama_port, model, 1)
@@ -212,8 +214,7 @@ def main() -> int:
     finally:
         served.stop()
         if llama_proc is not None:
-            llama_proc.terminate()
-            llama_proc.wait(timeout=60)
+            stop_llama_server(llama_proc)
     return 0
 
 

@@ -29,12 +29,11 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
 import harness
-from parallel import build_llama_server, free_port, wait_http
+from parallel import build_llama_server, start_llama_server, stop_llama_server
 
 MODEL = "google/gemma-3-270m"
 WINDS = ["north", "south", "east", "west"]
@@ -144,18 +143,8 @@ def main() -> int:
     llama_proc = None
     try:
         model_path = next(served.models_dir.rglob("*.gguf"))
-        llama_port = free_port()
-        llama_proc = subprocess.Popen(
-            [
-                str(server_bin),
-                *("-m", str(model_path), "--port", str(llama_port), "-c", str(4 * 4096)),
-                *("--no-webui", "--log-disable"),
-                *shlex.split(args.server_args),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_http(llama_port, "/health", time.monotonic() + 120)
+        llama_args = ["-c", str(4 * 4096), *shlex.split(args.server_args)]
+        llama_proc, llama_port = start_llama_server(model_path, llama_args)
         text = long_text(args.entries)
         for port in (served.port, llama_port):  # JIT load, first-run costs
             complete(port, "Warm-up.")
@@ -186,8 +175,7 @@ def main() -> int:
     finally:
         served.stop()
         if llama_proc is not None:
-            llama_proc.terminate()
-            llama_proc.wait(timeout=60)
+            stop_llama_server(llama_proc)
     return 0
 
 

@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import harness
-from parallel import build_llama_server, free_port, wait_http
+from parallel import slots_args, start_llama_server, stop_llama_server
 
 MODEL = "google/gemma-3-270m"
 SPEC_TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
@@ -133,45 +131,8 @@ def body_of(workload: str, seed: int, **extra: object) -> list[dict[str, object]
     ]
 
 
-def start_llama_server(
-    model_path: Path, spec_type: str | None
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    threads = str(os.cpu_count())
-    command = [
-        str(build_llama_server()),
-        "-m",
-        str(model_path),
-        "--port",
-        str(port),
-        "-np",
-        "4",
-        "-c",
-        str(4096 * 4),
-        "-fa",
-        "on",
-        "-t",
-        threads,
-        "-tb",
-        threads,
-        "--no-webui",
-        "--log-disable",
-    ]
-    if spec_type is not None:
-        command += ["--spec-type", spec_type]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_http(port, "/health", time.monotonic() + 120)
-    except BaseException:
-        proc.terminate()
-        proc.wait(timeout=60)
-        raise
-    return proc, port
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    proc.wait(timeout=60)
+def with_spec(spec_type: str | None) -> list[str]:
+    return slots_args(4) + ([] if spec_type is None else ["--spec-type", spec_type])
 
 
 def compare(
@@ -218,7 +179,7 @@ def main() -> int:
         if args.search:
             runners = {}
             for spec_type in (None, *SPEC_TYPES):
-                proc, port = start_llama_server(model_path, spec_type)
+                proc, port = start_llama_server(model_path, with_spec(spec_type))
                 procs.append(proc)
                 runners[spec_type or "none"] = lambda w, c, seed, port=port: run_round(
                     port, body_of(w, seed), c
@@ -230,7 +191,7 @@ def main() -> int:
                 print(f"  {name:14s} {statistics.median(values):7.1f}")
             return 0
 
-        proc, llama = start_llama_server(model_path, args.spec_type)
+        proc, llama = start_llama_server(model_path, with_spec(args.spec_type))
         procs.append(proc)
         runners = {
             "lms": lms_run({}),
@@ -258,7 +219,7 @@ def main() -> int:
     finally:
         served.stop()
         for proc in procs:
-            stop(proc)
+            stop_llama_server(proc)
     return 0
 
 

@@ -23,8 +23,9 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from lms.errors import InvalidParameterError, ModelLoadError
+from lms.inference.generation import LoadOptions
 from lms.inference.promptcache import common_prefix
-from lms.inference.worker import load_model
+from lms.inference.worker import context_params, load_model
 
 __all__ = ["Drafter"]
 
@@ -64,28 +65,19 @@ class Drafter:
         cls,
         key: str,
         path: Path,
-        *,
-        slots: int,
-        n_ctx_per_seq: int,
-        batch_size: int,
-        threads: int,
+        options: LoadOptions,
         vocab: Any,
     ) -> Drafter:
-        """Load ``path`` as a draft for a model whose vocabulary is ``vocab`` (a llama_vocab_p).
-        A file whose vocabulary differs is refused with a 400 naming ``draft_model``."""
+        """Load ``path`` as a draft for a model loaded with ``options`` whose vocabulary is
+        ``vocab`` (a llama_vocab_p): the same context shape, one sequence per slot. A file whose
+        vocabulary differs is refused with a 400 naming ``draft_model``."""
         model = load_model(path)
         try:
             _check_vocabulary(model.vocab, vocab, key)
-            params = llama_cpp.llama_context_default_params()
-            params.n_ctx = n_ctx_per_seq * slots
-            params.n_batch = batch_size
-            params.n_ubatch = batch_size
-            params.n_seq_max = slots
-            params.n_threads = threads
-            params.n_threads_batch = threads
-            params.no_perf = True
             try:
-                ctx = internals.LlamaContext(model=model, params=params, verbose=False)
+                ctx = internals.LlamaContext(
+                    model=model, params=context_params(options), verbose=False
+                )
             except ValueError as exc:
                 raise ModelLoadError(
                     f"cannot create a context for the draft model {key} (out of memory?)"
@@ -93,7 +85,7 @@ class Drafter:
         except BaseException:
             model.close()
             raise
-        return cls(key, path, model, ctx, slots=slots, batch_size=batch_size)
+        return cls(key, path, model, ctx, slots=options.parallel, batch_size=options.batch_size)
 
     def guess(self, wanted: Sequence[tuple[int, list[int], int]]) -> dict[int, list[int]]:
         """For each ``(seq, tokens, k)``: the draft model's ``k`` greedy next tokens after

@@ -59,7 +59,7 @@ from lms.inference.sampling import SamplingParams, StopMatcher
 from lms.inference.speculation import Guessing
 from lms.inference.speculative_steps import Running, Speculating, draft_stats
 from lms.inference.vocab import Vocabulary
-from lms.inference.worker import STOP, ModelWorker, internal_error, load_model
+from lms.inference.worker import STOP, ModelWorker, context_params, internal_error, load_model
 
 __all__ = [
     "Engine",
@@ -116,19 +116,7 @@ class Engine(Speculating, ModelWorker):
         ``progress`` is called from the loading thread with 0..1 as llama.cpp reads weights.
         """
         model = load_model(path, progress)
-        ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = options.context_length * options.parallel
-        ctx_params.n_batch = options.batch_size
-        ctx_params.n_ubatch = options.batch_size
-        ctx_params.n_seq_max = options.parallel
-        ctx_params.n_threads = options.threads
-        ctx_params.n_threads_batch = options.threads
-        ctx_params.flash_attn_type = (
-            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            if options.flash_attention
-            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
-        ctx_params.no_perf = True
+        ctx_params = context_params(options)
         try:
             ctx = internals.LlamaContext(model=model, params=ctx_params, verbose=False)
         except ValueError as exc:

@@ -103,15 +103,7 @@ class Speculating:
         vocabulary differs and ModelLoadError for a file llama.cpp cannot load."""
         if key in self._drafters:
             return
-        drafter = Drafter.load(
-            key,
-            path,
-            slots=self.options.parallel,
-            n_ctx_per_seq=self.n_ctx_per_seq,
-            batch_size=self.options.batch_size,
-            threads=self.options.threads,
-            vocab=self.vocab.pointer,
-        )
+        drafter = Drafter.load(key, path, self.options, self.vocab.pointer)
         if self._closed:
             drafter.close()
             raise ShuttingDownError(f"the model {self.path.name} is being unloaded")

@@ -27,6 +27,7 @@ from llama_cpp import _internals as internals
 
 from lms.errors import InternalError, LmsError, ModelLoadError, ServerBusyError
 from lms.inference import probe
+from lms.inference.generation import LoadOptions
 
 log = logging.getLogger("lms.worker")
 llama_log = logging.getLogger("lms.engine")  # where llama.cpp's own messages always went
@@ -75,6 +76,26 @@ def load_model(path: Path, progress: Callable[[float], None] | None = None) -> A
             f"cannot load {path.name}: llama.cpp could not read it as a model"
             " (corrupt or unsupported GGUF)"
         ) from exc
+
+
+def context_params(options: LoadOptions) -> Any:
+    """llama.cpp context parameters for a generating model loaded with ``options``: one
+    sequence per slot of ``context_length`` tokens, prompt chunks of ``batch_size`` (the engine
+    and its draft models use the same)."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = options.context_length * options.parallel
+    params.n_batch = options.batch_size
+    params.n_ubatch = options.batch_size
+    params.n_seq_max = options.parallel
+    params.n_threads = options.threads
+    params.n_threads_batch = options.threads
+    params.flash_attn_type = (
+        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        if options.flash_attention
+        else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
+    params.no_perf = True
+    return params
 
 
 def internal_error(exc: BaseException, what: str) -> LmsError:
