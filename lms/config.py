@@ -24,6 +24,7 @@ import tomli_w
 from lms import paths, storage
 from lms.errors import ConfigBrokenError, SettingError
 from lms.limits import MAX_TTL_SECONDS
+from lms.remoteconfig import RemoteSpec, dump_remotes, parse_remotes
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Settings:
     models_queue_length: int = 64
     models_speculative: bool = True
     models_dir: str = ""
+    #: ``[remotes.NAME]`` tables (docs/REMOTES.md): file only, written by ``lms remote``.
+    remotes: tuple[RemoteSpec, ...] = ()
 
     def get(self, key: str) -> Any:
         return getattr(self, SETTINGS[key].field)
@@ -341,6 +344,12 @@ def read_file(path: Path | None = None) -> dict[str, Any]:
         raise ConfigBrokenError(f"{path} is not valid TOML: {exc}") from exc
     values: dict[str, Any] = {}
     for section, table in doc.items():
+        if section == REMOTES:
+            try:
+                values[REMOTES] = parse_remotes(table)
+            except ValueError as exc:
+                raise ConfigBrokenError(f"{path}: {exc}") from None
+            continue
         if not isinstance(table, dict):
             raise ConfigBrokenError(f"{path}: {section!r} must be a [section]")
         for name, value in table.items():
@@ -352,6 +361,10 @@ def read_file(path: Path | None = None) -> dict[str, Any]:
             except ValueError as exc:
                 raise ConfigBrokenError(f"{path}: {key}: {exc}") from None
     return values
+
+
+#: The config.toml section of remote engines (not a setting of SETTINGS: a table of tables).
+REMOTES = "remotes"
 
 
 def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -370,7 +383,9 @@ def env_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 def build(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
     """Combine file values and overrides (env, flags); overrides never touch security keys."""
-    changes: dict[str, Any] = {SETTINGS[k].field: v for k, v in file_values.items()}
+    changes: dict[str, Any] = {
+        SETTINGS[k].field if k != REMOTES else REMOTES: v for k, v in file_values.items()
+    }
     for key, value in overrides.items():
         spec = setting(key)
         if spec.security:
@@ -428,10 +443,28 @@ def unset_value(key: str, *, before_write: BeforeWrite | None = None) -> Any:
 def _dump(values: Mapping[str, Any]) -> bytes:
     doc: dict[str, dict[str, Any]] = {}
     for key in sorted(values):
+        if key == REMOTES:
+            if values[key]:
+                doc[REMOTES] = dump_remotes(values[key])
+            continue
         section, name = key.split(".", 1)
         value = values[key]
         doc.setdefault(section, {})[name] = list(value) if isinstance(value, tuple) else value
     return tomli_w.dumps(doc).encode("utf-8")
+
+
+def write_remotes(
+    change: Callable[[tuple[RemoteSpec, ...]], tuple[RemoteSpec, ...]],
+) -> tuple[RemoteSpec, ...]:
+    """Rewrite config.toml's remotes as ``change`` returns them (under its lock, atomically;
+    the rest of the file is kept). ``change`` may raise to write nothing."""
+    path = paths.config_file()
+    with storage.locked(path):
+        values = read_file(path)
+        remotes = change(values.get(REMOTES, ()))
+        values[REMOTES] = tuple(sorted(remotes, key=lambda spec: spec.name))
+        storage.write_atomic(path, _dump(values))
+    return values[REMOTES]
 
 
 def source_of(key: str, file_values: Mapping[str, Any], environ: Mapping[str, str]) -> str:

@@ -35,6 +35,7 @@ CONTROL_DOWNLOADS = "/downloads"
 CONTROL_DOWNLOAD = "/downloads/{job_id}"
 CONTROL_DOWNLOAD_CANCEL = "/downloads/{job_id}/cancel"
 CONTROL_MCP = "/mcp/servers"
+CONTROL_REMOTES = "/remotes"
 
 # --- API (TCP) ---------------------------------------------------------------------------------
 
