@@ -461,10 +461,10 @@ def write_remotes(
     path = paths.config_file()
     with storage.locked(path):
         values = read_file(path)
-        remotes = change(values.get(REMOTES, ()))
-        values[REMOTES] = tuple(sorted(remotes, key=lambda spec: spec.name))
+        remotes = tuple(sorted(change(values.get(REMOTES, ())), key=lambda spec: spec.name))
+        values[REMOTES] = remotes
         storage.write_atomic(path, _dump(values))
-    return values[REMOTES]
+    return remotes
 
 
 def source_of(key: str, file_values: Mapping[str, Any], environ: Mapping[str, str]) -> str:
