@@ -351,6 +351,35 @@ class UpstreamError(LmsError):
     type = "upstream_error"
 
 
+class RemoteUnavailableError(UpstreamError):
+    """No replica of a remote engine could take the request (all down, or each failed before
+    anything was sent to the client): retry after ``Retry-After`` seconds (503)."""
+
+    code = "remote_unavailable"
+    status = 503
+    type = "unavailable"
+    anthropic_type = "overloaded_error"
+
+
+class RemoteTimeoutError(UpstreamError):
+    """A remote engine took longer than its ``timeout`` or ``idle_timeout`` (504)."""
+
+    code = "remote_timeout"
+    status = 504
+
+
+class RemoteRejectedError(InvalidRequestError):
+    """A remote engine refused the request as invalid (its 4xx, message sanitised)."""
+
+    code = "remote_rejected"
+
+
+class RemoteUnsupportedError(InvalidRequestError):
+    """What the request asks cannot be done on a remote model (load, tokenize, grammars...)."""
+
+    code = "remote_unsupported"
+
+
 class DownloadError(UpstreamError):
     """A download job failed (the server's answer, the disk)."""
 

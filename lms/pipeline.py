@@ -25,12 +25,14 @@ from lms.inference.generation import Generation, GenerationResult, PromptProgres
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.inference.tools import Tool
+from lms.remote.models import RemoteModel, unsupported
 
-#: Counts a finished generation: (prompt tokens, completion tokens).
-Recorder = Callable[[int, int], None]
+#: Counts a finished generation: (prompt tokens, completion tokens), both None when unknown (a
+#: remote engine that reported no usage).
+Recorder = Callable[[int | None, int | None], None]
 
 
-def no_record(prompt_tokens: int, completion_tokens: int) -> None:
+def no_record(prompt_tokens: int | None, completion_tokens: int | None) -> None:
     """The recorder of a generation whose usage the caller counts itself."""
 
 
@@ -78,8 +80,10 @@ def prepare(
     return tokens, with_stops(params, template_stops)
 
 
-async def tokens_of(instance: Instance, prompt: Prompt) -> list[int]:
+async def tokens_of(instance: Instance | RemoteModel, prompt: Prompt) -> list[int]:
     """The prompt's tokens, counted in a worker thread (Anthropic's ``count_tokens``)."""
+    if isinstance(instance, RemoteModel):
+        raise unsupported("Counting tokens", instance.key)
     tokens, _ = await asyncio.to_thread(render, instance, prompt)
     return tokens
 
@@ -90,7 +94,7 @@ def with_stops(params: SamplingParams, extra: Sequence[str]) -> SamplingParams:
 
 
 async def start(
-    instance: Instance,
+    instance: Instance | RemoteModel,
     prompt: Prompt,
     params: SamplingParams,
     *,
@@ -108,7 +112,19 @@ async def start(
     Use the result as ``async with``: the generation is cancelled and counted on the way out.
     Errors of the submission (an empty prompt, a context overflow, a bad grammar, a full queue)
     propagate before anything ran; nothing is recorded for them.
+
+    A remote model (:class:`RemoteModel`) gets the chat (or text) as it is, sent to its engine's
+    chat completions (:mod:`lms.remote.translate`); its errors before the first streamed event
+    propagate here too.
     """
+    if isinstance(instance, RemoteModel):
+        if isinstance(prompt, TextPrompt):
+            generation = await instance.generate(None, prompt.text, (), params)
+        elif prompt.prefill is not None:
+            raise unsupported("Continuing a prefilled answer", instance.key)
+        else:
+            generation = await instance.generate(prompt.messages, None, prompt.tools, params)
+        return Run(generation, record)
     params = await with_draft(instance, params, drafts)
     tokens, submitted = await asyncio.to_thread(prepare, instance, prompt, params)
     return Run(instance.engine.submit(tokens, submitted, grammar_checked=True), record)
@@ -124,6 +140,9 @@ class Run:
 
     @property
     def prompt_tokens(self) -> int:
+        result = self.generation.result
+        if result is not None and not self.generation.prompt_tokens:  # a remote engine's
+            return result.prompt_tokens
         return len(self.generation.prompt_tokens)
 
     @property
@@ -161,7 +180,11 @@ class Run:
         self.generation.cancel()
         if not self._recorded:
             self._recorded = True
-            self._record(self.prompt_tokens, self.completion_tokens)
+            result = self.generation.result
+            if result is not None and not result.usage_known:
+                self._record(None, None)
+            else:
+                self._record(self.prompt_tokens, self.completion_tokens)
 
     async def __aenter__(self) -> Run:
         return self

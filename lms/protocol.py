@@ -96,6 +96,8 @@ class ModelEntry(TypedDict):
     trained_for_tool_use: bool
     vision: bool
     loaded_instances: list[str]
+    #: The remote engine serving it (``lms remote``); absent for a model in the models folder.
+    remote: NotRequired[str]
 
 
 class InstanceEntry(TypedDict):

@@ -18,6 +18,7 @@ from lms.api.state import (
     LOGS,
     MANAGER,
     MCP,
+    REMOTES,
     AuthGuard,
     Listener,
 )
@@ -27,6 +28,7 @@ from lms.download.downloader import DownloadManager
 from lms.inference.manager import ModelManager
 from lms.logstream import LogHub
 from lms.mcp.sessions import McpServers
+from lms.remote.registry import Remotes, publishers_in
 
 routes = web.RouteTableDef()
 
@@ -50,12 +52,14 @@ def build_api_app(
     downloads: DownloadManager | None = None,
     logs: LogHub | None = None,
     mcp: McpServers | None = None,
+    remotes: Remotes | None = None,
 ) -> web.Application:
     """The aiohttp application served on TCP.
 
     ``downloads`` is the daemon's (shared with the control plane); without one the app makes
     its own, over the models folder, and cancels its jobs on cleanup. ``mcp`` likewise: the
     daemon's MCP servers outlive a stopped API server; an app's own stop on its cleanup.
+    ``remotes`` likewise (an app's own start with it and stop on its cleanup).
     """
     app = web.Application(
         middlewares=[
@@ -83,6 +87,12 @@ def build_api_app(
         )
         app.on_cleanup.append(lambda _app: mcp.close())
     app[MCP] = mcp
+    if remotes is None:
+        own = Remotes(config.current, lambda: publishers_in(manager.models_dir()))
+        app.on_startup.append(lambda _app: own.start())
+        app.on_cleanup.append(lambda _app: own.close())
+        remotes = own
+    app[REMOTES] = remotes
     app.add_routes(routes)
     app.add_routes(completions.routes)
     app.add_routes(models.routes)

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from lms.api.security import TOKEN, check_model, model_filter, refuse
-from lms.api.state import MANAGER
+from lms.api.state import MANAGER, REMOTES
 from lms.auth.permissions import Permission
-from lms.errors import ModelNotAllowedError, PermissionDeniedError
+from lms.errors import ModelNotAllowedError, ModelNotFoundError, PermissionDeniedError
 from lms.inference.manager import Choice, Drafts, Instance, InstanceType
+from lms.remote.models import RemoteModel
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,46 @@ def drafts(request: web.Request) -> Drafts:
         None if record is None else record.allows_model,
         lambda query: audit_hidden(request, query),
     )
+
+
+def remote(request: web.Request, query: str) -> RemoteModel | None:
+    """The remote model ``query`` names (``NAME/<upstream id>`` of a configured remote), or
+    None when it names no remote. Within a remote's names nothing falls back to local models:
+    a model the remote does not list, or one outside the token's allowlist (audited), is a 404
+    listing the remote models this token may use."""
+    remotes = request.app[REMOTES]
+    if not remotes.is_remote(query):
+        return None
+    allowed = model_filter(request)
+    found = remotes.find(query)
+    if found is not None and allowed(found.key):
+        check_model(request, found.key)
+        return found
+    if found is not None:
+        audit_hidden(request, query)
+    visible = [model.key for model in remotes.models() if allowed(model.key)]
+    raise ModelNotFoundError(
+        f'model "{query}" not found. Available models: {", ".join(visible) or "(none)"}',
+        param="model",
+        data={"available_models": visible},
+    )
+
+
+async def acquire_any(
+    request: web.Request,
+    query: str,
+    *,
+    ttl: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    resolved: Target | None = None,
+) -> Instance | RemoteModel:
+    """A remote model when ``query`` names one (``ttl`` does not apply: the upstream decides
+    what it keeps loaded), else :func:`acquire`'s instance."""
+    found = remote(request, query)
+    if found is not None:
+        request.app[MANAGER].check_request(ttl=ttl, context_length=None, may_widen_context=True)
+        return found
+    return await acquire(request, query, ttl=ttl, progress=progress, resolved=resolved)
 
 
 async def acquire(

@@ -113,7 +113,9 @@ def _access(request: web.Request) -> Access:
     return access
 
 
-def record_generation(request: web.Request, prompt_tokens: int, completion_tokens: int) -> None:
+def record_generation(
+    request: web.Request, prompt_tokens: int | None, completion_tokens: int | None
+) -> None:
     """Count a finished generation's tokens against the token that asked for it."""
     record: TokenRecord | None = request.get(TOKEN)
     request.app[AUTH].record_tokens(record, prompt_tokens, completion_tokens)

@@ -13,6 +13,7 @@ from lms.download.downloader import DownloadManager
 from lms.inference.manager import ModelManager
 from lms.logstream import LogHub
 from lms.mcp.sessions import McpServers
+from lms.remote.registry import Remotes
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,4 @@ CHATS = web.AppKey("chats", ChatStore)
 LOGS = web.AppKey("logs", LogHub)
 DOWNLOADS = web.AppKey("downloads", DownloadManager)
 MCP = web.AppKey("mcp", McpServers)
+REMOTES = web.AppKey("remotes", Remotes)

@@ -90,7 +90,9 @@ class TokenGate:
             self.refuse(where, err, record.id)
             raise
 
-    def record_tokens(self, record: TokenRecord | None, prompt: int, completion: int) -> None:
+    def record_tokens(
+        self, record: TokenRecord | None, prompt: int | None, completion: int | None
+    ) -> None:
         """Count a finished generation's tokens against ``record`` (nothing with auth off)."""
         if record is not None:
             self.usage.record_tokens(record.id, prompt, completion)

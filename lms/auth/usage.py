@@ -27,18 +27,23 @@ CREATE TABLE IF NOT EXISTS token_usage (
     last_used_at REAL NOT NULL,
     request_count INTEGER NOT NULL DEFAULT 0,
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    unknown_count INTEGER NOT NULL DEFAULT 0
 )
 """
+#: Databases made before remote engines lack the column of generations of unknown size.
+_MIGRATE = "ALTER TABLE token_usage ADD COLUMN unknown_count INTEGER NOT NULL DEFAULT 0"
 
 _UPSERT = """
-INSERT INTO token_usage (token_id, last_used_at, request_count, prompt_tokens, completion_tokens)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO token_usage
+    (token_id, last_used_at, request_count, prompt_tokens, completion_tokens, unknown_count)
+VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (token_id) DO UPDATE SET
     last_used_at = max(last_used_at, excluded.last_used_at),
     request_count = request_count + excluded.request_count,
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-    completion_tokens = completion_tokens + excluded.completion_tokens
+    completion_tokens = completion_tokens + excluded.completion_tokens,
+    unknown_count = unknown_count + excluded.unknown_count
 """
 
 
@@ -51,6 +56,8 @@ class TokenUsage:
     request_count: int
     prompt_tokens: int
     completion_tokens: int
+    #: Generations whose token counts are unknown (a remote engine reported none).
+    unknown_count: int = 0
 
     def public_dict(self) -> dict[str, object]:
         """JSON-ready view (``lms token list --json``)."""
@@ -60,6 +67,7 @@ class TokenUsage:
             "request_count": self.request_count,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "unknown_usage_count": self.unknown_count,
         }
 
 
@@ -71,6 +79,7 @@ class UsageDelta:
     request_count: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    unknown_count: int = 0
 
 
 class UsageStore:
@@ -90,8 +99,8 @@ class UsageStore:
             return {}
         with self._connect() as db:
             rows = db.execute(
-                "SELECT token_id, last_used_at, request_count, prompt_tokens, completion_tokens"
-                " FROM token_usage"
+                "SELECT token_id, last_used_at, request_count, prompt_tokens, completion_tokens,"
+                " unknown_count FROM token_usage"
             ).fetchall()
         wanted = None if token_ids is None else set(token_ids)
         return {
@@ -101,6 +110,7 @@ class UsageStore:
                 request_count=row[2],
                 prompt_tokens=row[3],
                 completion_tokens=row[4],
+                unknown_count=row[5],
             )
             for row in rows
             if wanted is None or row[0] in wanted
@@ -121,6 +131,7 @@ class UsageStore:
                         d.request_count,
                         d.prompt_tokens,
                         d.completion_tokens,
+                        d.unknown_count,
                     )
                     for token_id, d in deltas.items()
                 ],
@@ -144,6 +155,9 @@ class UsageStore:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(_SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(token_usage)")}
+                if "unknown_count" not in columns:
+                    db.execute(_MIGRATE)
                 yield db
             finally:
                 db.close()
@@ -173,11 +187,16 @@ class UsageBuffer:
         delta.request_count += 1
         delta.last_used_at = (now or datetime.now(UTC)).timestamp()
 
-    def record_tokens(self, token_id: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Add the token counts of a finished generation."""
+    def record_tokens(
+        self, token_id: str, prompt_tokens: int | None, completion_tokens: int | None
+    ) -> None:
+        """Add the token counts of a finished generation (None, None: counts unknown)."""
         delta = self._pending.get(token_id)
         if delta is None:
             delta = self._pending[token_id] = UsageDelta()
+        if prompt_tokens is None or completion_tokens is None:
+            delta.unknown_count += 1
+            return
         delta.prompt_tokens += prompt_tokens
         delta.completion_tokens += completion_tokens
 

@@ -56,6 +56,12 @@ def ls(json_output: JsonOption = False) -> None:
     if json_output:
         render.emit_json(models)
         return
+    remote = [m for m in models if m.get("remote")]
+    models = [m for m in models if not m.get("remote")]
+    if remote:
+        _remote_table(remote)
+    if not models and remote:
+        return
     if not models:
         render.note("you have not downloaded any models yet")
         folder = config.current_models_dir()
@@ -69,6 +75,18 @@ def ls(json_output: JsonOption = False) -> None:
     render.result()
     rows = [_model_row(m) for m in models]
     render.result(render.table(["MODEL", "TYPE", "PARAMS", "ARCH", "QUANT", "SIZE", ""], rows))
+
+
+def _remote_table(models: list[ModelEntry]) -> None:
+    """Models of remote engines (``lms remote``), listed before the local ones."""
+    noun = "model" if len(models) == 1 else "models"
+    render.result(f"{len(models)} remote {noun} (lms remote list):")
+    render.result()
+    rows = [
+        [m["key"], m.get("remote", "-"), str(m.get("max_context_length") or "-")] for m in models
+    ]
+    render.result(render.table(["MODEL", "REMOTE", "CONTEXT"], rows))
+    render.result()
 
 
 def _model_row(model: dict[str, Any] | ModelEntry) -> list[str]:

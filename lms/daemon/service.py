@@ -41,6 +41,7 @@ from lms.inference.manager import ModelManager
 from lms.logstream import LogHub
 from lms.mcp.sessions import McpServers
 from lms.protocol import DaemonStatus, ServerStatus
+from lms.remote.registry import Remotes, publishers_in
 
 log = logging.getLogger("lms.daemon")
 
@@ -66,6 +67,7 @@ class Daemon:
             timeout=lambda: self.config.current().mcp_timeout,
             idle_timeout=lambda: self.config.current().mcp_idle_timeout,
         )
+        self.remotes = Remotes(self.config.current, lambda: publishers_in(self.models_dir()))
         self.guard = AuthGuard()
         self.socket_path = paths.socket_path()
         self.started_at = time.time()
@@ -179,6 +181,7 @@ class Daemon:
                 downloads=self.downloads,
                 logs=self.logs,
                 mcp=self.mcp,
+                remotes=self.remotes,
             )
             handler_args = connections.handler_args()
             runner = web.AppRunner(
@@ -279,7 +282,7 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # stale, from a daemon killed with -9: we hold the lock
         # Control requests are short; a CLI's idle keep-alive must not hold up shutdown.
-        control_app = build_control_app(self, self.manager, self.downloads, self.mcp)
+        control_app = build_control_app(self, self.manager, self.downloads, self.mcp, self.remotes)
         add_stream_routes(control_app, self.logs)
         control = web.AppRunner(control_app, access_log=None, shutdown_timeout=2.0)
         await control.setup()
@@ -291,6 +294,7 @@ class Daemon:
             _every(REAP_SECONDS, self.mcp.reap_idle, "stopping idle MCP servers")
         )
         flusher = asyncio.create_task(self._flush_usage_forever())
+        await self.remotes.start()
         try:
             try:
                 models_dir: Path | None = self.models_dir()
@@ -310,6 +314,7 @@ class Daemon:
             flusher.cancel()
             await self.downloads.close()  # partial files stay, for a resume
             await self._drain_api(SHUTDOWN_GRACE_SECONDS)
+            await self.remotes.close()
             await self.mcp.close()  # stdio servers are stopped (stdin closed, then signals)
             await self.manager.close()
             await self.flush_usage()

@@ -68,6 +68,9 @@ class GenerationResult:
     error: LmsError | None = None
     #: Leading prompt tokens whose KV cells a previous generation left (not decoded again).
     cached_tokens: int = 0
+    #: False when the counts are unknown (a remote engine that reported no usage): they are 0
+    #: then, and usage records the request as one of unknown size.
+    usage_known: bool = True
     #: What speculative decoding did (None: it was off for this request). See DraftStats.
     draft: DraftStats | None = None
 
@@ -122,6 +125,17 @@ class Generation:
         settled, self._on_settled = self._on_settled, None
         if settled is not None:
             settled()
+
+    def set_canceller(self, cancel: Callable[[], None]) -> None:
+        """Call ``cancel`` when the caller cancels (a producer on the event loop, such as a remote
+        engine's stream, stops with it)."""
+        self._on_settled = cancel
+
+    def put(self, item: Item) -> None:
+        """Hand over an item from a producer on this generation's own event loop."""
+        if isinstance(item, str):
+            self._output.append(item)
+        _receive(self._loop, [(self, item)])
 
     @property
     def output_text(self) -> str:

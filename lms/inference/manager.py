@@ -94,6 +94,10 @@ class ModelManager:
         self._instances: dict[str, Instance] = {}
         self._lock = asyncio.Lock()
 
+    def models_dir(self) -> Path:
+        """The models folder in force now."""
+        return self._models_dir()
+
     async def models(self) -> list[ModelFile]:
         """Every downloaded model (metadata read off the event loop)."""
         return await asyncio.to_thread(catalog.discover, self._models_dir())

@@ -17,7 +17,7 @@ from aiohttp import web
 from lms import protocol
 from lms.api import bodies, middlewares
 from lms.api.native.model_admin import start_download
-from lms.api.state import DOWNLOADS, MANAGER, MCP
+from lms.api.state import DOWNLOADS, MANAGER, MCP, REMOTES
 from lms.download import importer
 from lms.download.downloader import DownloadManager
 from lms.errors import (
@@ -31,6 +31,7 @@ from lms.errors import (
 from lms.mcp.sessions import McpServers
 from lms.peercred import peer_uid
 from lms.protocol import DaemonStatus, ImportResult, ModelEntry, ServerStatus
+from lms.remote.registry import Remotes
 
 log = logging.getLogger("lms.control")
 
@@ -156,7 +157,36 @@ async def models(request: web.Request) -> web.Response:
                 "loaded_instances": manager.loaded_identifiers(model.key),
             }
         )
+    remotes = request.app.get(REMOTES)
+    for remote in remotes.models() if remotes is not None else []:
+        entries.append(
+            {
+                "key": remote.key,
+                "type": "llm",
+                "publisher": remote.model.remote,
+                "display_name": remote.model.upstream_id,
+                "architecture": None,
+                "params_string": None,
+                "quantization": None,
+                "bits_per_weight": None,
+                "size_bytes": 0,
+                "path": "",
+                "relative_path": "",
+                "format": "remote",
+                "max_context_length": remote.model.context_length,
+                "trained_for_tool_use": True,
+                "vision": False,
+                "loaded_instances": [],
+                "remote": remote.model.remote,
+            }
+        )
     return web.json_response({"models": entries})
+
+
+@routes.get(protocol.CONTROL_REMOTES)
+async def remotes_status(request: web.Request) -> web.Response:
+    remotes = request.app.get(REMOTES)
+    return web.json_response({"remotes": remotes.status() if remotes is not None else []})
 
 
 @routes.get(protocol.CONTROL_INSTANCES)
@@ -256,8 +286,11 @@ def build_control_app(
     manager: Any,
     downloads: DownloadManager,
     mcp: McpServers | None = None,
+    remotes: Remotes | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[control_errors], client_max_size=1024 * 1024)
+    if remotes is not None:
+        app[REMOTES] = remotes
     app[CONTROLLER] = controller
     app[MANAGER] = manager
     app[DOWNLOADS] = downloads

@@ -20,9 +20,10 @@ from aiohttp import web
 from lms import pipeline, protocol
 from lms.api import bodies, instances
 from lms.api.chat_plan import ChatPlan, delta
+from lms.api.openai import remote
 from lms.api.security import model_filter, record_generation
 from lms.api.sse import EventStream
-from lms.api.state import CONFIG, MANAGER
+from lms.api.state import CONFIG, MANAGER, REMOTES
 from lms.errors import InvalidParameterError, LmsError
 from lms.inference.engine import GenerationResult
 from lms.inference.manager import Instance
@@ -59,6 +60,11 @@ async def list_models(request: web.Request) -> web.Response:
         if i.identifier not in ids and allowed(i.model.key)
     ]
     data = [{"id": i, "object": "model", "owned_by": "organization_owner"} for i in ids]
+    data += [
+        {"id": m.key, "object": "model", "owned_by": m.model.owned_by, "remote": m.model.remote}
+        for m in request.app[REMOTES].models()
+        if allowed(m.key)
+    ]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -144,6 +150,9 @@ def _error_event(events: EventStream) -> Any:
 @routes.post(protocol.API_OPENAI_CHAT)
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
+    found = instances.remote(request, bodies.require(body, "model", str))
+    if found is not None:
+        return await remote.forward(request, found, body, protocol.API_OPENAI_CHAT)
     messages = _messages(body)
     refuse_unsupported(body)
     params = bodies.sampling(body, max_token_fields=("max_completion_tokens", "max_tokens"))
@@ -210,6 +219,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 @routes.post(protocol.API_OPENAI_COMPLETIONS)
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
+    found = instances.remote(request, bodies.require(body, "model", str))
+    if found is not None:
+        return await remote.forward(request, found, body, protocol.API_OPENAI_COMPLETIONS)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]

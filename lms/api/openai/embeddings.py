@@ -16,6 +16,7 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, instances
+from lms.api.openai import remote
 from lms.api.security import record_generation
 from lms.errors import InvalidParameterError
 from lms.inference.embedder import EmbeddingInput, Vector
@@ -66,9 +67,12 @@ def _encode(vector: Vector, encoding: str) -> list[float] | str:
 
 
 @routes.post(protocol.API_OPENAI_EMBEDDINGS)
-async def embeddings(request: web.Request) -> web.Response:
+async def embeddings(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     model = bodies.require(body, "model", str)
+    found = instances.remote(request, model)
+    if found is not None:
+        return await remote.forward(request, found, body, protocol.API_OPENAI_EMBEDDINGS)
     if body.get("input") is None:
         raise InvalidParameterError("'input' is required", param="input")
     inputs = parse_input(body["input"])

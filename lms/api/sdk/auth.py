@@ -124,7 +124,9 @@ class SocketAuth:
         access = sdk_access_for(self.namespace, endpoint)
         self.app[AUTH].check_model(record, access, model_key, self.where(endpoint))
 
-    def record_tokens(self, record: TokenRecord | None, prompt: int, completion: int) -> None:
+    def record_tokens(
+        self, record: TokenRecord | None, prompt: int | None, completion: int | None
+    ) -> None:
         self.app[AUTH].record_tokens(record, prompt, completion)
 
     def hidden(self, record: TokenRecord, endpoint: str, query: str) -> None:

@@ -59,7 +59,7 @@ class Call:
         """Refuse (403 ``model_not_allowed``, audited) a resolved key outside the allowlist."""
         self.auth.check_model(self.record, self.endpoint, model_key)
 
-    def record_tokens(self, prompt: int, completion: int) -> None:
+    def record_tokens(self, prompt: int | None, completion: int | None) -> None:
         self.auth.record_tokens(self.record, prompt, completion)
 
     def hidden(self, query: str) -> None:

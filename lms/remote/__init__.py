@@ -1,0 +1,2 @@
+"""Remote engines: OpenAI-compatible servers whose models lms serves behind its token gate
+(docs/REMOTES.md)."""
