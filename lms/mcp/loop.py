@@ -46,6 +46,7 @@ from lms.inference.tool_calls import (
 )
 from lms.inference.tools import Tool, call_grammar
 from lms.mcp.sessions import McpConnection
+from lms.remote.models import RemoteModel
 
 if TYPE_CHECKING:
     import mcp_types
@@ -237,7 +238,7 @@ class ToolLoop:
 
     def __init__(
         self,
-        instance: Instance,
+        instance: Instance | RemoteModel,
         toolbox: Toolbox,
         params: SamplingParams,
         *,

@@ -125,7 +125,7 @@ class _Answer:
 async def messages(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     parsed = await asyncio.to_thread(MessagesRequest.parse, body)  # grammars: CPU work
-    instance = await instances.acquire(request, parsed.model, ttl=bodies.get(body, "ttl", int))
+    instance = await instances.acquire_any(request, parsed.model, ttl=bodies.get(body, "ttl", int))
     run = await pipeline.start(
         instance,
         _prompt(parsed),
@@ -215,7 +215,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     included); loads the model when needed, generates nothing."""
     body = await bodies.read_json(request)
     parsed = await asyncio.to_thread(MessagesRequest.parse, body, counting=True)
-    instance = await instances.acquire(request, parsed.model, ttl=bodies.get(body, "ttl", int))
+    instance = await instances.acquire_any(request, parsed.model, ttl=bodies.get(body, "ttl", int))
     tokens = await pipeline.tokens_of(instance, _prompt(parsed))
     return web.json_response({"input_tokens": len(tokens)})
 

@@ -33,6 +33,7 @@ from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.mcp import loop as tool_loop
 from lms.mcp.loop import Toolbox
+from lms.remote.models import RemoteModel, unsupported
 
 routes = web.RouteTableDef()
 
@@ -199,7 +200,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     body = await bodies.read_json(request)
     chat_request = await _parse(request, body)
     admitted = await integrations.admit(request, chat_request.integrations)
-    found = await instances.target(request, chat_request.model)
+    found = await _find(request, chat_request)
     toolbox = await integrations.connect(request, admitted) if admitted else None
     try:
         return await _respond(request, chat_request, found, toolbox)
@@ -208,13 +209,26 @@ async def chat(request: web.Request) -> web.StreamResponse:
             await toolbox.aclose()  # per-request MCP sessions end with the request
 
 
+async def _find(request: web.Request, chat_request: ChatRequest) -> instances.Target | RemoteModel:
+    """The remote model the request names, or the local model or instance."""
+    remote = instances.remote(request, chat_request.model)
+    if remote is None:
+        return await instances.target(request, chat_request.model)
+    if chat_request.context_length is not None:
+        raise unsupported("A context length", remote.key, param="context_length")
+    return remote
+
+
 async def _respond(
     request: web.Request,
     chat_request: ChatRequest,
-    found: instances.Target,
+    found: instances.Target | RemoteModel,
     toolbox: Toolbox | None,
 ) -> web.StreamResponse:
-    instance_id = found.instance.identifier if found.instance else found.key
+    if isinstance(found, RemoteModel):
+        instance_id = found.identifier
+    else:
+        instance_id = found.instance.identifier if found.instance else found.key
     result = ChatResult(instance_id=instance_id)
     if not chat_request.stream:
         await _run(request, chat_request, found, result, _Sink(None), toolbox)
@@ -237,13 +251,15 @@ async def _respond(
 async def _run(
     request: web.Request,
     chat_request: ChatRequest,
-    found: instances.Target,
+    found: instances.Target | RemoteModel,
     result: ChatResult,
     sink: _Sink,
     toolbox: Toolbox | None = None,
 ) -> None:
-    instance = found.instance
+    instance: Instance | RemoteModel | None
+    instance = found if isinstance(found, RemoteModel) else found.instance
     if instance is None:
+        assert not isinstance(found, RemoteModel)
         instance = await _load(request, chat_request, found, result, sink)
     if toolbox is not None:
         await _run_tools(request, chat_request, instance, result, sink, toolbox)
@@ -259,6 +275,7 @@ async def _run(
     result.input_tokens = run.prompt_tokens
     async with run:
         await _stream(run, result, sink)
+    result.input_tokens = run.prompt_tokens  # a remote engine's count arrives with its end
     if chat_request.store:
         messages = [*chat_request.messages, {"role": "assistant", "content": result.content}]
         result.response_id = await asyncio.to_thread(
@@ -273,7 +290,7 @@ async def _run(
 async def _run_tools(
     request: web.Request,
     chat_request: ChatRequest,
-    instance: Instance,
+    instance: Instance | RemoteModel,
     result: ChatResult,
     sink: _Sink,
     toolbox: Toolbox,

@@ -8,9 +8,10 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api.security import model_filter
-from lms.api.state import MANAGER
+from lms.api.state import MANAGER, REMOTES
 from lms.inference.catalog import ModelFile
 from lms.inference.manager import Instance
+from lms.remote.models import RemoteModel
 
 routes = web.RouteTableDef()
 
@@ -51,4 +52,26 @@ async def list_models(request: web.Request) -> web.Response:
     allowed = model_filter(request)
     instances = manager.instances()
     models = [model_json(m, instances) for m in await manager.models() if allowed(m.key)]
+    models += [remote_json(m) for m in request.app[REMOTES].models() if allowed(m.key)]
     return web.json_response({"models": models})
+
+
+def remote_json(model: RemoteModel) -> dict[str, Any]:
+    """A remote engine's model in ``GET /api/v1/models``: ``format: "remote"`` and the remote's
+    name; what the gate cannot know (size, quantization) is null."""
+    return {
+        "type": "llm",
+        "publisher": model.model.remote,
+        "key": model.key,
+        "display_name": model.model.upstream_id,
+        "quantization": None,
+        "size_bytes": None,
+        "params_string": None,
+        "loaded_instances": [],
+        "max_context_length": model.model.context_length,
+        "format": "remote",
+        "remote": model.model.remote,
+        "architecture": None,
+        "capabilities": {"vision": False, "trained_for_tool_use": True},
+        "description": None,
+    }

@@ -29,6 +29,7 @@ from lms.errors import InvalidParameterError, NotImplementedYetError
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.inference.structured import text_format_grammar
+from lms.remote.models import RemoteModel
 
 routes = web.RouteTableDef()
 
@@ -173,7 +174,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     messages = history + new_messages
 
     admitted = await integrations.admit(request, wanted)
-    instance = await instances.acquire(request, model_query, ttl=bodies.get(body, "ttl", int))
+    instance = await instances.acquire_any(request, model_query, ttl=bodies.get(body, "ttl", int))
     if admitted:
         return await _with_tools(request, body, instance, messages, params, admitted, owner)
     # A stored conversation may hold tool calls and results (from a response with MCP tools).
@@ -258,7 +259,7 @@ def _mcp_tools(value: Any) -> list[integrations.Integration]:
 async def _with_tools(
     request: web.Request,
     body: dict[str, Any],
-    instance: Instance,
+    instance: Instance | RemoteModel,
     messages: list[dict[str, Any]],
     params: SamplingParams,
     admitted: list[integrations.Admitted],

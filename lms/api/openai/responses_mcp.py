@@ -31,12 +31,13 @@ from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.mcp import loop as tool_loop
 from lms.mcp.loop import Toolbox
+from lms.remote.models import RemoteModel
 
 #: Builds the response object from a status, its output items and usage.
 Shape = Callable[[str, list[dict[str, Any]], dict[str, Any] | None], dict[str, Any]]
 
 
-def force_first(body: dict[str, Any], instance: Instance) -> bool:
+def force_first(body: dict[str, Any], instance: Instance | RemoteModel) -> bool:
     """Whether the first round must call a tool: ``tool_choice`` ``required``, or absent for a
     model not trained for tool use (``auto`` lets the model answer at once)."""
     choice = body.get("tool_choice")
@@ -98,7 +99,7 @@ async def respond(
     request: web.Request,
     *,
     body: dict[str, Any],
-    instance: Instance,
+    instance: Instance | RemoteModel,
     messages: list[dict[str, Any]],
     params: SamplingParams,
     toolbox: Toolbox,
