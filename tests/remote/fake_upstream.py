@@ -19,7 +19,8 @@ Every request is recorded in ``fake.received`` (method, path, headers, body, par
 anything else happens, so a test sees even the requests the fake then hangs on. ``fake.fail(...)``
 switches on a :class:`Fault` for the inference routes (or the ``paths`` given), for every
 following request or only the next ``times`` ones; ``fake.heal()`` switches it off. A client that
-goes away while the fake hangs is recorded in ``fake.disconnects`` (its path).
+goes away while the fake hangs is recorded in ``fake.disconnects`` (its path);
+``fake.in_flight`` and ``fake.max_in_flight`` count the requests being answered at once.
 
 Use it ``async with FakeUpstream() as fake:`` in async tests, or ``with
 FakeUpstream().in_thread() as fake:`` from sync tests whose gate runs in another process: the
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
 from .gateconfig import write_key_file
@@ -122,11 +124,13 @@ class FakeUpstream:
     received: list[Received] = field(default_factory=list)
     disconnects: list[str] = field(default_factory=list)
     key_file: Path | None = None
-    _plan: _Plan | None = None
-    _runner: web.AppRunner | None = None
-    _port: int | None = None
-    _release: asyncio.Event | None = None
-    _key_dir: Path | None = None
+    in_flight: int = 0  # requests being answered now
+    max_in_flight: int = 0  # the most at once so far
+    _plan: _Plan | None = field(default=None, init=False, repr=False)
+    _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
+    _port: int | None = field(default=None, init=False, repr=False)
+    _release: asyncio.Event | None = field(default=None, init=False, repr=False)
+    _key_dir: Path | None = field(default=None, init=False, repr=False)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -135,7 +139,7 @@ class FakeUpstream:
         if self.key is not None:
             self._key_dir = Path(tempfile.mkdtemp(prefix="lmsfake"))
             self.key_file = write_key_file(self._key_dir / "upstream.key", self.key)
-        app = web.Application(client_max_size=64 << 20)
+        app = web.Application(client_max_size=64 << 20, middlewares=[self._count])
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -229,6 +233,15 @@ class FakeUpstream:
             time.sleep(0.02)
 
     # --- handlers ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
 
     async def _record(self, request: web.Request) -> Received:
         raw = await request.read()

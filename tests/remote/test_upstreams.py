@@ -11,8 +11,10 @@ import json
 import socket
 import stat
 import tomllib
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,11 +183,12 @@ async def test_fake_redirect_is_only_offered(make_fake_upstream: MakeFake) -> No
 async def test_fake_hangs_until_the_client_leaves(make_fake_upstream: MakeFake) -> None:
     fake = await make_fake_upstream()
     fake.fail(Fault.HANG_BEFORE_HEADERS, times=1)
+    assert fake.in_flight == 0
     async with aiohttp.ClientSession() as session:
         request = asyncio.ensure_future(session.post(f"{fake.base_url}{CHAT}", json=chat_body()))
         while not fake.received:
             await asyncio.sleep(0.01)
-        assert not request.done()
+        assert not request.done() and fake.in_flight == 1
         request.cancel()  # the client gives up: its connection closes
         with pytest.raises(asyncio.CancelledError):
             await request
@@ -199,6 +202,7 @@ async def test_fake_hangs_until_the_client_leaves(make_fake_upstream: MakeFake) 
             assert first.startswith(b"data: ") and b'"role": "assistant"' in first
         while len(fake.disconnects) < 2:  # the response closed, unread: the fake sees it
             await asyncio.sleep(0.01)
+    assert fake.disconnects == [CHAT, CHAT] and fake.max_in_flight == 1
 
 
 async def test_fake_cuts_streams_and_bodies(make_fake_upstream: MakeFake) -> None:
@@ -268,10 +272,15 @@ async def test_a_closed_fake_is_gone() -> None:
     assert refuses_connections(port)
 
 
+@dataclass
+class Address:
+    base_url: str
+    key_file: Path | None = None
+
+
 def test_gate_config_tables(tmp_path: Path) -> None:
-    one, two = FakeUpstream(), FakeUpstream()
-    one._port, two._port = 1001, 1002
-    two.key_file = tmp_path / "two.key"
+    one = Address("http://127.0.0.1:1001")
+    two = Address("http://127.0.0.1:1002", tmp_path / "two.key")
     text = remotes_toml({"gpu": [one, two], "cpu": two})
     assert tomllib.loads(text) == {
         "remotes": {
@@ -313,6 +322,29 @@ def test_llama_cpp_server_answers_and_goes(
     chat = real_chat(server.base_url, "sk-llama-1", server.model_id)
     assert chat.choices[0].message.content
     assert chat.usage is not None and 0 < chat.usage.completion_tokens <= 8
+    # What a gate meets there: no usage on streams, even when asked for; no /health; and a bad
+    # body answered 500 with the server's own file paths in the message.
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="sk-llama-1") as client:
+        stream = client.chat.completions.create(
+            model=server.model_id,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+    assert chunks and all(c.usage is None for c in chunks)
+    assert get_json(f"{server.base_url}/health", "sk-llama-1")[0] == 404
+    bad = urllib.request.Request(
+        f"{server.base_url}{CHAT}",
+        json.dumps({"messages": "not a list"}).encode(),
+        {"Authorization": "Bearer sk-llama-1", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(bad, timeout=60)
+    with refused.value as error:
+        assert error.code == 500
+        assert "llama_cpp/server/app.py" in error.read().decode()
     assert server.proc is not None
     pid, port = server.proc.pid, server.port
     server.stop()
@@ -340,6 +372,7 @@ def test_lms_upstream_answers_and_goes(make_lms_upstream: Callable[..., LmsUpstr
     assert upstream.key.startswith("sk-lm-")
     status, body = get_json(f"{upstream.base_url}/v1/models")
     assert (status, body["error"]["code"]) == (401, "missing_api_key")
+    assert get_json(f"{upstream.base_url}/health") == (200, {"status": "ok"})  # no key needed
     status, body = get_json(f"{upstream.base_url}/v1/models", upstream.key)
     assert DEFAULT_MODEL_KEY in [m["id"] for m in body["data"]]
     chat = real_chat(upstream.base_url, upstream.key, DEFAULT_MODEL_KEY)  # loads it just in time

@@ -109,7 +109,9 @@ class LlamaCppServer:
     """``python -m llama_cpp.server`` on ``model``, on a free loopback port.
 
     Its ``/v1/models`` lists one id: ``alias`` if given, else the model's path as given. It
-    answers any model name with that one model. Without ``api_key`` it wants no key.
+    answers any model name with that one model. Without ``api_key`` it wants no key. It runs one
+    request at a time (``/v1/models`` too waits for a running generation), has no ``/health``,
+    ignores ``stream_options`` and sends no ``usage`` on streams.
     """
 
     model: Path
@@ -119,6 +121,9 @@ class LlamaCppServer:
     # format, on which the model mostly answers nothing at all.
     chat_format: str | None = "gemma"
     n_ctx: int = 2048
+    # The server's default (True) ends a running stream early, with [DONE] and no finish_reason,
+    # as soon as another request waits for the model; False makes requests wait their turn.
+    interrupt_requests: bool = True
     extra_args: tuple[str, ...] = ()
     startup_timeout: float = _STARTUP_SECONDS
     port: int = 0
@@ -161,6 +166,8 @@ class LlamaCppServer:
             argv += ["--api_key", self.api_key]
         if self.alias is not None:
             argv += ["--model_alias", self.alias]
+        if not self.interrupt_requests:
+            argv += ["--interrupt_requests", "false"]
         if self.chat_format is not None:
             argv += ["--chat_format", self.chat_format]
         argv += self.extra_args
