@@ -74,8 +74,8 @@ def remote(request: web.Request, query: str) -> RemoteModel | None:
     None when it names no remote. Within a remote's names nothing falls back to local models:
     a model the remote does not list, or one outside the token's allowlist (audited), is a 404
     listing the remote models this token may use."""
-    remotes = request.app[REMOTES]
-    if not remotes.is_remote(query):
+    remotes = request.app.get(REMOTES)
+    if remotes is None or not remotes.is_remote(query):
         return None
     allowed = model_filter(request)
     found = remotes.find(query)

@@ -225,7 +225,7 @@ def connection_error(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
+        return sanitise(f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the connection was closed"
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -51,7 +51,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 param=f"messages[{i}]",
             )
     params = bodies.sampling(body, max_token_fields=("max_tokens",))
-    instance = await instances.acquire(request, model, ttl=bodies.get(body, "ttl", int))
+    instance = await instances.acquire_any(request, model, ttl=bodies.get(body, "ttl", int))
     # The local owner needs no token: nothing to count against.
     run = await pipeline.start(
         instance,
