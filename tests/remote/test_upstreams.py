@@ -202,7 +202,15 @@ async def test_fake_hangs_until_the_client_leaves(make_fake_upstream: MakeFake) 
             assert first.startswith(b"data: ") and b'"role": "assistant"' in first
         while len(fake.disconnects) < 2:  # the response closed, unread: the fake sees it
             await asyncio.sleep(0.01)
-    assert fake.disconnects == [CHAT, CHAT] and fake.max_in_flight == 1
+
+        fake.fail(Fault.HANG_MID_STREAM, paths={"/v1/models"}, times=1)
+        async with session.get(f"{fake.base_url}/v1/models") as got:
+            assert got.content_length is not None
+            half = await got.content.readany()  # half the body came, the rest never will
+            assert 0 < len(half) < got.content_length
+        while len(fake.disconnects) < 3:
+            await asyncio.sleep(0.01)
+    assert fake.disconnects == [CHAT, CHAT, "/v1/models"] and fake.max_in_flight == 1
 
 
 async def test_fake_cuts_streams_and_bodies(make_fake_upstream: MakeFake) -> None:
@@ -362,6 +370,10 @@ def test_llama_cpp_server_killed_abruptly(
     server.kill()
     assert server.proc is not None and server.proc.returncode == -9
     assert refuses_connections(server.port)
+    loading = make_llama_cpp_server(start=False)
+    loading.start(wait=False)  # killed while it loads (or just after: either way, gone)
+    loading.kill()
+    assert loading.proc is not None and loading.proc.returncode == -9
 
 
 @pytest.mark.model
