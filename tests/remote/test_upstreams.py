@@ -14,6 +14,7 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,6 +360,29 @@ def test_llama_cpp_server_answers_and_goes(
     assert server.proc.returncode is not None
     assert not Path(f"/proc/{pid}").exists()
     assert refuses_connections(port)
+
+
+@pytest.mark.model
+def test_llama_cpp_server_finishes_concurrent_streams(
+    make_llama_cpp_server: Callable[..., LlamaCppServer],
+) -> None:
+    """As started here (interrupt_requests off), a waiting request does not cut a running
+    stream short: both streams end with a finish_reason, however they overlap."""
+    server = make_llama_cpp_server()
+
+    def stream(_: int) -> list[str | None]:
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none") as client:
+            chunks = client.chat.completions.create(
+                model="any",
+                messages=[{"role": "user", "content": "Write a poem about the sea."}],
+                max_tokens=16,
+                stream=True,
+            )
+            return [c.choices[0].finish_reason for c in chunks if c.choices]
+
+    with ThreadPoolExecutor(2) as pool:
+        endings = list(pool.map(stream, range(2)))
+    assert [e[-1] for e in endings] == ["length", "length"], endings
 
 
 @pytest.mark.model

@@ -125,9 +125,11 @@ class LlamaCppServer:
     # format, on which the model mostly answers nothing at all.
     chat_format: str | None = "gemma"
     n_ctx: int = 2048
-    # The server's default (True) ends a running stream early, with [DONE] and no finish_reason,
-    # as soon as another request waits for the model; False makes requests wait their turn.
-    interrupt_requests: bool = True
+    # The server's own default (True) ends a running stream early, with [DONE] and no
+    # finish_reason, as soon as another request waits for the model (non-streaming requests are
+    # never cut): what a stream gets would hang on timing. False (here the default) makes every
+    # request wait its turn and finish; pass True to meet the server as shipped.
+    interrupt_requests: bool = False
     extra_args: tuple[str, ...] = ()
     startup_timeout: float = _STARTUP_SECONDS
     port: int = 0
@@ -176,8 +178,7 @@ class LlamaCppServer:
             argv += ["--api_key", self.api_key]
         if self.alias is not None:
             argv += ["--model_alias", self.alias]
-        if not self.interrupt_requests:
-            argv += ["--interrupt_requests", "false"]
+        argv += ["--interrupt_requests", str(self.interrupt_requests).lower()]
         if self.chat_format is not None:
             argv += ["--chat_format", self.chat_format]
         argv += self.extra_args
