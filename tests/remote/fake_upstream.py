@@ -47,7 +47,9 @@ from multidict import CIMultiDict
 
 from .gateconfig import write_key_file
 from .openai_shapes import (
+    ALL_PATHS,
     INFERENCE_PATHS,
+    LEAK_MARKERS,
     LEAKY_TEXT,
     Fault,
     FaultPlan,
@@ -56,6 +58,19 @@ from .openai_shapes import (
     stream_chunks,
     vector,
 )
+
+# The shapes moved to openai_shapes.py; tests import them from here as before.
+__all__ = [
+    "ALL_PATHS",
+    "INFERENCE_PATHS",
+    "LEAKY_TEXT",
+    "LEAK_MARKERS",
+    "FakeUpstream",
+    "Fault",
+    "FaultPlan",
+    "Received",
+    "fake_upstream",
+]
 
 
 @dataclass
