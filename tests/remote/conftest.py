@@ -7,7 +7,8 @@ upstreams use the default model, so their tests carry ``@pytest.mark.model``.
 * ``make_fake_upstream(**settings) -> FakeUpstream`` (async tests): ``await`` it;
 * ``make_threaded_fake_upstream(**settings) -> FakeUpstream`` (sync tests): served from a thread
   with its own event loop, for a gate that runs in another process;
-* ``make_llama_cpp_server(api_key=None, alias=None, ...) -> LlamaCppServer``;
+* ``make_llama_cpp_server(api_key=None, alias=None, ..., start=True) -> LlamaCppServer``
+  (``start=False``: not started, for ``server.start(wait=False)``; stopped all the same);
 * ``make_lms_upstream(perms=None, settings={}, ...) -> LmsUpstream``.
 
 To use them from another test folder, write the same few lines there with the classes from
@@ -50,8 +51,12 @@ def make_threaded_fake_upstream() -> Iterator[Callable[..., FakeUpstream]]:
 def make_llama_cpp_server(default_model_path: Path) -> Iterator[Callable[..., LlamaCppServer]]:
     with contextlib.ExitStack() as stack:
 
-        def make(**settings: Any) -> LlamaCppServer:
-            return stack.enter_context(LlamaCppServer(default_model_path, **settings))
+        def make(*, start: bool = True, **settings: Any) -> LlamaCppServer:
+            server = LlamaCppServer(default_model_path, **settings)
+            if not start:  # the test starts it (e.g. start(wait=False)); stopped all the same
+                stack.callback(server.stop)
+                return server
+            return stack.enter_context(server)
 
         yield make
 

@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import hashlib
 import json
-import re
 import shutil
 import tempfile
 import threading
@@ -49,58 +46,31 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
 from .gateconfig import write_key_file
-
-INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-ALL_PATHS = INFERENCE_PATHS | {"/v1/models", "/health"}
-
-# What a 5xx body leaks: an internal address, a host name, a file path and a Python traceback. A
-# gate must show none of these to its client (nor log them where a client can read them).
-LEAK_MARKERS = (
-    "10.20.30.40:8080",
-    "db.internal.example",
-    "/srv/upstream/engine.py",
-    "Traceback (most recent call last)",
-)
-LEAKY_TEXT = (
-    "upstream engine crashed talking to http://10.20.30.40:8080/slot/0"
-    " (db.internal.example:5432)\n"
-    "Traceback (most recent call last):\n"
-    '  File "/srv/upstream/engine.py", line 42, in generate\n'
-    "    raise RuntimeError(slot)\n"
-    "RuntimeError: slot 0 is gone\n"
+from .openai_shapes import (
+    ALL_PATHS,
+    INFERENCE_PATHS,
+    LEAK_MARKERS,
+    LEAKY_TEXT,
+    Fault,
+    FaultPlan,
+    completion,
+    openai_error,
+    stream_chunks,
+    vector,
 )
 
-_CLIENT_ERRORS = {  # OpenAI's envelope for the 4xx a test asks for
-    400: ("invalid_request_error", "messages", "context_length_exceeded"),
-    401: ("invalid_request_error", None, "invalid_api_key"),
-    403: ("invalid_request_error", None, "permission_denied"),
-    404: ("invalid_request_error", "model", "model_not_found"),
-    413: ("invalid_request_error", None, "request_too_large"),
-    422: ("invalid_request_error", None, "invalid_value"),
-    429: ("requests", None, "rate_limit_exceeded"),
-}
-
-
-class Fault(enum.StrEnum):
-    ERROR = "error"  # answer `status`: a 5xx leaks LEAKY_TEXT, a 4xx is OpenAI's envelope
-    HANG_BEFORE_HEADERS = "hang_before_headers"  # read the request, then never answer
-    HANG_MID_STREAM = "hang_mid_stream"  # headers and `after_chunks` chunks, then nothing
-    CUT_MID_STREAM = "cut_mid_stream"  # headers and `after_chunks` chunks, then close the socket
-    HUGE_LINE = "huge_line"  # a stream chunk (one line) of `size` bytes, then the rest as usual
-    HUGE_BODY = "huge_body"  # a non-streaming reply of `size` bytes (a valid completion)
-    REDIRECT = "redirect"  # 302 to `location` (default: /redirected/... on this fake)
-
-
-@dataclass
-class _Plan:
-    fault: Fault
-    status: int
-    paths: frozenset[str]
-    times: int | None
-    location: str | None
-    size: int
-    after_chunks: int
-    body_format: Literal["json", "text"]
+# The shapes moved to openai_shapes.py; tests import them from here as before.
+__all__ = [
+    "ALL_PATHS",
+    "INFERENCE_PATHS",
+    "LEAKY_TEXT",
+    "LEAK_MARKERS",
+    "FakeUpstream",
+    "Fault",
+    "FaultPlan",
+    "Received",
+    "fake_upstream",
+]
 
 
 @dataclass
@@ -126,7 +96,7 @@ class FakeUpstream:
     key_file: Path | None = None
     in_flight: int = 0  # requests being answered now
     max_in_flight: int = 0  # the most at once so far
-    _plan: _Plan | None = field(default=None, init=False, repr=False)
+    _plan: FaultPlan | None = field(default=None, init=False, repr=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
     _port: int | None = field(default=None, init=False, repr=False)
     _release: asyncio.Event | None = field(default=None, init=False, repr=False)
@@ -211,7 +181,7 @@ class FakeUpstream:
         body_format: Literal["json", "text"] = "json",
     ) -> None:
         """Misbehave on ``paths`` from the next request on (only ``times`` times if given)."""
-        self._plan = _Plan(
+        self._plan = FaultPlan(
             fault, status, frozenset(paths), times, location, size, after_chunks, body_format
         )
 
@@ -261,9 +231,9 @@ class FakeUpstream:
             return None
         if request.headers.get("Authorization") == f"Bearer {self.key}":
             return None
-        return _openai_error(401, "Incorrect API key provided.")
+        return openai_error(401, "Incorrect API key provided.")
 
-    def _plan_for(self, path: str) -> _Plan | None:
+    def _plan_for(self, path: str) -> FaultPlan | None:
         plan = self._plan
         if plan is None or path not in plan.paths:
             return None
@@ -281,7 +251,9 @@ class FakeUpstream:
             self.disconnects.append(request.path)
             raise
 
-    async def _early_fault(self, request: web.Request, plan: _Plan | None) -> web.Response | None:
+    async def _early_fault(
+        self, request: web.Request, plan: FaultPlan | None
+    ) -> web.Response | None:
         """The faults that replace the whole answer."""
         if plan is None:
             return None
@@ -297,7 +269,7 @@ class FakeUpstream:
                     return web.Response(status=plan.status, text=LEAKY_TEXT)
                 body = {"error": {"code": plan.status, "message": LEAKY_TEXT, "type": "server"}}
                 return web.json_response(body, status=plan.status)
-            return _openai_error(plan.status, f"scripted {plan.status} from the fake upstream")
+            return openai_error(plan.status, f"scripted {plan.status} from the fake upstream")
         return None
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -329,7 +301,7 @@ class FakeUpstream:
 
     async def _inference(
         self, request: web.Request
-    ) -> tuple[dict[str, Any], _Plan | None, web.Response | None]:
+    ) -> tuple[dict[str, Any], FaultPlan | None, web.Response | None]:
         """Record, authenticate, check the body and the model: (body, plan, refusal or None)."""
         seen = await self._record(request)
         if (refused := self._refusal(request)) is not None:
@@ -339,10 +311,10 @@ class FakeUpstream:
             return {}, plan, early
         body = seen.json
         if not isinstance(body, dict):
-            return {}, plan, _openai_error(400, "the body must be a JSON object", param="body")
+            return {}, plan, openai_error(400, "the body must be a JSON object", param="body")
         model = body.get("model")
         if self.strict_models and model not in self.models:
-            return {}, plan, _openai_error(404, f"The model `{model}` does not exist.")
+            return {}, plan, openai_error(404, f"The model `{model}` does not exist.")
         return body, plan, None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -373,7 +345,7 @@ class FakeUpstream:
         given = body.get("input")
         inputs = given if isinstance(given, list) else [given]
         data = [
-            {"object": "embedding", "index": i, "embedding": _vector(json.dumps(item))}
+            {"object": "embedding", "index": i, "embedding": vector(json.dumps(item))}
             for i, item in enumerate(inputs)
         ]
         tokens = sum(len(str(item).split()) for item in inputs)
@@ -384,7 +356,9 @@ class FakeUpstream:
 
     # --- replies ---------------------------------------------------------------------------------
 
-    async def _json(self, request: web.Request, doc: Any, plan: _Plan | None) -> web.StreamResponse:
+    async def _json(
+        self, request: web.Request, doc: Any, plan: FaultPlan | None
+    ) -> web.StreamResponse:
         """One JSON body, or the body-level faults (huge, hang or cut half-way)."""
         raw = json.dumps(doc).encode()
         if plan is None or plan.fault not in (Fault.HANG_MID_STREAM, Fault.CUT_MID_STREAM):
@@ -401,55 +375,24 @@ class FakeUpstream:
         return response
 
     async def _generate(
-        self, request: web.Request, body: dict[str, Any], plan: _Plan | None, text: str, chat: bool
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        plan: FaultPlan | None,
+        text: str,
+        chat: bool,
     ) -> web.StreamResponse:
-        if plan is not None and plan.fault in (Fault.HUGE_BODY, Fault.HUGE_LINE):
-            text = "x" * plan.size if not body.get("stream") else text
-        model = body.get("model")
-        prompt_tokens = len(json.dumps(body.get("messages" if chat else "prompt")).split())
-        pieces = re.findall(r"\S+\s*|\s+", text) or [""]
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(pieces),
-            "total_tokens": prompt_tokens + len(pieces),
-        }
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{len(self.received)}"
-        head: dict[str, Any] = {"id": ident, "created": 1700000000, "model": model}
         if not body.get("stream"):
-            if chat:
-                message = {"role": "assistant", "content": text}
-                choice = {"index": 0, "message": message, "finish_reason": "stop"}
-            else:
-                choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
-            reply = {**head, "object": "chat.completion" if chat else "text_completion"}
-            reply["choices"] = [choice]
-            if self.usage != "never":
-                reply["usage"] = usage
+            if plan is not None and plan.fault in (Fault.HUGE_BODY, Fault.HUGE_LINE):
+                text = "x" * plan.size
+            reply = completion(body, text, chat=chat, usage=self.usage, ident=ident)
             return await self._json(request, reply, plan)
-
-        kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(piece: str | None, finish: str | None = None) -> dict[str, Any]:
-            if chat:
-                delta = {} if piece is None else {"content": piece}
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": piece or "", "finish_reason": finish}
-            return {**head, "object": kind, "choices": [choice]}
-
-        chunks = [chunk(p) for p in pieces]
-        if chat:
-            chunks[0]["choices"][0]["delta"]["role"] = "assistant"
-        if plan is not None and plan.fault is Fault.HUGE_LINE:
-            chunks.insert(min(plan.after_chunks, len(chunks)), chunk("x" * plan.size))
-        last = chunk(None, "stop")
-        if self.usage == "always":
-            last["usage"] = usage
-        chunks.append(last)
-        options = body.get("stream_options")
-        if self.usage != "never" and isinstance(options, dict) and options.get("include_usage"):
-            chunks.append({**head, "object": kind, "choices": [], "usage": usage})
-
+        huge = plan.size if plan is not None and plan.fault is Fault.HUGE_LINE else None
+        at = plan.after_chunks if plan is not None else 0
+        chunks = stream_chunks(
+            body, text, chat=chat, usage=self.usage, ident=ident, huge=huge, at=at
+        )
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -467,19 +410,6 @@ class FakeUpstream:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
-
-
-def _openai_error(status: int, message: str, *, param: str | None = None) -> web.Response:
-    kind, default_param, code = _CLIENT_ERRORS.get(status, ("invalid_request_error", None, None))
-    error = {"message": message, "type": kind, "param": param or default_param, "code": code}
-    headers = {"Retry-After": "1"} if status == 429 else None
-    return web.json_response({"error": error}, status=status, headers=headers)
-
-
-def _vector(text: str, size: int = 8) -> list[float]:
-    """A deterministic unit-free vector for ``text``: equal inputs, equal vectors."""
-    digest = hashlib.sha256(text.encode()).digest()
-    return [round(b / 255, 6) for b in digest[:size]]
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,15 @@ async def test_fake_hangs_until_the_client_leaves(make_fake_upstream: MakeFake) 
             assert first.startswith(b"data: ") and b'"role": "assistant"' in first
         while len(fake.disconnects) < 2:  # the response closed, unread: the fake sees it
             await asyncio.sleep(0.01)
-    assert fake.disconnects == [CHAT, CHAT] and fake.max_in_flight == 1
+
+        fake.fail(Fault.HANG_MID_STREAM, paths={"/v1/models"}, times=1)
+        async with session.get(f"{fake.base_url}/v1/models") as got:
+            assert got.content_length is not None
+            half = await got.content.readany()  # half the body came, the rest never will
+            assert 0 < len(half) < got.content_length
+        while len(fake.disconnects) < 3:
+            await asyncio.sleep(0.01)
+    assert fake.disconnects == [CHAT, CHAT, "/v1/models"] and fake.max_in_flight == 1
 
 
 async def test_fake_cuts_streams_and_bodies(make_fake_upstream: MakeFake) -> None:
@@ -354,6 +363,29 @@ def test_llama_cpp_server_answers_and_goes(
 
 
 @pytest.mark.model
+def test_llama_cpp_server_finishes_concurrent_streams(
+    make_llama_cpp_server: Callable[..., LlamaCppServer],
+) -> None:
+    """As started here (interrupt_requests off), a waiting request does not cut a running
+    stream short: both streams end with a finish_reason, however they overlap."""
+    server = make_llama_cpp_server()
+
+    def stream(_: int) -> list[str | None]:
+        with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none") as client:
+            chunks = client.chat.completions.create(
+                model="any",
+                messages=[{"role": "user", "content": "Write a poem about the sea."}],
+                max_tokens=16,
+                stream=True,
+            )
+            return [c.choices[0].finish_reason for c in chunks if c.choices]
+
+    with ThreadPoolExecutor(2) as pool:
+        endings = list(pool.map(stream, range(2)))
+    assert [e[-1] for e in endings] == ["length", "length"], endings
+
+
+@pytest.mark.model
 def test_llama_cpp_server_killed_abruptly(
     make_llama_cpp_server: Callable[..., LlamaCppServer],
 ) -> None:
@@ -362,6 +394,10 @@ def test_llama_cpp_server_killed_abruptly(
     server.kill()
     assert server.proc is not None and server.proc.returncode == -9
     assert refuses_connections(server.port)
+    loading = make_llama_cpp_server(start=False)
+    loading.start(wait=False)  # killed while it loads (or just after: either way, gone)
+    loading.kill()
+    assert loading.proc is not None and loading.proc.returncode == -9
 
 
 @pytest.mark.model

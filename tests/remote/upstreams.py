@@ -34,11 +34,15 @@ from typing import Any
 
 import tomli_w
 
-from .fake_upstream import LEAK_MARKERS, FakeUpstream, Fault, Received, fake_upstream
+from .fake_upstream import FakeUpstream, Received, fake_upstream
 from .gateconfig import add_remotes, remote_section, remotes_toml, write_key_file
+from .openai_shapes import ALL_PATHS, INFERENCE_PATHS, LEAK_MARKERS, LEAKY_TEXT, Fault
 
 __all__ = [
+    "ALL_PATHS",
     "DEFAULT_MODEL_KEY",
+    "INFERENCE_PATHS",
+    "LEAKY_TEXT",
     "LEAK_MARKERS",
     "FakeUpstream",
     "Fault",
@@ -121,9 +125,11 @@ class LlamaCppServer:
     # format, on which the model mostly answers nothing at all.
     chat_format: str | None = "gemma"
     n_ctx: int = 2048
-    # The server's default (True) ends a running stream early, with [DONE] and no finish_reason,
-    # as soon as another request waits for the model; False makes requests wait their turn.
-    interrupt_requests: bool = True
+    # The server's own default (True) ends a running stream early, with [DONE] and no
+    # finish_reason, as soon as another request waits for the model (non-streaming requests are
+    # never cut): what a stream gets would hang on timing. False (here the default) makes every
+    # request wait its turn and finish; pass True to meet the server as shipped.
+    interrupt_requests: bool = False
     extra_args: tuple[str, ...] = ()
     startup_timeout: float = _STARTUP_SECONDS
     port: int = 0
@@ -144,18 +150,24 @@ class LlamaCppServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self) -> LlamaCppServer:
+    def start(self, wait: bool = True) -> LlamaCppServer:
+        """Launch the server; with ``wait``, return once ``/v1/models`` answers 200 (the model
+        is loaded). ``wait=False`` returns at once (then :meth:`wait_ready`, or :meth:`kill`
+        it while it loads), and does not retry a port taken meanwhile."""
         if self.api_key is not None and self.key_file is None:
             self.key_file = write_key_file(self._dir / "upstream.key", self.api_key)
         began = time.monotonic()
         for _attempt in range(3):  # a free port can be taken between the check and the bind
             self.port = _free_port()
-            if self._launch_and_wait():
+            self._launch()
+            if not wait:
+                return self
+            if self.wait_ready():
                 self.startup_seconds = time.monotonic() - began
                 return self
         raise AssertionError(f"llama_cpp.server never got a port; its log:\n{self.log()[-4000:]}")
 
-    def _launch_and_wait(self) -> bool:
+    def _launch(self) -> None:
         argv = [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(self.model),
@@ -166,8 +178,7 @@ class LlamaCppServer:
             argv += ["--api_key", self.api_key]
         if self.alias is not None:
             argv += ["--model_alias", self.alias]
-        if not self.interrupt_requests:
-            argv += ["--interrupt_requests", "false"]
+        argv += ["--interrupt_requests", str(self.interrupt_requests).lower()]
         if self.chat_format is not None:
             argv += ["--chat_format", self.chat_format]
         argv += self.extra_args
@@ -183,6 +194,11 @@ class LlamaCppServer:
                 cwd=self._dir,
                 start_new_session=True,  # its own process group, stopped as one
             )
+
+    def wait_ready(self) -> bool:
+        """Poll ``/v1/models`` until 200 (True) or the port was taken (False); fails when the
+        server exits otherwise or is not ready within ``startup_timeout``."""
+        assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -224,8 +240,6 @@ class LlamaCppServer:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 self.kill()
-        if self.proc is not None:
-            self._signal(signal.SIGKILL)  # anything left in its group
         if not os.environ.get("LMS_TEST_KEEP_UPSTREAM_LOGS"):
             shutil.rmtree(self._dir, ignore_errors=True)
 
