@@ -13,16 +13,14 @@ in the audit log: ``--key-file`` names a file of yours that only you can read (0
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from lms import config, paths
 from lms.cli import completers, render
-from lms.errors import ConflictError, InvalidParameterError, NotFoundError, SettingError
+from lms.cli import remoteedit as edits
+from lms.errors import InvalidParameterError, NotFoundError, SettingError
 
 if TYPE_CHECKING:
     from lms.remoteconfig import RemoteSpec
@@ -41,20 +39,6 @@ NameArgument = Annotated[
         show_default=False,
     ),
 ]
-
-#: The option of ``lms remote add`` behind each field of a ``[remotes.NAME]`` table, so that an
-#: error of :func:`lms.remoteconfig.parse_remote` names what the user typed.
-_OPTIONS = {
-    "urls": "URL",
-    "key_file": "--key-file",
-    "models": "--model",
-    "ca_file": "--ca-file",
-    "timeout": "--timeout",
-    "connect_timeout": "--connect-timeout",
-    "idle_timeout": "--idle-timeout",
-    "max_concurrent": "--max-concurrent",
-    "health_path": "--health-path",
-}
 
 
 TimeoutOption = Annotated[
@@ -101,7 +85,7 @@ def add(
     urls: Annotated[
         list[str],
         typer.Argument(
-            metavar="URL...",
+            metavar="URL",
             help="Base URL of the server, such as http://10.0.0.5:8080 (several: replicas).",
             show_default=False,
         ),
@@ -186,11 +170,11 @@ def add(
     managed_key = paths.remote_key_file(name)
     table: dict[str, Any] = {"urls": list(urls), "models": list(model or [])}
     if key_file is not None:
-        table["key_file"] = _checked_key_file(key_file)
+        table["key_file"] = edits.checked_key_file(key_file)
     elif key_stdin:
         table["key_file"] = str(managed_key)
     if ca_file is not None:
-        table["ca_file"] = _checked_ca_file(ca_file)
+        table["ca_file"] = edits.checked_ca_file(ca_file)
     numbers = {
         "timeout": timeout,
         "connect_timeout": connect_timeout,
@@ -199,18 +183,18 @@ def add(
         "health_path": health_path,
     }
     table.update({field: value for field, value in numbers.items() if value is not None})
-    spec = _parse(name, table)
-    _refuse_publisher_clash(name)
+    spec = edits.parse(name, table)
+    edits.refuse_publisher_clash(name)
     # Refused early, before a key is read; checked again under config.toml's lock below.
-    _check_free(name, config.read_file().get(config.REMOTES, ()), replace=replace)
-    key = _read_key_from_stdin() if key_stdin else None
+    edits.check_free(name, config.read_file().get(config.REMOTES, ()), replace=replace)
+    key = edits.read_key_from_stdin() if key_stdin else None
     replaced: list[RemoteSpec] = []
 
     def change(current: tuple[RemoteSpec, ...]) -> tuple[RemoteSpec, ...]:
-        old = _check_free(name, current, replace=replace)
-        _audit(name, old, spec)
+        old = edits.check_free(name, current, replace=replace)
+        edits.audit_change(name, old, spec)
         if key is not None:
-            _write_key(managed_key, key)
+            edits.write_key(managed_key, key)
         replaced.extend([old] if old is not None else [])
         return (*(other for other in current if other.name != name), spec)
 
@@ -222,7 +206,7 @@ def add(
             managed_key.unlink(missing_ok=True)
         raise
     if replaced:
-        _drop_managed_key(replaced[0], remotes)
+        edits.drop_managed_key(replaced[0], remotes)
     if json_output:
         render.emit_json({**spec.public_dict(), "replaced": bool(replaced)})
     else:
@@ -233,171 +217,7 @@ def add(
     render.note(
         f"a running daemon serves its models as {name}/<model id> within seconds (no restart)"
     )
-    _warn_about_exposure(spec)
-
-
-def _parse(name: str, table: dict[str, Any]) -> RemoteSpec:
-    """The validated spec; a SettingError names the option (or argument) that is wrong."""
-    from lms import remoteconfig
-
-    try:
-        return remoteconfig.parse_remote(name, table)
-    except ValueError as exc:
-        field, _, problem = str(exc).partition(": ")
-        option = _OPTIONS.get(field)
-        if option is None:
-            raise SettingError(f"remote {name}: {exc}") from None
-        raise SettingError(f"{option}: {problem}", param=field) from None
-
-
-def _checked_key_file(text: str) -> str:
-    """The absolute path of a key file the daemon will accept, checked now so that the operator
-    learns of a bad mode or owner at once (a SettingError says what is wrong, never the key)."""
-    from lms import remoteconfig
-
-    path = Path(text).expanduser().absolute()
-    try:
-        remoteconfig.read_key(str(path))
-    except remoteconfig.KeyFileError as exc:
-        raise SettingError(f"--key-file: {exc}", param="key_file") from None
-    return str(path)
-
-
-def _checked_ca_file(text: str) -> str:
-    """The absolute path of a PEM file of CA certificates that loads."""
-    import ssl
-
-    path = Path(text).expanduser().absolute()
-    try:
-        ssl.create_default_context().load_verify_locations(cafile=str(path))
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or "not a PEM file of CA certificates"
-        raise SettingError(f"--ca-file: cannot use {path}: {reason}", param="ca_file") from None
-    return str(path)
-
-
-def _check_free(name: str, current: tuple[RemoteSpec, ...], *, replace: bool) -> RemoteSpec | None:
-    """The remote ``name`` replaces (None: a new one); ConflictError when it exists and
-    ``replace`` is off, SettingError when a new one would pass the bound."""
-    from lms import remoteconfig
-
-    old = next((spec for spec in current if spec.name == name), None)
-    if old is not None and not replace:
-        raise ConflictError(
-            f"a remote named {name!r} already exists ({', '.join(old.urls)})",
-            hint=f"pass --replace to replace it, or remove it first: lms remote rm {name}",
-        )
-    if old is None and len(current) >= remoteconfig.MAX_REMOTES:
-        raise SettingError(f"config.toml already holds {remoteconfig.MAX_REMOTES} remotes")
-    return old
-
-
-def _refuse_publisher_clash(name: str) -> None:
-    """Refuse a name that is a publisher of local models: ``NAME/<id>`` would clash with the
-    keys ``publisher/model`` (compared case-insensitively, as a models folder may spell it)."""
-    from lms import modelfolder
-
-    root = config.current_models_dir()
-    taken = {modelfolder.LOCAL_PUBLISHER}
-    with contextlib.suppress(OSError):  # no models folder (yet): nothing is taken there
-        taken |= {e.name.lower() for e in root.iterdir() if e.is_dir() and e.name[0] != "."}
-    # type_of: keys without the embedding prefix (it never adds a publisher); no header read.
-    for found in modelfolder.scan(root, type_of=lambda _path: None).models:
-        if "/" in found.key:
-            taken.add(found.key.split("/", 1)[0].lower())
-    if name.lower() in taken:
-        raise ConflictError(
-            f"{name!r} is a publisher of local models in {root}: their keys {name}/... would"
-            f" clash with the remote's models {name}/<id>",
-            hint="choose another name for the remote",
-        )
-
-
-def _read_key_from_stdin() -> str:
-    """One line from stdin (without echo on a terminal); the key itself is never in a message."""
-    from lms.remoteconfig import MAX_KEY_BYTES
-
-    if render.is_interactive():
-        import getpass
-
-        text = getpass.getpass("API key of the server (not shown): ")
-    else:
-        text = sys.stdin.readline(MAX_KEY_BYTES + 2)
-    key = text.strip()
-    if not key:
-        raise InvalidParameterError(
-            "--key-stdin: no key on stdin",
-            hint="pipe it in: lms remote add NAME URL --key-stdin < file-with-the-key",
-            param="key_stdin",
-        )
-    if len(key) > MAX_KEY_BYTES or any(not 0x21 <= ord(char) <= 0x7E for char in key):
-        raise InvalidParameterError(
-            f"--key-stdin: a key is one line of 1-{MAX_KEY_BYTES} printable ASCII characters,"
-            " without spaces",
-            param="key_stdin",
-        )
-    return key
-
-
-def _write_key(path: Path, key: str) -> None:
-    """Write the key file 0600 in the 0700 folder of managed keys (atomically; only under
-    config.toml's lock, which every writer of these files holds), then read it back with the
-    daemon's own reader."""
-    from lms import remoteconfig, storage
-
-    paths.ensure_private_dir(path.parent)
-    storage.write_atomic(path, (key + "\n").encode("ascii"), mode=0o600)
-    remoteconfig.read_key(str(path))
-
-
-def _drop_managed_key(old: RemoteSpec, remotes: tuple[RemoteSpec, ...]) -> Path | None:
-    """Remove the key file ``--key-stdin`` wrote for ``old`` once no remote names it any more;
-    a key file of the user's own (``--key-file``) is never touched. Returns the removed path."""
-    managed = paths.remote_key_file(old.name)
-    if not old.key_file or Path(old.key_file).expanduser() != managed:
-        return None
-    if any(spec.key_file and Path(spec.key_file).expanduser() == managed for spec in remotes):
-        return None
-    managed.unlink(missing_ok=True)
-    return managed
-
-
-def _audit(name: str, old: RemoteSpec | None, new: RemoteSpec | None) -> None:
-    # Before the write, under config.toml's lock, as for the other security settings.
-    from lms.auth import audit
-
-    audit.append(audit.AuditEvent.REMOTE_CHANGED, name=name, old=_view(old), new=_view(new))
-
-
-def _view(spec: RemoteSpec | None) -> dict[str, Any] | None:
-    """What the audit log records of a remote: where it points, never its key."""
-    if spec is None:
-        return None
-    return {"urls": list(spec.urls), "models": list(spec.models), "key_file": spec.key_file}
-
-
-def _warn_about_exposure(spec: RemoteSpec) -> None:
-    if not config.read_file().get("auth.required", False):
-        render.warn(
-            "authentication is off: any client of the server may use this remote"
-            " (turn it on: lms auth require on)"
-        )
-    insecure = [url for url in spec.urls if url.startswith("http://") and not _is_local(url)]
-    if spec.key_file and insecure:
-        render.warn(f"the key goes unencrypted over the network to {', '.join(insecure)}")
-
-
-def _is_local(url: str) -> bool:
-    import ipaddress
-    import urllib.parse
-
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    edits.warn_about_exposure(spec)
 
 
 # --- list -------------------------------------------------------------------------------------
@@ -503,10 +323,10 @@ def rm(name: NameArgument) -> None:
         old = next((spec for spec in current if spec.name == name), None)
         if old is None:
             raise NotFoundError(f"no remote named {name!r}", hint="see: lms remote list")
-        _audit(name, old, None)
+        edits.audit_change(name, old, None)
         removed.append(old)
         return tuple(spec for spec in current if spec.name != name)
 
     remotes = config.write_remotes(change)
-    dropped = _drop_managed_key(removed[0], remotes)
+    dropped = edits.drop_managed_key(removed[0], remotes)
     render.note(f"removed remote {name}" + (f" and its key file {dropped}" if dropped else ""))
