@@ -85,7 +85,7 @@ def add(
     urls: Annotated[
         list[str],
         typer.Argument(
-            metavar="URL",
+            metavar="URL...",
             help="Base URL of the server, such as http://10.0.0.5:8080 (several: replicas).",
             show_default=False,
         ),
