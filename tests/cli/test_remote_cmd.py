@@ -7,6 +7,7 @@ import io
 import json
 import os
 import stat
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from fake_control import FakeControlServer, remote_doc
 from pki import make_pki
 from typer.testing import CliRunner
 
+import lms
 from lms import completion, config, modelkeys, paths
 from lms.auth import audit
 from lms.cli import app
 from lms.errors import ExitCode
+from lms.protocol import DaemonStatus
 
 pytestmark = pytest.mark.usefixtures("lms_home")
 
@@ -515,3 +518,55 @@ def test_key_stdin_does_not_read_more_than_one_line(runner: CliRunner) -> None:
     add(runner, "a", "http://h", "--key-stdin", input=f"{KEY}\nsecond line\n")
     assert paths.remote_key_file("a").read_text() == KEY + "\n"
     assert os.stat(paths.remote_key_file("a")).st_uid == os.geteuid()
+
+
+# --- with the real daemon -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def remote_engines() -> None:
+    """Skip, saying why, while the daemon has no remote engines (lms.remote) in this tree."""
+    if not (Path(lms.__file__).parent / "remote" / "engine.py").is_file():
+        pytest.skip("the daemon's remote engines (lms.remote) are not in this tree")
+
+
+def _live(runner: CliRunner) -> dict[str, Any]:
+    doc = json.loads(invoke(runner, "list", "--json").stdout)
+    assert doc["daemon_running"] is True
+    return {remote["name"]: remote["live"] for remote in doc["remotes"]}
+
+
+def _served() -> list[str]:
+    from lms import client as control
+
+    return [entry["name"] for entry in control.ControlClient().remotes()]
+
+
+@pytest.mark.model
+def test_the_daemon_serves_what_add_wrote_and_stops_after_rm(
+    runner: CliRunner, remote_engines: None, running_daemon: DaemonStatus
+) -> None:
+    from remote.upstreams import FakeUpstream
+
+    with FakeUpstream(models=["llama-3", "qwen"], key=KEY).in_thread() as upstream:
+        assert upstream.key_file is not None
+        add(runner, "gpu", upstream.base_url, "--key-file", str(upstream.key_file), "-m", "llama*")
+        deadline = time.monotonic() + 60
+        while not (_live(runner).get("gpu") or {}).get("models"):
+            assert time.monotonic() < deadline, "the daemon did not pick the remote up"
+            time.sleep(0.05)
+        live = _live(runner)["gpu"]
+        assert live["models"] == ["gpu/llama-3"]
+        assert live["error"] is None
+        assert live["replicas"] == [
+            {"url": upstream.base_url, "healthy": True, "in_flight": 0, "error": None}
+        ]
+        listed = invoke(runner, "list")
+        assert "1 model, 1/1 replica healthy" in listed.stdout
+        assert KEY not in everything_printed(listed)
+
+        assert invoke(runner, "rm", "gpu").exit_code == 0
+        while "gpu" in _served():
+            assert time.monotonic() < deadline, "the daemon still serves a removed remote"
+            time.sleep(0.05)
+    assert KEY not in paths.daemon_log().read_text()
