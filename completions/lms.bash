@@ -14,7 +14,7 @@
 _lms_spec() {
     case "$1" in
         "")
-            _lms_subs="ls ps load unload get import chat daemon server token auth config log mcp"
+            _lms_subs="ls ps load unload get import chat daemon server token auth config log mcp remote"
             _lms_opts="--debug --version -V --install-completion --show-completion --help -h"
             _lms_vopts=""
             _lms_nargs=0
@@ -223,6 +223,30 @@ _lms_spec() {
             _lms_vopts=""
             _lms_nargs=0
             ;;
+        "remote")
+            _lms_subs="add list rm"
+            _lms_opts="--help -h"
+            _lms_vopts=""
+            _lms_nargs=0
+            ;;
+        "remote add")
+            _lms_subs=""
+            _lms_opts="--key-file --key-stdin --model -m --ca-file --timeout --connect-timeout --idle-timeout --max-concurrent --health-path --replace --json --help -h"
+            _lms_vopts="--key-file --model -m --ca-file --timeout --connect-timeout --idle-timeout --max-concurrent --health-path"
+            _lms_nargs=2
+            ;;
+        "remote list")
+            _lms_subs=""
+            _lms_opts="--json --help -h"
+            _lms_vopts=""
+            _lms_nargs=0
+            ;;
+        "remote rm")
+            _lms_subs=""
+            _lms_opts="--help -h"
+            _lms_vopts=""
+            _lms_nargs=1
+            ;;
         *)
             _lms_subs="" _lms_opts="" _lms_vopts="" _lms_nargs=0
             ;;
@@ -294,6 +318,9 @@ _lms_argument_values() {
             ;;
         "config unset/0")
             _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir"
+            ;;
+        "remote rm/0")
+            _lms_reply_dynamic remotes
             ;;
     esac
 }

@@ -58,7 +58,7 @@ end
 function __lms_subcommands
     switch $argv[1]
         case ''
-            printf '%s\n' ls ps load unload get import chat daemon server token auth config log mcp
+            printf '%s\n' ls ps load unload get import chat daemon server token auth config log mcp remote
         case 'daemon'
             printf '%s\n' up down status
         case 'server'
@@ -73,6 +73,8 @@ function __lms_subcommands
             printf '%s\n' stream
         case 'mcp'
             printf '%s\n' list
+        case 'remote'
+            printf '%s\n' add list rm
     end
 end
 
@@ -98,6 +100,8 @@ function __lms_value_options
             printf '%s\n' --since
         case 'log stream'
             printf '%s\n' --source -s
+        case 'remote add'
+            printf '%s\n' --key-file --model -m --ca-file --timeout --connect-timeout --idle-timeout --max-concurrent --health-path
     end
 end
 
@@ -117,6 +121,7 @@ complete -c lms -n '__lms_arg \'\' 0' -a auth -d 'Require API tokens, and see th
 complete -c lms -n '__lms_arg \'\' 0' -a config -d 'Show and change settings (written to config.toml; no daemon needed).'
 complete -c lms -n '__lms_arg \'\' 0' -a log -d 'Live logs of the daemon.'
 complete -c lms -n '__lms_arg \'\' 0' -a mcp -d 'MCP servers clients may use (mcp.json).'
+complete -c lms -n '__lms_arg \'\' 0' -a remote -d 'Serve the models of other OpenAI-compatible servers as NAME/<model> (config.toml).'
 complete -c lms -n '__lms_at \'\'' -l debug -d 'Show tracebacks of errors (for bug reports).'
 complete -c lms -n '__lms_at \'\'' -l version -d 'Print the version and exit.'
 complete -c lms -n '__lms_at \'\'' -s V -d 'Print the version and exit.'
@@ -376,4 +381,37 @@ complete -c lms -n '__lms_at \'mcp list\'' -l tools -d 'Also list each server\'s
 complete -c lms -n '__lms_at \'mcp list\'' -l json -d 'Print one JSON document on stdout.'
 complete -c lms -n '__lms_at \'mcp list\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'mcp list\'' -s h -d 'Show this message and exit.'
+
+# lms remote
+complete -c lms -n '__lms_arg \'remote\' 0' -a add -d 'Add a remote engine: serve the models of an OpenAI-compatible server as NAME/<model id>.'
+complete -c lms -n '__lms_arg \'remote\' 0' -a list -d 'List the remotes of config.toml and, when the daemon runs, what each serves now.'
+complete -c lms -n '__lms_arg \'remote\' 0' -a rm -d 'Remove a remote from config.toml (a running daemon stops serving it within seconds).'
+complete -c lms -n '__lms_at \'remote\'' -l help -d 'Show this message and exit.'
+complete -c lms -n '__lms_at \'remote\'' -s h -d 'Show this message and exit.'
+
+# lms remote add
+complete -c lms -n '__lms_at \'remote add\'' -l key-file -x -d 'A file holding the server\'s API key, readable by you only (chmod 600).'
+complete -c lms -n '__lms_at \'remote add\'' -l key-stdin -d 'Read the server\'s API key from stdin and keep it in a 0600 file of lms.'
+complete -c lms -n '__lms_at \'remote add\'' -l model -x -d 'Serve only upstream models whose id matches, such as \'llama-*\' (repeatable).'
+complete -c lms -n '__lms_at \'remote add\'' -s m -x -d 'Serve only upstream models whose id matches, such as \'llama-*\' (repeatable).'
+complete -c lms -n '__lms_at \'remote add\'' -l ca-file -x -d 'PEM file of the CA that signs the server\'s certificate (https only).'
+complete -c lms -n '__lms_at \'remote add\'' -l timeout -x -d 'Seconds a whole request may take (default 600).'
+complete -c lms -n '__lms_at \'remote add\'' -l connect-timeout -x -d 'Seconds to connect to the server (default 10).'
+complete -c lms -n '__lms_at \'remote add\'' -l idle-timeout -x -d 'Seconds the server may stay silent mid-answer (default 300).'
+complete -c lms -n '__lms_at \'remote add\'' -l max-concurrent -x -d 'Requests sent to one replica at once; more wait (default 64).'
+complete -c lms -n '__lms_at \'remote add\'' -l health-path -x -d 'Route asked to check the server\'s health (default /v1/models).'
+complete -c lms -n '__lms_at \'remote add\'' -l replace -d 'Replace a remote of the same name.'
+complete -c lms -n '__lms_at \'remote add\'' -l json -d 'Print one JSON document on stdout.'
+complete -c lms -n '__lms_at \'remote add\'' -l help -d 'Show this message and exit.'
+complete -c lms -n '__lms_at \'remote add\'' -s h -d 'Show this message and exit.'
+
+# lms remote list
+complete -c lms -n '__lms_at \'remote list\'' -l json -d 'Print one JSON document on stdout.'
+complete -c lms -n '__lms_at \'remote list\'' -l help -d 'Show this message and exit.'
+complete -c lms -n '__lms_at \'remote list\'' -s h -d 'Show this message and exit.'
+
+# lms remote rm
+complete -c lms -n '__lms_arg \'remote rm\' 0' -a '(__lms_values remotes)' -d 'NAME'
+complete -c lms -n '__lms_at \'remote rm\'' -l help -d 'Show this message and exit.'
+complete -c lms -n '__lms_at \'remote rm\'' -s h -d 'Show this message and exit.'
 

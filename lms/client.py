@@ -37,6 +37,7 @@ from lms.protocol import (
     CONTROL_LOAD,
     CONTROL_MCP,
     CONTROL_MODELS,
+    CONTROL_REMOTES,
     CONTROL_SERVER,
     CONTROL_SERVER_START,
     CONTROL_SERVER_STOP,
@@ -399,6 +400,14 @@ class ControlClient:
         starting the servers that are not running."""
         path = CONTROL_MCP + ("?tools=1" if tools else "")
         return cast(dict[str, Any], self.request("GET", path, timeout=MCP_TOOLS_TIMEOUT))
+
+    def remotes(self) -> list[dict[str, Any]]:
+        """The remote engines as the daemon serves them now (``GET /remotes``): per remote its
+        ``name``, ``models`` (keys ``NAME/<upstream id>``), ``error`` (or None) and
+        ``replicas`` (``url``, ``healthy``, ``in_flight``, ``error``). Never starts a daemon:
+        DaemonNotRunningError when none runs."""
+        doc = self.request("GET", CONTROL_REMOTES)
+        return cast(list[dict[str, Any]], doc["remotes"])
 
     def import_model(
         self,

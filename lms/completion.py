@@ -1,4 +1,4 @@
-"""Values for shell completion, read cheaply: ``lms __complete tokens|models|instances [PREFIX]``.
+"""Values for shell completion, read cheaply: ``lms __complete SOURCE [PREFIX]``.
 
 The static completion scripts in ``completions/`` know every command, option and fixed value by
 heart (they are generated from the Typer app); for the values that change they run this hidden
@@ -12,6 +12,7 @@ command, one line per value on stdout. It is answered by :func:`main` before Typ
   embedding model), then its type is cached (``model-types.json``).
 - ``instances``: identifiers of the loaded instances, asked of the daemon only if its socket
   answers (nothing otherwise).
+- ``remotes``: the names of the remote engines of config.toml (``[remotes.NAME]``).
 
 Never starts the daemon, never prints an error into a completion: anything that fails yields no
 values. Standard library and ``lms.paths`` only at import time; the rest is imported on use.
@@ -63,10 +64,23 @@ def instances() -> list[str]:
     return sorted(str(instance["identifier"]) for instance in doc["instances"])
 
 
+def remotes() -> list[str]:
+    """Names of the remote engines in config.toml (nothing when it is missing or broken)."""
+    from lms import config
+    from lms.errors import ConfigBrokenError
+
+    try:
+        specs = config.read_file().get(config.REMOTES, ())
+    except ConfigBrokenError:
+        return []
+    return [spec.name for spec in specs]
+
+
 SOURCES: dict[str, Callable[[], list[str]]] = {
     "tokens": tokens,
     "models": models,
     "instances": instances,
+    "remotes": remotes,
 }
 
 

@@ -69,6 +69,11 @@ def mcp_file() -> Path:
     return config_dir() / "mcp.json"
 
 
+def remote_key_file(name: str) -> Path:
+    """The key file ``lms remote add NAME --key-stdin`` writes (0600, in a 0700 folder)."""
+    return config_dir() / "remotes" / f"{name}.key"
+
+
 def models_dir() -> Path:
     return data_dir() / "models"
 

@@ -225,11 +225,12 @@ def read_key(path: str) -> str:
     at most 4 KB, one line of printable ASCII. Raises KeyFileError otherwise."""
     where = Path(path).expanduser()
     try:
-        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put there must not block the reader (it is refused below).
+        fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise KeyFileError(f"cannot open the key file {where}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise KeyFileError(f"the key file {where} is not a regular file")
         if info.st_mode & 0o077:
@@ -239,7 +240,17 @@ def read_key(path: str) -> str:
             )
         if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
             raise KeyFileError(f"the key file {where} belongs to another user")
-        raw = handle.read(MAX_KEY_BYTES + 2)
+        raw = b""
+        while len(raw) < MAX_KEY_BYTES + 2:
+            try:
+                chunk = os.read(fd, MAX_KEY_BYTES + 2 - len(raw))
+            except OSError as exc:
+                raise KeyFileError(f"cannot read the key file {where}: {exc.strerror}") from None
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        os.close(fd)
     text = raw.decode("ascii", errors="replace").strip()
     if len(raw) > MAX_KEY_BYTES + 1 or not _KEY.match(text):
         raise KeyFileError(

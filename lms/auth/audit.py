@@ -39,6 +39,7 @@ class AuditEvent(StrEnum):
     TOKEN_REMOVED = "token_removed"
     AUTH_SETTING_CHANGED = "auth_setting_changed"
     MCP_SETTING_CHANGED = "mcp_setting_changed"
+    REMOTE_CHANGED = "remote_changed"  # lms remote add / rm: name and URLs, never the key
     REQUEST_REFUSED = "request_refused"  # written by lms.auth.refusals only
 
 

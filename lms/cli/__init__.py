@@ -32,6 +32,7 @@ from lms.cli import download as download_cmd
 from lms.cli import log as log_cmd
 from lms.cli import mcp as mcp_cmd
 from lms.cli import models as models_cmd
+from lms.cli import remote as remote_cmd
 from lms.cli import server as server_cmd
 from lms.cli import token as token_cmd
 from lms.errors import ExitCode, LmsError
@@ -127,6 +128,7 @@ download_cmd.register(app, rich_help_panel="Local models")
 chat_cmd.register(app, rich_help_panel="Local models")
 app.add_typer(log_cmd.app, name="log", rich_help_panel="Serve")
 app.add_typer(mcp_cmd.app, name="mcp", rich_help_panel="Serve")
+app.add_typer(remote_cmd.app, name="remote", rich_help_panel="Serve")
 completers.register(app)
 
 

@@ -52,6 +52,7 @@ def source_of(callback: object) -> str | None:
 tokens = dynamic("tokens")
 models = dynamic("models")
 instances = dynamic("instances")
+remotes = dynamic("remotes")
 
 
 def permissions(incomplete: str) -> list[str]:

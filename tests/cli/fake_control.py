@@ -55,6 +55,32 @@ def instance_doc(identifier: str, *, model_key: str | None = None, **extra: Any)
     return doc
 
 
+def remote_doc(
+    name: str,
+    urls: list[str],
+    *,
+    models: tuple[str, ...] = (),
+    error: str | None = None,
+    healthy: bool = True,
+) -> dict[str, Any]:
+    """One entry of ``GET /remotes``: models keyed ``NAME/<id>``, one replica per URL."""
+    replicas = [
+        {
+            "url": url,
+            "healthy": healthy,
+            "in_flight": 0,
+            "error": None if healthy else "connection refused",
+        }
+        for url in urls
+    ]
+    return {
+        "name": name,
+        "models": [f"{name}/{model}" for model in models],
+        "error": error,
+        "replicas": replicas,
+    }
+
+
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
@@ -73,6 +99,9 @@ class FakeControlServer:
         self.started_at = time.time()
         self.route("GET", "/status", lambda _body: (200, self.status_doc()))
         self.route("GET", "/server", lambda _body: (200, self.server))
+        # GET /remotes: the daemon's state of each remote engine (lms remote list).
+        self.remotes: list[dict[str, Any]] = []
+        self.route("GET", "/remotes", lambda _body: (200, {"remotes": self.remotes}))
         self._httpd: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
 

@@ -32,15 +32,16 @@ from typing import Any, Literal
 
 import pytest
 import typer
-from fake_control import FakeControlServer, instance_doc, server_doc
+from fake_control import FakeControlServer, instance_doc, remote_doc, server_doc
 from typer.testing import CliRunner
 
 import lms
-from lms import modelkeys, paths
+from lms import config, modelkeys, paths
 from lms.auth.registry import Registry
 from lms.cli import app
 from lms.cli.docgen import tree
 from lms.errors import ExitCode
+from lms.remoteconfig import parse_remote
 
 pytestmark = pytest.mark.usefixtures("lms_home")
 
@@ -274,6 +275,16 @@ def logs(world: World) -> None:
     fake.route("GET", "/logs?source=server", (200, body))
 
 
+def remotes(world: World) -> None:
+    spec = parse_remote("gpu", {"urls": ["http://10.0.0.5:8080"]})
+    config.write_remotes(lambda current: (*current, spec))
+
+
+def remotes_live(world: World) -> None:
+    remotes(world)
+    _fake(world).remotes = [remote_doc("gpu", ["http://10.0.0.5:8080"], models=("llama-3",))]
+
+
 def both(*setups: Callable[[World], None]) -> Callable[[World], None]:
     def run(world: World) -> None:
         for setup in setups:
@@ -484,6 +495,28 @@ CASES: dict[str, list[Case]] = {
             expect=["fetch_tiktoken_documentation"],
         ),
         Case(["mcp", "list", "--tools", "--json"], stdout="json", daemon=True, setup=mcp_tools),
+    ],
+    "remote add": [
+        Case(["remote", "add", "gpu", "http://10.0.0.5:8080"], expect=["added remote gpu"]),
+        Case(["remote", "add", "gpu", "http://10.0.0.5:8080", "--json"], stdout="json"),
+        Case(
+            ["remote", "add", "v", "https://v.example", "--key-stdin"],
+            input="sk-upstream-key\n",
+            expect=["remotes/v.key"],
+        ),
+        Case(["remote", "add", "Bad", "http://h"], USAGE, "empty"),
+        Case(["remote", "add", "gpu", "http://h"], ExitCode.CONFLICT, "empty", setup=remotes),
+    ],
+    "remote list": [
+        Case(["remote", "list"], setup=remotes, expect=["gpu", "daemon not running"]),
+        Case(["remote", "list", "--json"], stdout="json", setup=remotes),
+        Case(["remote", "list"], stdout="empty", expect=["no remotes"]),
+        Case(["remote", "list"], daemon=True, setup=remotes_live, expect=["gpu/llama-3"]),
+        Case(["remote", "list", "--json"], stdout="json", daemon=True, setup=remotes_live),
+    ],
+    "remote rm": [
+        Case(["remote", "rm", "gpu"], stdout="empty", setup=remotes, expect=["removed"]),
+        Case(["remote", "rm", "nope"], ExitCode.NOT_FOUND, "empty"),
     ],
 }
 

@@ -121,4 +121,4 @@ def test_no_daemon_means_no_instances_and_no_start(
 def test_bad_usage_exits_2(home: Path, argv: list[str]) -> None:
     code, out, err = run(*argv)
     assert (code, out) == (2, "")
-    assert err == "usage: lms __complete tokens|models|instances [PREFIX]\n"
+    assert err == "usage: lms __complete tokens|models|instances|remotes [PREFIX]\n"

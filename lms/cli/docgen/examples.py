@@ -106,4 +106,20 @@ EXAMPLES: dict[str, list[Example]] = {
         ("The servers of mcp.json (secrets redacted; no daemon needed):", "lms mcp list"),
         ("Each server's tools (starts the daemon and the servers):", "lms mcp list --tools"),
     ],
+    "remote": [
+        (
+            "Serve the models of a llama-server on another machine as gpu/<model>:",
+            "lms remote add gpu http://10.0.0.5:8080",
+        ),
+        (
+            "A vLLM server behind an API key (read from stdin, kept in a 0600 file):",
+            "printenv VLLM_API_KEY | lms remote add vllm https://vllm.example:8000 --key-stdin",
+        ),
+        (
+            "Two replicas of one server, serving only its llama models:",
+            "lms remote add gpu http://10.0.0.5:8080 http://10.0.0.6:8080 -m 'llama-*' --replace",
+        ),
+        ("What each remote serves now, and its replicas' health:", "lms remote list"),
+        ("Stop serving it:", "lms remote rm gpu"),
+    ],
 }
