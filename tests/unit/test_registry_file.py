@@ -56,7 +56,8 @@ def test_refused_values(text: str, problem: str) -> None:
 
 def test_a_relative_path_in_config_toml_is_a_broken_config() -> None:
     write_config('[auth]\nregistry_file = "tokens.toml"\n')
-    with pytest.raises(ConfigBrokenError, match=re.escape("auth.registry_file: must be an absolute path")):
+    problem = re.escape("auth.registry_file: must be an absolute path")
+    with pytest.raises(ConfigBrokenError, match=problem):
         config.current_registry_file()
 
 
