@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from lms import paths
@@ -32,15 +33,32 @@ DAEMON_TIMEOUT = 1.0
 
 def tokens() -> list[str]:
     """Names, then ids, of the tokens in the registry (nothing when it is missing or broken)."""
-    from lms import config
     from lms.auth import registry
     from lms.errors import ConfigBrokenError
 
     try:
-        records = registry.read(config.current_registry_file()).records
+        records = registry.read(_registry_file()).records
     except ConfigBrokenError:
         return []
     return [r.name for r in records] + [r.id for r in records]
+
+
+def _registry_file() -> Path:
+    """:func:`lms.config.current_registry_file`, without importing lms.config (and tomllib) at
+    each TAB when config.toml cannot name another registry: when it is missing, or does not
+    mention ``registry_file`` at all (a broken config.toml then still completes the default
+    registry's names: a TAB only shows them)."""
+    try:
+        text = paths.config_file().read_bytes()
+    except FileNotFoundError:
+        return paths.tokens_file()
+    except OSError:
+        text = b"registry_file"  # let config.toml's own reader say what is wrong
+    if b"registry_file" not in text:
+        return paths.tokens_file()
+    from lms import config
+
+    return config.current_registry_file()
 
 
 def models() -> list[str]:

@@ -136,6 +136,10 @@ def test_registry_refuses_to_guess_while_config_toml_is_broken() -> None:
         Registry().list()
     with pytest.raises(ConfigBrokenError, match=re.escape("config.toml")):
         Registry().create("other")
+    # A TAB reads config.toml only when it mentions the setting (lms.config is not imported
+    # otherwise), and shows nothing while that config.toml is broken.
+    assert completion.values("tokens")[0] == "ci"
+    write_config("[auth]\nregistry_file = 7\n")
     assert completion.values("tokens") == []
 
 
