@@ -148,9 +148,12 @@ def registry_file_of(settings: Settings) -> Path:
     """The token registry ``settings`` name: ``auth.registry_file`` with ``~`` expanded, else
     the default (``<config dir>/tokens.toml``). The one place that decides it: the daemon's
     verifier, ``lms token``, ``lms auth`` and shell completion all ask here."""
-    if settings.auth_registry_file:
+    if not settings.auth_registry_file:
+        return paths.tokens_file()
+    try:
         return Path(settings.auth_registry_file).expanduser()
-    return paths.tokens_file()
+    except RuntimeError as exc:  # "~" without a home directory: which file is unknown
+        raise ConfigBrokenError(f"auth.registry_file: {exc}") from None
 
 
 def current_registry_file() -> Path:

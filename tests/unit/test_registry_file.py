@@ -88,6 +88,15 @@ def test_the_configured_path_with_tilde_expanded(
     assert config.current_registry_file() == tmp_path / "shared.toml"
 
 
+def test_a_tilde_without_a_home_directory_is_a_broken_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HOME", raising=False)
+    settings = config.Settings(auth_registry_file="~no-such-user-lms/tokens.toml")
+    with pytest.raises(ConfigBrokenError, match=re.escape("auth.registry_file")):
+        config.registry_file_of(settings)
+
+
 def test_set_value_needs_an_existing_folder(tmp_path: Path) -> None:
     with pytest.raises(SettingError, match="is not a folder") as caught:
         config.set_value(KEY, str(tmp_path / "missing" / "tokens.toml"))
