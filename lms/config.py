@@ -136,10 +136,14 @@ def _check_models_dir(value: str) -> None:
 
 
 def _check_registry_file(value: str) -> None:
-    if value and not Path(value).expanduser().is_absolute():
-        raise ValueError("must be an absolute path (or start with ~), or empty for the default")
     if "\0" in value:
         raise ValueError("must not contain a NUL character")
+    try:
+        absolute = Path(value).expanduser().is_absolute()
+    except RuntimeError:  # ~user of no such user, or ~ without a home directory
+        raise ValueError(f"cannot expand the ~ of {value!r}") from None
+    if value and not absolute:
+        raise ValueError("must be an absolute path (or start with ~), or empty for the default")
     if value.endswith("/"):
         raise ValueError("must name a file, not a folder (e.g. /srv/lms/tokens.toml)")
 

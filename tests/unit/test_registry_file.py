@@ -47,6 +47,7 @@ def test_accepted_values(text: str) -> None:
         ("shared/tokens.toml", "absolute path"),
         ("/srv/lms/", "not a folder"),
         ("/srv/\0/tokens.toml", "NUL"),
+        ("~no-such-user-lms/tokens.toml", "cannot expand"),
     ],
 )
 def test_refused_values(text: str, problem: str) -> None:
