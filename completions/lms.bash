@@ -3,7 +3,7 @@
 #
 # Commands, options and fixed values (permissions, on|off, setting keys, ...) are written
 # below. Token names and ids, model keys and loaded instances come from the hidden command
-# `lms __complete tokens|models|instances PREFIX`, run at each TAB: it reads tokens.toml and
+# `lms __complete tokens|models|instances PREFIX`, run at each TAB: it reads the token registry and
 # the models folder directly, asks the daemon only if its socket answers, and never starts it.
 #
 # Enable it: `source /path/to/completions/lms.bash` in ~/.bashrc, or copy this file to
@@ -311,13 +311,13 @@ _lms_argument_values() {
             _lms_reply_words "on off"
             ;;
         "config get/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required auth.registry_file mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir"
             ;;
         "config set/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required auth.registry_file mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir"
             ;;
         "config unset/0")
-            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir"
+            _lms_reply_words "server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required auth.registry_file mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir"
             ;;
         "remote rm/0")
             _lms_reply_dynamic remotes

@@ -3,7 +3,7 @@
 #
 # Commands, options and fixed values (permissions, on|off, setting keys, ...) are written
 # below. Token names and ids, model keys and loaded instances come from the hidden command
-# `lms __complete tokens|models|instances PREFIX`, run at each TAB: it reads tokens.toml and
+# `lms __complete tokens|models|instances PREFIX`, run at each TAB: it reads the token registry and
 # the models folder directly, asks the daemon only if its socket answers, and never starts it.
 #
 # Enable it: copy this file to ~/.config/fish/completions/lms.fish.
@@ -116,7 +116,7 @@ complete -c lms -n '__lms_arg \'\' 0' -a import -d 'Bring a GGUF file into the m
 complete -c lms -n '__lms_arg \'\' 0' -a chat -d 'Chat with a model: one-shot with -p (or piped stdin), else interactive.'
 complete -c lms -n '__lms_arg \'\' 0' -a daemon -d 'Start, stop and inspect the background daemon.'
 complete -c lms -n '__lms_arg \'\' 0' -a server -d 'Start, stop and inspect the HTTP API server.'
-complete -c lms -n '__lms_arg \'\' 0' -a token -d 'Create, list, change, rotate and revoke API tokens (tokens.toml; no daemon needed).'
+complete -c lms -n '__lms_arg \'\' 0' -a token -d 'Create, list, change, rotate and revoke API tokens (tokens.toml, or auth.registry_file; no daemon needed).'
 complete -c lms -n '__lms_arg \'\' 0' -a auth -d 'Require API tokens, and see the state and the audit log of authentication.'
 complete -c lms -n '__lms_arg \'\' 0' -a config -d 'Show and change settings (written to config.toml; no daemon needed).'
 complete -c lms -n '__lms_arg \'\' 0' -a log -d 'Live logs of the daemon.'
@@ -344,18 +344,18 @@ complete -c lms -n '__lms_at \'config list\'' -l help -d 'Show this message and 
 complete -c lms -n '__lms_at \'config list\'' -s h -d 'Show this message and exit.'
 
 # lms config get
-complete -c lms -n '__lms_arg \'config get\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
+complete -c lms -n '__lms_arg \'config get\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required auth.registry_file mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
 complete -c lms -n '__lms_at \'config get\'' -l json -d 'Print one JSON document on stdout.'
 complete -c lms -n '__lms_at \'config get\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config get\'' -s h -d 'Show this message and exit.'
 
 # lms config set
-complete -c lms -n '__lms_arg \'config set\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
+complete -c lms -n '__lms_arg \'config set\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required auth.registry_file mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
 complete -c lms -n '__lms_at \'config set\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config set\'' -s h -d 'Show this message and exit.'
 
 # lms config unset
-complete -c lms -n '__lms_arg \'config unset\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
+complete -c lms -n '__lms_arg \'config unset\' 0' -a 'server.port server.bind server.cors server.cors_origins server.allowed_hosts auth.required auth.registry_file mcp.allow_mcp_json mcp.allow_remote mcp.allow_private_urls mcp.timeout mcp.idle_timeout models.allow_private_urls models.jit models.jit_keep_last models.ttl models.context_length models.parallel models.max_context_length models.queue_length models.speculative models.dir' -d 'KEY'
 complete -c lms -n '__lms_at \'config unset\'' -l help -d 'Show this message and exit.'
 complete -c lms -n '__lms_at \'config unset\'' -s h -d 'Show this message and exit.'
 

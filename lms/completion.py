@@ -5,7 +5,8 @@ heart (they are generated from the Typer app); for the values that change they r
 command, one line per value on stdout. It is answered by :func:`main` before Typer is imported
 (see :mod:`lms.launcher`): a TAB must not pay for building the CLI.
 
-- ``tokens``: the names, then the ids, of the tokens in tokens.toml (the registry's own reader).
+- ``tokens``: the names, then the ids, of the tokens in the registry (``auth.registry_file``,
+  else tokens.toml; the registry's own reader).
 - ``models``: model keys. The daemon's catalog when its socket answers, else the model files
   of the models folder (``models.dir``) keyed by :func:`lms.modelfolder.scan`, the daemon's own
   rule: a GGUF header is read only for a file new or changed since the last TAB (to tell an
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from lms import paths
@@ -31,15 +33,33 @@ DAEMON_TIMEOUT = 1.0
 
 
 def tokens() -> list[str]:
-    """Names, then ids, of the tokens in tokens.toml (nothing when it is missing or broken)."""
+    """Names, then ids, of the tokens in the registry (nothing when it is missing or broken)."""
     from lms.auth import registry
     from lms.errors import ConfigBrokenError
 
     try:
-        records = registry.read(paths.tokens_file()).records
+        records = registry.read(_registry_file()).records
     except ConfigBrokenError:
         return []
     return [r.name for r in records] + [r.id for r in records]
+
+
+def _registry_file() -> Path:
+    """:func:`lms.config.current_registry_file`, without importing lms.config (and tomllib) at
+    each TAB when config.toml cannot name another registry: when it is missing, or does not
+    mention ``registry_file`` at all (a broken config.toml then still completes the default
+    registry's names: a TAB only shows them)."""
+    try:
+        text = paths.config_file().read_bytes()
+    except FileNotFoundError:
+        return paths.tokens_file()
+    except OSError:
+        text = b"registry_file"  # let config.toml's own reader say what is wrong
+    if b"registry_file" not in text:
+        return paths.tokens_file()
+    from lms import config
+
+    return config.current_registry_file()
 
 
 def models() -> list[str]:

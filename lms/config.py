@@ -35,6 +35,7 @@ class Settings:
     server_cors_origins: tuple[str, ...] = ()
     server_allowed_hosts: tuple[str, ...] = ()
     auth_required: bool = False
+    auth_registry_file: str = ""
     mcp_allow_mcp_json: bool = False
     mcp_allow_remote: bool = False
     mcp_allow_private_urls: bool = False
@@ -137,6 +138,38 @@ def _check_models_dir(value: str) -> None:
         raise ValueError("must not contain a NUL character")
 
 
+def _check_registry_file(value: str) -> None:
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+    try:
+        absolute = Path(value).expanduser().is_absolute()
+    except RuntimeError:  # ~user of no such user, or ~ without a home directory
+        raise ValueError(f"cannot expand the ~ of {value!r}") from None
+    if value and not absolute:
+        raise ValueError("must be an absolute path (or start with ~), or empty for the default")
+    if value.endswith("/"):
+        raise ValueError("must name a file, not a folder (e.g. /srv/lms/tokens.toml)")
+
+
+def registry_file_of(settings: Settings) -> Path:
+    """The token registry ``settings`` name: ``auth.registry_file`` with ``~`` expanded, else
+    the default (``<config dir>/tokens.toml``). The one place that decides it: the daemon's
+    verifier, ``lms token``, ``lms auth`` and shell completion all ask here."""
+    if not settings.auth_registry_file:
+        return paths.tokens_file()
+    try:
+        return Path(settings.auth_registry_file).expanduser()
+    except RuntimeError as exc:  # "~" without a home directory: which file is unknown
+        raise ConfigBrokenError(f"auth.registry_file: {exc}") from None
+
+
+def current_registry_file() -> Path:
+    """The token registry in force for this process: config.toml's ``auth.registry_file`` (a
+    security setting: the environment cannot move it). ConfigBrokenError while config.toml is
+    broken: which registry to use is then unknown, and nothing is read or written."""
+    return registry_file_of(build(read_file(), {}))
+
+
 def models_dir_of(settings: Settings) -> Path:
     """The models folder ``settings`` name: ``models.dir`` with ``~`` expanded, else the
     default (``<data dir>/models``)."""
@@ -190,6 +223,13 @@ SETTINGS: dict[str, Setting] = {
             check=_check_hosts,
         ),
         Setting("auth.required", bool, "require an API token on every request", security=True),
+        Setting(
+            "auth.registry_file",
+            str,
+            "the token registry, e.g. one file that several gates share (empty: tokens.toml)",
+            security=True,
+            check=_check_registry_file,
+        ),
         Setting("mcp.allow_mcp_json", bool, "let clients use mcp.json servers", security=True),
         Setting("mcp.allow_remote", bool, "let clients use per-request MCP servers", security=True),
         Setting(
@@ -415,6 +455,11 @@ def set_value(key: str, text: str, *, before_write: BeforeWrite | None = None) -
         raise SettingError(
             f"invalid value {text!r} for {key}: {Path(value).expanduser()} is not a folder",
             hint="create it first, or give the folder that holds your models",
+        )
+    if key == "auth.registry_file" and value and not Path(value).expanduser().parent.is_dir():
+        raise SettingError(
+            f"invalid value {text!r} for {key}: {Path(value).expanduser().parent} is not a folder",
+            hint="create it (or mount the shared filesystem) first",
         )
     path = paths.config_file()
     with storage.locked(path):

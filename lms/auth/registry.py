@@ -34,8 +34,9 @@ a rotation never invalidates a secret without handing out the new one.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -118,11 +119,25 @@ def parse(data: bytes, path: Path) -> RegistryState:
     return RegistryState(generation=generation, records=tuple(records))
 
 
+def check_location(path: Path) -> None:
+    """Refuse a registry outside the default place whose folder does not exist.
+
+    A registry named by ``auth.registry_file`` lives in a folder someone made (often on a shared
+    filesystem): when it is gone (the share is not mounted) the registry is broken, not empty,
+    and nothing creates the folder on the local disk in its place. The default's folder (the
+    config dir) is made on demand.
+    """
+    if path.parent != paths.tokens_file().parent and not path.parent.is_dir():
+        raise broken(path, f"its folder {path.parent} does not exist (is it mounted?)")
+
+
 def read(path: Path) -> RegistryState:
-    """Read tokens.toml (no lock: the file is always replaced whole). Missing file: empty."""
+    """Read tokens.toml (no lock: the file is always replaced whole). Missing file: empty;
+    missing folder of a configured registry: ConfigBrokenError (:func:`check_location`)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        check_location(path)
         return EMPTY
     except OSError as exc:
         raise broken(path, f"cannot be read: {exc.strerror}") from None
@@ -148,7 +163,9 @@ def broken(path: Path, problem: str) -> ConfigBrokenError:
 class Registry:
     """Operations on tokens.toml, for the CLI (``lms token ...``) and for tests.
 
-    ``path`` defaults to ``paths.tokens_file()`` at each call (so ``LMS_HOME`` is honoured);
+    ``path`` defaults to the registry config.toml names (``auth.registry_file``, else
+    ``tokens.toml``), resolved at each operation (so ``LMS_HOME`` and edits of config.toml are
+    honoured; ConfigBrokenError while config.toml is broken);
     ``clock`` returns the aware UTC "now" (injectable for tests). Constructing does no I/O.
     Every method raises ConfigBrokenError when the file is broken.
     """
@@ -161,7 +178,11 @@ class Registry:
 
     @property
     def path(self) -> Path:
-        return self._path or paths.tokens_file()
+        if self._path is not None:
+            return self._path
+        from lms import config  # config.toml: only when no path was given
+
+        return config.current_registry_file()
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -201,8 +222,8 @@ class Registry:
             check_future(expires_at, now)
         if rpm is not None:
             check_rpm(rpm)
-        with storage.locked(self.path):
-            state = read(self.path)
+        with self._locked() as path:
+            state = read(path)
             _check_name_free(state, name, own_id=None)
             taken = {r.id for r in state.records} | {r.name for r in state.records}
             token_id, full = tokens.generate()
@@ -230,7 +251,7 @@ class Registry:
                 expires_at=_iso(record.expires_at),
                 rpm=record.rpm,
             )
-            self._write(state, (*_pruned(state.records, now), record))
+            self._write(path, state, (*_pruned(state.records, now), record))
         return record, full
 
     def edit(
@@ -288,8 +309,8 @@ class Registry:
             changes["rpm"] = check_rpm(rpm)
         if no_rpm:
             changes["rpm"] = None
-        with storage.locked(self.path):
-            state = read(self.path)
+        with self._locked() as path:
+            state = read(path)
             old = _resolve(state, id_or_name)
             perms = check_permissions(permissions) if permissions is not None else old.permissions
             perms = (perms | check_permissions(add_permissions)) - set(remove_permissions)
@@ -310,7 +331,7 @@ class Registry:
             audit.append(
                 audit.AuditEvent.TOKEN_EDITED, token_id=new.id, name=new.name, changes=diff
             )
-            self._write(state, _replaced(_pruned(state.records, now), new))
+            self._write(path, state, _replaced(_pruned(state.records, now), new))
         return new
 
     def rotate(self, id_or_name: str, grace: timedelta = timedelta(0)) -> tuple[TokenRecord, str]:
@@ -323,8 +344,8 @@ class Registry:
         if grace < timedelta(0):
             raise InvalidRequestError("--grace cannot be negative", param="grace")
         now = self._clock()
-        with storage.locked(self.path):
-            state = read(self.path)
+        with self._locked() as path:
+            state = read(path)
             old = _resolve(state, id_or_name)
             full = tokens.compose(old.id, tokens.random_secret())
             new = dataclasses.replace(
@@ -342,24 +363,31 @@ class Registry:
                 grace_seconds=int(grace.total_seconds()),
                 previous_valid_until=_iso(new.previous_hash_expires_at),
             )
-            self._write(state, _replaced(_pruned(state.records, now), new))
+            self._write(path, state, _replaced(_pruned(state.records, now), new))
         return new, full
 
     def remove(self, id_or_name: str) -> TokenRecord:
         """Revoke a token: it fails on the daemon's very next check. Returns what was removed."""
         now = self._clock()
-        with storage.locked(self.path):
-            state = read(self.path)
+        with self._locked() as path:
+            state = read(path)
             old = _resolve(state, id_or_name)
             kept = tuple(r for r in _pruned(state.records, now) if r.id != old.id)
             from lms.auth import audit  # config, json: only when writing
 
             audit.append(audit.AuditEvent.TOKEN_REMOVED, token_id=old.id, name=old.name)
-            self._write(state, kept)
+            self._write(path, state, kept)
         return old
 
-    def _write(self, state: RegistryState, records: Iterable[TokenRecord]) -> None:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Path]:
+        """Resolve the registry's path once for an operation, check its folder, hold its lock."""
         path = self.path
+        check_location(path)
+        with storage.locked(path):
+            yield path
+
+    def _write(self, path: Path, state: RegistryState, records: Iterable[TokenRecord]) -> None:
         # Temp files exist only while a writer holds the lock: any found now belong to a writer
         # that was killed mid-write.
         for stale in path.parent.glob(f".{path.name}.*.tmp"):

@@ -13,8 +13,14 @@ also reads the file's bytes and compares them (a write always changes them: the 
 its ``generation`` counter on every write). Once a content check happens later than that window,
 any further write necessarily gets a later ctime, and the signature alone is trusted again.
 
-Fail closed: while the file is unreadable or invalid, every check raises ConfigBrokenError (503),
-until the file is fixed.
+Which file: the one config.toml names (``auth.registry_file``, else ``tokens.toml``; see
+:func:`lms.config.registry_file_of`), looked up before every check, so a change of the setting
+applies to the next request (the registry at the new path is then loaded). Several daemons
+("gates", docs/GATES.md) naming one shared file honour the same tokens.
+
+Fail closed: while the file is unreadable or invalid, while a configured registry's folder is
+missing, or while config.toml is broken (so which registry is unknown), every check raises
+ConfigBrokenError (503), until it is fixed.
 
 The daemon uses it through :class:`lms.auth.gate.TokenGate` (HTTP routes and SDK calls alike)::
 
@@ -36,7 +42,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from lms import paths, storage
+from lms import config, storage
 from lms.auth import registry, tokens
 from lms.auth.permissions import PUBLIC, Access, Permission
 from lms.auth.record import TokenRecord
@@ -68,19 +74,22 @@ Signature = tuple[int, int, int, int] | None
 class TokenVerifier:
     """Authenticates tokens against tokens.toml and authorizes them for an :data:`Access`.
 
-    ``path`` defaults to ``paths.tokens_file()`` (resolved once, at construction: the daemon's
-    ``LMS_HOME`` does not change). Constructing does no I/O; the first check loads the file.
-    Not thread-safe: call it from the event loop (each call is a few microseconds).
+    ``path``: a fixed file, or a function returning the file in force now (the daemon passes
+    one that reads its config watcher; it may raise ConfigBrokenError). By default the registry
+    config.toml names, followed through a watcher of its own (one ``stat`` per check).
+    Constructing does no I/O; the first check loads the file. Not thread-safe: call it from the
+    event loop (each call is a few microseconds).
     """
 
     def __init__(
         self,
-        path: Path | None = None,
+        path: Path | Callable[[], Path] | None = None,
         *,
         clock: Callable[[], datetime] = utc_now,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        self._path = path or paths.tokens_file()
+        self._locate = _locator(path)
+        self._path: Path | None = None
         self._clock = clock
         self._wall_ns = wall_ns
         self._loaded = False
@@ -92,7 +101,9 @@ class TokenVerifier:
         self._error: ConfigBrokenError | None = None
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | None:
+        """The registry file last looked at (None before the first check, or while config.toml
+        is broken)."""
         return self._path
 
     @property
@@ -115,7 +126,7 @@ class TokenVerifier:
         with contextlib.suppress(ConfigBrokenError):
             self.refresh()
         return {
-            "path": str(self._path),
+            "path": None if self._path is None else str(self._path),
             "healthy": self._error is None,
             "error": self._error.message if self._error else None,
             "generation": self._state.generation,
@@ -127,11 +138,20 @@ class TokenVerifier:
 
         Raises ConfigBrokenError while the file is broken (and keeps no token valid meanwhile).
         """
-        signature = storage.file_signature(self._path)
-        if not self._loaded or signature != self._signature:
-            self._load(signature)
+        try:
+            path = self._locate()
+        except ConfigBrokenError as exc:
+            self._path, self._loaded = None, False
+            self._fail(exc)
+            raise
+        if path != self._path:
+            self._path, self._loaded = path, False
+        signature = storage.file_signature(path)
+        missing_folder = signature is None and self._error is not None  # mounted since?
+        if not self._loaded or signature != self._signature or missing_folder:
+            self._load(path, signature)
         elif self._racy and signature is not None:
-            self._recheck(signature)
+            self._recheck(path, signature)
         if self._error is not None:
             raise self._error
 
@@ -201,23 +221,25 @@ class TokenVerifier:
 
     # --- loading --------------------------------------------------------------------------------
 
-    def _load(self, signature: Signature) -> None:
+    def _load(self, path: Path, signature: Signature) -> None:
         # ``signature`` was taken before reading: if a write lands in between, the next refresh
         # sees a different signature and loads again (never the other way round).
         self._loaded = True
         self._signature = signature
         self._racy = self._is_racy(signature)
         try:
-            data = self._path.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             data = None
         except OSError as exc:
             self._data = None
-            self._fail(registry.broken(self._path, f"cannot be read: {exc.strerror}"))
+            self._fail(registry.broken(path, f"cannot be read: {exc.strerror}"))
             return
         self._data = data
         try:
-            state = registry.EMPTY if data is None else registry.parse(data, self._path)
+            if data is None:
+                registry.check_location(path)
+            state = registry.EMPTY if data is None else registry.parse(data, path)
         except ConfigBrokenError as exc:
             self._fail(exc)
             return
@@ -225,13 +247,13 @@ class TokenVerifier:
         self._by_id = state.by_id()
         self._error = None
 
-    def _recheck(self, signature: Signature) -> None:
+    def _recheck(self, path: Path, signature: Signature) -> None:
         try:
-            data = self._path.read_bytes()
+            data = path.read_bytes()
         except OSError:
             data = None
         if data != self._data:
-            self._load(signature)
+            self._load(path, signature)
         else:
             self._racy = self._is_racy(signature)
 
@@ -245,6 +267,16 @@ class TokenVerifier:
         self._error = error
         self._state = registry.EMPTY
         self._by_id = {}
+
+
+def _locator(path: Path | Callable[[], Path] | None) -> Callable[[], Path]:
+    if isinstance(path, Path):
+        fixed = path
+        return lambda: fixed
+    if path is not None:
+        return path
+    watcher = config.ConfigWatcher({})  # security settings come from the file alone
+    return lambda: config.registry_file_of(watcher.current())
 
 
 def _invalid(token_id: str, reason: str) -> InvalidApiKeyError:

@@ -113,8 +113,8 @@ def status(json_output: JsonOption = False) -> None:
     """Show what is enforced: authentication on/off, token registry health and count, MCP.
 
     With a daemon running, its answer (what it enforces right now); else the files, and a note
-    that the daemon is not running (this never starts it). A broken config.toml or tokens.toml
-    is shown, then the command exits 1.
+    that the daemon is not running (this never starts it). A broken config.toml or token registry
+    (tokens.toml, or the file auth.registry_file names) is shown, then the command exits 1.
     """
     from lms import client as control
 
@@ -130,7 +130,7 @@ def status(json_output: JsonOption = False) -> None:
     problems = []
     if not doc["config_healthy"]:
         problems.append(str(doc["config_error"]))
-    if not doc["registry"]["healthy"]:
+    if not doc["registry"]["healthy"] and doc["registry"]["error"] != doc["config_error"]:
         problems.append(str(doc["registry"]["error"]))
     if problems:
         raise ConfigBrokenError(
@@ -149,13 +149,15 @@ def _status_from_files() -> dict[str, Any]:
         settings = config.build(config.read_file(), {})
     except ConfigBrokenError as err:
         config_error = err.message
-    path = paths.tokens_file()
+    # Which registry is in force is unknown while config.toml is broken (so is the daemon's).
+    path = config.registry_file_of(settings) if settings else None
     state: RegistryState | None = None
-    registry_error: str | None = None
-    try:
-        state = registry.read(path)
-    except ConfigBrokenError as err:
-        registry_error = err.message
+    registry_error: str | None = config_error
+    if path is not None:
+        try:
+            state = registry.read(path)
+        except ConfigBrokenError as err:
+            registry_error = err.message
     return {
         "daemon_running": False,
         # A broken config.toml fails closed, as the daemon does.
@@ -163,7 +165,7 @@ def _status_from_files() -> dict[str, Any]:
         "config_healthy": config_error is None,
         "config_error": config_error,
         "registry": {
-            "path": str(path),
+            "path": None if path is None else str(path),
             "healthy": registry_error is None,
             "error": registry_error,
             "generation": state.generation if state else None,
@@ -182,7 +184,7 @@ def _print_status(doc: dict[str, Any]) -> None:
     if not doc["config_healthy"]:
         auth = "every request refused: config.toml is broken"
     elif not reg["healthy"]:
-        auth = "every request refused: tokens.toml is broken"
+        auth = "every request refused: the token registry is broken"
     else:
         auth = "required (on)" if doc["auth_required"] else "not required (off)"
         if doc["auth_required"] and reg["tokens"] == 0:

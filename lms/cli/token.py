@@ -1,5 +1,5 @@
-"""``lms token create | list | edit | rotate | rm``: the API tokens in tokens.toml (README:
-Authentication).
+"""``lms token create | list | edit | rotate | rm``: the API tokens in the token registry
+(tokens.toml, or the file ``auth.registry_file`` names; README: Authentication, docs/GATES.md).
 
 These commands edit files and work with or without a daemon; a running daemon notices each
 change before its next check, so an edit or a revocation applies to the very next request.
@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     from lms.auth.usage import TokenUsage
 
 app = typer.Typer(
-    help="Create, list, change, rotate and revoke API tokens (tokens.toml; no daemon needed).",
+    help=(
+        "Create, list, change, rotate and revoke API tokens (tokens.toml, or auth.registry_file;"
+        " no daemon needed)."
+    ),
     no_args_is_help=True,
 )
 
@@ -161,7 +164,8 @@ def list_cmd(json_output: JsonOption = False) -> None:
     """List tokens: id, name, permissions, models, created, expires, last used, request count.
 
     Never a secret or a hash. Usage (last used, requests) is written by the daemon in batches
-    every few seconds, so the latest requests may not be counted yet.
+    every few seconds, so the latest requests may not be counted yet; it is this machine's
+    daemon's alone (gates sharing a registry each count their own).
     """
     from lms.auth.registry import Registry
     from lms.auth.timespec import utc_now

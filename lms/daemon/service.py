@@ -26,6 +26,7 @@ from lms.api.control.app import build_control_app
 from lms.api.control.streams import add_stream_routes
 from lms.api.state import AuthGuard, Listener
 from lms.auth import audit
+from lms.auth.verifier import TokenVerifier
 from lms.config import ConfigWatcher
 from lms.daemon import connections
 from lms.download.downloader import DownloadManager
@@ -68,7 +69,10 @@ class Daemon:
             idle_timeout=lambda: self.config.current().mcp_idle_timeout,
         )
         self.remotes = Remotes(self.config.current, lambda: publishers_in(self.models_dir()))
-        self.guard = AuthGuard()
+        # The registry config.toml names now (auth.registry_file), followed on every check.
+        self.guard = AuthGuard(
+            verifier=TokenVerifier(lambda: config.registry_file_of(self.config.current()))
+        )
         self.socket_path = paths.socket_path()
         self.started_at = time.time()
         self._stop = asyncio.Event()

@@ -13,7 +13,7 @@ _HEADER = """\
 #
 # Commands, options and fixed values (permissions, on|off, setting keys, ...) are written
 # below. Token names and ids, model keys and loaded instances come from the hidden command
-# `lms __complete tokens|models|instances PREFIX`, run at each TAB: it reads tokens.toml and
+# `lms __complete tokens|models|instances PREFIX`, run at each TAB: it reads the token registry and
 # the models folder directly, asks the daemon only if its socket answers, and never starts it.
 #
 # Enable it: copy this file to ~/.config/fish/completions/lms.fish.

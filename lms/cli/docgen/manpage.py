@@ -29,7 +29,8 @@ _FILES: list[tuple[str, str]] = [
     (
         "tokens_file",
         "The token registry: ids, names, permissions and SHA-256 hashes, never a "
-        "secret (mode 0600). Written by lms token.",
+        "secret (mode 0600). Written by lms token. The auth.registry_file setting may name "
+        "another file instead, e.g. one that several gates share.",
     ),
     ("mcp_file", "MCP servers clients may use (written by you)."),
     (

@@ -12,7 +12,7 @@ _HEADER = """\
 #
 # Commands, options and fixed values (permissions, on|off, setting keys, ...) are written
 # below. Token names and ids, model keys and loaded instances come from the hidden command
-# `lms __complete tokens|models|instances`, run at each TAB: it reads tokens.toml and the
+# `lms __complete tokens|models|instances`, run at each TAB: it reads the token registry and the
 # models folder directly, asks the daemon only if its socket answers, and never starts it.
 #
 # Enable it: put this file's directory on $fpath before compinit, e.g. in ~/.zshrc:
