@@ -195,7 +195,7 @@ def test_list_json_has_usage_and_never_a_secret_or_a_hash(runner: CliRunner) -> 
     assert set(docs[0]) == {
         "id", "name", "permissions", "models", "rpm", "created_at", "expires_at",
         "rotation_grace_until", "expired", "last_used_at", "request_count", "prompt_tokens",
-        "completion_tokens",
+        "completion_tokens", "unknown_usage_count",
     }  # fmt: skip
     assert docs[0]["request_count"] == 7
     assert docs[0]["last_used_at"] == "2026-01-02T03:04:05Z"
