@@ -137,12 +137,19 @@ async def test_another_lms_daemon_as_upstream_with_stored_chats_at_the_gate(
         usage = [c.usage for c in chunks if c.usage is not None]
         assert usage and usage[-1].completion_tokens > 0
         first = await client.post(
-            "/../api/v1/chat", cast_to=dict, body={"model": key, "input": "Name a colour."}
+            "/../api/v1/chat",
+            cast_to=dict,
+            body={"model": key, "input": "Name a colour.", "max_output_tokens": 8},
         )
         follow = await client.post(
             "/../api/v1/chat",
             cast_to=dict,
-            body={"model": key, "input": "Another.", "previous_response_id": first["response_id"]},
+            body={
+                "model": key,
+                "input": "Another.",
+                "max_output_tokens": 8,
+                "previous_response_id": first["response_id"],
+            },
         )
         assert follow["model_instance_id"] == key and follow["output"]
 
