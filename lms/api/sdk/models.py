@@ -140,19 +140,6 @@ def _specifier(parameter: Any, name: str) -> dict[str, Any]:
     )
 
 
-def _remote_of_query(call: Call, query: dict[str, Any]) -> RemoteModel | None:
-    """The remote model a query names (:func:`remotes.named`); a query without a name takes
-    the first remote model when no instance is loaded (listings show remote models after the
-    instances)."""
-    identifier, path = query.get("identifier"), query.get("path")
-    name = identifier if isinstance(identifier, str) else path
-    if isinstance(name, str):
-        return remotes.named(call, name)
-    if query.get("vision") is True or loaded(call, kind_of(call)):
-        return None
-    return next(iter(remotes.visible(call)), None)
-
-
 async def instance_for(
     call: Call, parameter: Any, name: str = "specifier", *, jit: bool = True
 ) -> Instance | RemoteModel | None:
@@ -180,7 +167,7 @@ async def instance_for(
     else:
         query: dict[str, Any] = spec.get("query") or {}
         try:
-            remote = _remote_of_query(call, query)
+            remote = remotes.queried(call, query, any_loaded=bool(loaded(call, kind)))
             if remote is not None:
                 return remote
             choice = await choose(call, kind, query)

@@ -13,6 +13,8 @@ audited and answers exactly like a missing one.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lms.api.sdk import records, wire
 from lms.api.sdk.calls import Call
 from lms.api.state import REMOTES
@@ -46,6 +48,19 @@ def named(call: Call, name: str) -> RemoteModel | None:
         call.hidden(name)
     keys = [model.key for model in visible(call)]
     raise wire.path_not_found(name, keys)
+
+
+def queried(call: Call, query: dict[str, Any], *, any_loaded: bool) -> RemoteModel | None:
+    """The remote model an SDK query (``{identifier?, path?, vision?}``) names (:func:`named`);
+    a query without a name takes the first remote model when no instance is loaded
+    (``any_loaded`` false): listings show remote models after the instances."""
+    identifier, path = query.get("identifier"), query.get("path")
+    name = identifier if isinstance(identifier, str) else path
+    if isinstance(name, str):
+        return named(call, name)
+    if query.get("vision") is True or any_loaded:
+        return None
+    return next(iter(visible(call)), None)
 
 
 def referenced(call: Call, reference: str, param: str) -> RemoteModel | None:
