@@ -37,11 +37,13 @@ CONTEXT = 4096  # what the fake says of m1's context (m2 says nothing)
 class FakeUpstream:
     """An OpenAI-compatible server listing ``m1`` and ``m2``: a chat is answered with
     ``"you said: <last user message>"``, a completion with ``"<prompt> and so on"``, streamed in
-    pieces of 4 characters with usage at the end; every request body is kept in ``received``."""
+    pieces of 4 characters with usage at the end (unless ``report_usage`` is turned off); every
+    request body is kept in ``received``."""
 
     def __init__(self) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.port = 0
+        self.report_usage = True
         self.app = web.Application()
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/v1/chat/completions", self._chat)
@@ -78,8 +80,9 @@ class FakeUpstream:
         end: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
         end.update({"delta": {}} if shape == "delta" else {"text": ""})
         await response.write(_event({"id": "x", "choices": [end]}))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces)}
-        await response.write(_event({"id": "x", "choices": [], "usage": usage}))
+        if self.report_usage:
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces)}
+            await response.write(_event({"id": "x", "choices": [], "usage": usage}))
         await response.write(b"data: [DONE]\n\n")
         return response
 
@@ -288,6 +291,39 @@ async def test_predict_streams_the_upstreams_answer(client: Client, upstream: Fa
     text, _ = await predict(ws, predict_frame(2, reference, "again"))
     assert text == "you said: again"
     assert upstream.received[-1][1]["model"] == "m2"
+    await ws.close()
+
+
+async def test_stats_without_the_upstreams_usage_have_no_counts(
+    client: Client, upstream: FakeUpstream
+) -> None:
+    upstream.report_usage = False
+    ws = await connect(client, "/llm")
+    limit = {"key": "llm.prediction.maxPredictedTokens", "value": {"checked": True, "value": 50}}
+    text, frames = await predict(ws, predict_frame(1, query("up/m1"), "no usage", limit))
+    assert text == "you said: no usage"
+    stats = frames[-2]["message"]["stats"]
+    assert set(stats) == {"stopReason", "timeToFirstTokenSec"}
+    assert stats["stopReason"] == "eosFound"
+    assert LlmPredictionStats._from_any_api_dict(stats).predicted_tokens_count is None
+    await ws.close()
+
+
+async def test_get_or_load_refuses_a_context_length_for_a_remote_model(client: Client) -> None:
+    ws = await connect(client, "/llm")
+    field = {"key": "llm.load.contextLength", "value": 2048}
+    stack = {"layers": [{"layerName": "apiOverride", "config": {"fields": [field]}}]}
+    await ws.send_json(
+        {
+            "type": "channelCreate",
+            "endpoint": "getOrLoad",
+            "channelId": 1,
+            "creationParameter": {"identifier": "up/m1", "loadConfigStack": stack},
+        }
+    )
+    reply = await frame(ws)
+    assert error_code(reply) == "remote_unsupported"
+    assert reply["error"]["errorData"]["param"] == "contextLength"
     await ws.close()
 
 
