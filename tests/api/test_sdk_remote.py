@@ -44,6 +44,8 @@ class FakeUpstream:
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.port = 0
         self.report_usage = True
+        #: When set, a stream stops after its first piece until this is set.
+        self.hold: asyncio.Event | None = None
         self.app = web.Application()
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/v1/chat/completions", self._chat)
@@ -77,6 +79,8 @@ class FakeUpstream:
             choice: dict[str, Any] = {"index": 0, "finish_reason": None}
             choice.update({"delta": {"content": piece}} if shape == "delta" else {"text": piece})
             await response.write(_event({"id": "x", "choices": [choice]}))
+            if self.hold is not None:
+                await self.hold.wait()
         end: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
         end.update({"delta": {}} if shape == "delta" else {"text": ""})
         await response.write(_event({"id": "x", "choices": [end]}))
@@ -307,6 +311,26 @@ async def test_stats_without_the_upstreams_usage_have_no_counts(
     assert stats["stopReason"] == "eosFound"
     assert LlmPredictionStats._from_any_api_dict(stats).predicted_tokens_count is None
     await ws.close()
+
+
+async def test_a_cancelled_remote_prediction_ends_with_user_stopped(
+    client: Client, upstream: FakeUpstream
+) -> None:
+    upstream.hold = asyncio.Event()
+    try:
+        ws = await connect(client, "/llm")
+        await ws.send_json(predict_frame(1, query("up/m1"), "wait for it"))
+        while (sent := await frame(ws))["message"]["type"] != "fragment":
+            pass
+        await ws.send_json({"type": "channelSend", "channelId": 1, "message": {"type": "cancel"}})
+        frames = [sent] + [f async for f in channel_frames(ws, 1)]
+        assert frames[-1]["type"] == "channelClose"
+        success = frames[-2]["message"]
+        assert success["type"] == "success"
+        assert success["stats"]["stopReason"] == "userStopped"
+        await ws.close()
+    finally:
+        upstream.hold.set()
 
 
 async def test_get_or_load_refuses_a_context_length_for_a_remote_model(client: Client) -> None:
