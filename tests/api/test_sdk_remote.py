@@ -36,8 +36,9 @@ CONTEXT = 4096  # what the fake says of m1's context (m2 says nothing)
 
 class FakeUpstream:
     """An OpenAI-compatible server listing ``m1`` and ``m2``: a chat is answered with
-    ``"you said: <last user message>"``, a completion with ``"<prompt> and so on"``, streamed in
-    pieces of 4 characters with usage at the end (unless ``report_usage`` is turned off); every
+    ``"you said: <last user message>"`` (or, when tools are offered, a call of the first one with
+    ``{"a": 1, "b": 2}`` in two fragments), a completion with ``"<prompt> and so on"``, streamed
+    in pieces of 4 characters with usage at the end (unless ``report_usage`` is turned off); every
     request body is kept in ``received``."""
 
     def __init__(self) -> None:
@@ -61,8 +62,26 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.received.append(("chat", body))
+        if body.get("tools"):
+            return await self._call(request, body["tools"][0]["function"]["name"])
         user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
         return await self._stream(request, f"you said: {user}", len(body["messages"]), "delta")
+
+    async def _call(self, request: web.Request, name: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        fragments = [
+            {"index": 0, "id": "call_1", "function": {"name": name, "arguments": '{"a": 1'}},
+            {"index": 0, "function": {"arguments": ', "b": 2}'}},
+        ]
+        for fragment in fragments:
+            delta = {"tool_calls": [fragment]}
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
+            await response.write(_event({"id": "x", "choices": [choice]}))
+        end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+        await response.write(_event({"id": "x", "choices": [end]}))
+        await response.write(b"data: [DONE]\n\n")
+        return response
 
     async def _completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -348,6 +367,27 @@ async def test_get_or_load_refuses_a_context_length_for_a_remote_model(client: C
     reply = await frame(ws)
     assert error_code(reply) == "remote_unsupported"
     assert reply["error"]["errorData"]["param"] == "contextLength"
+    await ws.close()
+
+
+async def test_a_remote_models_tool_call_becomes_tool_call_events(
+    client: Client, upstream: FakeUpstream
+) -> None:
+    parameters = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    tool = {"type": "function", "function": {"name": "add", "parameters": parameters}}
+    tools = {"key": "llm.prediction.tools", "value": {"type": "toolArray", "tools": [tool]}}
+    ws = await connect(client, "/llm")
+    text, frames = await predict(ws, predict_frame(1, query("up/m1"), "What is 1 + 2?", tools))
+    assert text == ""  # the call is not shown as text
+    messages = [f["message"] for f in frames[:-1]]
+    kinds = [m["type"] for m in messages]
+    assert kinds[-3:] == ["toolCallGenerationStart", "toolCallGenerationEnd", "success"]
+    sent = messages[-2]["toolCallRequest"]
+    assert sent["name"] == "add" and sent["arguments"] == {"a": 1, "b": 2}
+    assert messages[-1]["stats"]["stopReason"] == "toolCalls"
+    offered = upstream.received[-1][1]["tools"]  # sent upstream natively, as OpenAI tools
+    assert [t["function"]["name"] for t in offered] == ["add"]
+    assert offered[0]["function"]["parameters"] == parameters
     await ws.close()
 
 
