@@ -47,6 +47,22 @@ def _event(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
+async def _call(request: web.Request, name: str) -> web.StreamResponse:
+    """A streamed call of the tool ``name`` with ``{"a": 1, "b": 2}``, in two fragments."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for fragment in (
+        {"index": 0, "id": "call_1", "function": {"name": name, "arguments": '{"a": 1'}},
+        {"index": 0, "function": {"arguments": ', "b": 2}'}},
+    ):
+        choice = {"index": 0, "delta": {"tool_calls": [fragment]}, "finish_reason": None}
+        await response.write(_event({"id": "x", "choices": [choice]}))
+    end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+    await response.write(_event({"id": "x", "choices": [end]}))
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
 async def _stream(request: web.Request, text: str, shape: str) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
@@ -67,7 +83,9 @@ async def _stream(request: web.Request, text: str, shape: str) -> web.StreamResp
 class FakeUpstream:
     """An OpenAI-compatible server listing ``m1`` and ``m2``, in a thread with its own event
     loop: a chat is answered ``"you said: <last user message>"``, a completion ``"<prompt> and
-    so on"``, streamed with usage at the end. ``received`` keeps (path, body) of each request."""
+    so on"``, streamed with usage at the end. With tools offered, it calls the first one with
+    ``{"a": 1, "b": 2}``, and once a tool result is the last message says ``"the tool said
+    <result>"``. ``received`` keeps (path, body) of each request."""
 
     def __init__(self) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
@@ -88,6 +106,11 @@ class FakeUpstream:
         async def chat(request: web.Request) -> web.StreamResponse:
             body = await request.json()
             self.received.append((request.path, body))
+            last = body["messages"][-1]
+            if last["role"] == "tool":
+                return await _stream(request, f"the tool said {last['content']}", "chat")
+            if body.get("tools"):
+                return await _call(request, body["tools"][0]["function"]["name"])
             user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
             return await _stream(request, f"you said: {user}", "chat")
 
@@ -240,6 +263,25 @@ def test_respond_and_complete_return_the_upstreams_answer(
     assert completion.content == "Once upon a time and so on"
     path, body = upstream.received[-1]
     assert path == "/v1/completions" and body["prompt"] == "Once upon a time"
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def test_act_runs_the_upstreams_tool_calls(sdk: lmstudio.Client, upstream: FakeUpstream) -> None:
+    model = sdk.llm.model("up/m1")
+    messages: list[Any] = []
+    model.act("What is 1 + 2?", [add], on_message=messages.append)
+    said = [str(message.content) for message in messages]
+    assert len(said) == 3  # the call, its result, the answer
+    assert "the tool said 3" in said[-1]
+    path, body = upstream.received[-1]  # the call and its result went back upstream
+    assert path == "/v1/chat/completions"
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "tool"]
+    assert body["messages"][1]["tool_calls"][0]["function"]["name"] == "add"
+    assert body["messages"][2]["content"] == "3"
 
 
 def test_what_only_a_local_engine_does_is_refused_by_name(
