@@ -1,4 +1,4 @@
-"""Remote engines' models on the SDK sockets (docs/API.md, SDK endpoints: remote models):
+"""Remote engines' models on the SDK sockets (docs/API.md, SDK endpoints):
 listed as downloaded and as loaded, ``getOrLoad`` answering ``alreadyLoaded``, ``predict``
 streaming the upstream's answer, what only a local engine does refused with
 ``remote_unsupported``, and the token's allowlist applied as to local models.

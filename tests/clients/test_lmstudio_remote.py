@@ -1,5 +1,5 @@
-"""The official `lmstudio` SDK on a remote engine's models (docs/API.md, SDK endpoints: remote
-models): a real lms daemon (auth on) whose config.toml has ``[remotes.up]`` pointing at
+"""The official `lmstudio` SDK on a remote engine's models (docs/API.md, SDK endpoints): a
+real lms daemon (auth on) whose config.toml has ``[remotes.up]`` pointing at
 :class:`FakeUpstream`, an OpenAI-compatible server in a thread of this process. The SDK lists the
 remote models as downloaded and loaded, gets a handle with ``llm.model("up/m1")``, and its
 ``respond``/``complete`` return the upstream's answer; what only a local engine does is refused

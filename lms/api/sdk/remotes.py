@@ -1,4 +1,4 @@
-"""Remote engines' models on the SDK sockets (docs/API.md, SDK endpoints: remote models).
+"""Remote engines' models on the SDK sockets (docs/API.md, SDK endpoints).
 
 A remote model (``NAME/<upstream id>`` of a ``[remotes.NAME]`` table) is always "loaded" on
 ``/llm``: its upstream keeps it ready, so ``listLoaded`` lists it, ``getOrLoad`` answers
