@@ -11,7 +11,7 @@ from lms.api.sdk.calls import Call, Endpoint, rpc
 
 async def embed_string(call: Call, parameter: Any) -> dict[str, Any]:
     text = models.text_param(parameter, "inputString")
-    instance = await models.required_instance(call, parameter, "modelSpecifier")
+    instance = await models.local_instance(call, parameter, "Embedding", "modelSpecifier")
     result = await instance.embedder.embed([text])
     call.record_tokens(result.total_tokens, 0)
     return {"embedding": [float(x) for x in result.vectors[0]]}

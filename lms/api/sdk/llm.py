@@ -25,6 +25,7 @@ from lms.inference.engine import GenerationResult, PromptProgress
 from lms.inference.manager import Instance
 from lms.inference.sampling import SamplingParams
 from lms.inference.tool_calls import CallStarted, ContentDelta, ToolCall, ToolCallStream
+from lms.remote.models import RemoteModel
 
 
 def fragment(text: str) -> dict[str, Any]:
@@ -47,12 +48,16 @@ def stop_reason(result: GenerationResult, params: SamplingParams, calls: list[To
     if result.finish_reason == "cancelled":
         return "userStopped"
     if result.finish_reason == "length":
-        limited = params.max_tokens is not None and result.completion_tokens >= params.max_tokens
+        # A remote engine that reported no usage stopped at the limit asked, if any.
+        counted = result.completion_tokens if result.usage_known else params.max_tokens or 0
+        limited = params.max_tokens is not None and counted >= params.max_tokens
         return "maxPredictedTokensReached" if limited else "contextLengthReached"
     return "eosFound"
 
 
 def stats(result: GenerationResult, reason: str) -> dict[str, Any]:
+    if not result.usage_known:  # a remote engine that reported no usage: no counts, no speed
+        return {"stopReason": reason, "timeToFirstTokenSec": round(result.time_to_first_token, 4)}
     return {
         "stopReason": reason,
         "tokensPerSecond": round(result.tokens_per_second, 3),
@@ -101,7 +106,8 @@ async def predict(channel: Channel, parameter: Any) -> None:
     settings = await asyncio.to_thread(kvconfig.prediction, parameter.get("predictionConfigStack"))
     history.sdk_messages(parameter.get("history"))  # a bad history is refused before any load
     instance = await models.required_instance(channel, parameter, "modelSpecifier")
-    instance.engine  # noqa: B018  (refuses an embedding instance before any work)
+    if not isinstance(instance, RemoteModel):
+        instance.engine  # noqa: B018  (refuses an embedding instance before any work)
     files, owner = channel.app[FILES], channel.client.scope
     plan: ChatPlan | None = None
     prompt: pipeline.Prompt
@@ -122,6 +128,8 @@ async def predict(channel: Channel, parameter: Any) -> None:
         drafts=channel.manager.drafts(channel.allows, channel.hidden),
     )
     channel.on_cancel(run.cancel)
+    if isinstance(instance, RemoteModel):
+        channel.on_cancel(lambda: _end_cancelled(run))
     output: ToolCallStream | None = plan.stream() if plan is not None else None
     async with run:
         await channel.send({"type": "promptProcessingProgress", "progress": 0.0})
@@ -156,11 +164,28 @@ async def predict(channel: Channel, parameter: Any) -> None:
         {
             "type": "success",
             "stats": stats(result, stop_reason(result, run.params, calls)),
-            "modelInfo": records.instance_info(instance),
-            "loadModelConfig": records.load_config(instance),
+            **_model_records(instance),
             "predictionConfig": {"fields": settings.echo},
         }
     )
+
+
+def _end_cancelled(run: pipeline.Run) -> None:
+    """Give a cancelled remote run its end. Its engine's stream stops on the cancellation
+    without a result (lms/remote/translate.py ``pump``), and the channel must still end with
+    ``success`` (SDK rule 8). A result that arrives anyway is the first one read; this one is
+    then never read."""
+    if run.result is None:
+        run.generation.put(GenerationResult("cancelled", 0, 0, 0.0, 0.0, usage_known=False))
+
+
+def _model_records(instance: Instance | RemoteModel) -> dict[str, Any]:
+    """``modelInfo`` and ``loadModelConfig`` of a ``predict``'s ``success``."""
+    if isinstance(instance, RemoteModel):
+        info, config = records.remote_instance_info(instance), records.remote_load_config(instance)
+    else:
+        info, config = records.instance_info(instance), records.load_config(instance)
+    return {"modelInfo": info, "loadModelConfig": config}
 
 
 async def _template_text(
@@ -180,7 +205,7 @@ async def apply_prompt_template(call: Call, parameter: Any) -> dict[str, Any]:
     if not isinstance(parameter, dict):
         raise MissingParameterError("'specifier' and 'history' are required", param="history")
     history.sdk_messages(parameter.get("history"))
-    instance = await models.required_instance(call, parameter)
+    instance = await models.local_instance(call, parameter, "Applying the prompt template")
     instance.engine  # noqa: B018  (refuses an embedding instance, as predict would)
     text = await _template_text(instance, parameter, call.app[FILES], call.client.scope)
     return {"formatted": text}

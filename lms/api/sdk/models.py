@@ -12,7 +12,8 @@ prefix only. A model found that has no loaded instance of the namespace's mode i
 time, as on the HTTP routes. Names resolve only among the models the token may use: an instance or
 model outside its allowlist answers exactly like a missing one, and "not found" or "ambiguous"
 errors list only what the token may use. Load TTLs, identifiers and context lengths are bounded
-(:mod:`lms.limits`, docs/LIMITS.md).
+(:mod:`lms.limits`, docs/LIMITS.md). Remote engines' models are always loaded on ``/llm``
+(:mod:`.remotes`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lms.api.sdk import kvconfig, records, wire
+from lms.api.sdk import kvconfig, records, remotes, wire
 from lms.api.sdk.calls import Call, Channel, Endpoint, channel, rpc
 from lms.api.sdk.records import Kind
 from lms.api.state import AUTH, CONFIG
@@ -37,6 +38,7 @@ from lms.errors import (
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
 from lms.inference.manager import Choice, Instance
+from lms.remote.models import RemoteModel, unsupported
 
 #: Inputs longer than this are tokenized off the event loop.
 _LONG_TEXT = 16_384
@@ -56,7 +58,8 @@ def loaded(call: Call, kind: Kind) -> list[Instance]:
 
 
 def visible(call: Call, kind: Kind) -> list[str]:
-    return [i.identifier for i in loaded(call, kind)]
+    """What the token may see loaded: its instances, then the remote models (always ready)."""
+    return [i.identifier for i in loaded(call, kind)] + [m.key for m in remotes.visible(call)]
 
 
 def may_widen_context(call: Call) -> bool:
@@ -139,9 +142,9 @@ def _specifier(parameter: Any, name: str) -> dict[str, Any]:
 
 async def instance_for(
     call: Call, parameter: Any, name: str = "specifier", *, jit: bool = True
-) -> Instance | None:
-    """The instance a request's model specifier names, loading it just in time when ``jit``.
-    Without ``jit``, None when nothing loaded matches."""
+) -> Instance | RemoteModel | None:
+    """The instance (or remote model) a request's model specifier names, loading it just in
+    time when ``jit``. Without ``jit``, None when nothing loaded matches."""
     kind = kind_of(call)
     spec = _specifier(parameter, name)
     if spec["type"] == "instanceReference":
@@ -150,6 +153,10 @@ async def instance_for(
             (i for i in call.manager.instances() if records.instance_reference(i) == reference),
             None,
         )
+        if instance is None:
+            remote = remotes.referenced(call, reference, name)
+            if remote is not None:
+                return remote
         if instance is not None and not call.allows(instance.model.key):
             call.hidden(instance.identifier)
             instance = None
@@ -160,6 +167,9 @@ async def instance_for(
     else:
         query: dict[str, Any] = spec.get("query") or {}
         try:
+            remote = remotes.queried(call, query, any_loaded=bool(loaded(call, kind)))
+            if remote is not None:
+                return remote
             choice = await choose(call, kind, query)
         except ModelNotFoundError:
             if jit:
@@ -179,9 +189,22 @@ async def instance_for(
     return instance
 
 
-async def required_instance(call: Call, parameter: Any, name: str = "specifier") -> Instance:
+async def required_instance(
+    call: Call, parameter: Any, name: str = "specifier"
+) -> Instance | RemoteModel:
     instance = await instance_for(call, parameter, name)
     assert instance is not None
+    return instance
+
+
+async def local_instance(
+    call: Call, parameter: Any, what: str, name: str = "specifier"
+) -> Instance:
+    """:func:`required_instance` for work only a local engine does (``what``, as the error
+    says it): a remote model is ``remote_unsupported``."""
+    instance = await required_instance(call, parameter, name)
+    if isinstance(instance, RemoteModel):
+        raise unsupported(what, instance.key, param=name)
     return instance
 
 
@@ -219,7 +242,14 @@ async def loading(
 
 async def list_loaded(call: Call, parameter: Any) -> list[dict[str, Any]]:
     kind = kind_of(call)
-    return [records.instance_info(i) for i in loaded(call, kind) if call.allows(i.model.key)]
+    local = [records.instance_info(i) for i in loaded(call, kind) if call.allows(i.model.key)]
+    return local + [records.remote_instance_info(m) for m in remotes.visible(call)]
+
+
+def _info(instance: Instance | RemoteModel) -> dict[str, Any]:
+    if isinstance(instance, RemoteModel):
+        return records.remote_instance_info(instance)
+    return records.instance_info(instance)
 
 
 async def get_model_info(call: Call, parameter: Any) -> dict[str, Any] | None:
@@ -230,7 +260,7 @@ async def get_model_info(call: Call, parameter: Any) -> dict[str, Any] | None:
             return None
         query = (parameter.get("specifier") or {}).get("query") or {}
         raise wire.no_model_matching(query, visible(call, kind_of(call)))
-    return records.instance_info(instance)
+    return _info(instance)
 
 
 async def get_load_config(call: Call, parameter: Any) -> dict[str, Any]:
@@ -238,6 +268,8 @@ async def get_load_config(call: Call, parameter: Any) -> dict[str, Any]:
     if instance is None:
         query = (parameter.get("specifier") or {}).get("query") or {}
         raise wire.no_model_matching(query, visible(call, kind_of(call)))
+    if isinstance(instance, RemoteModel):
+        return records.remote_load_config(instance)
     return records.load_config(instance)
 
 
@@ -255,6 +287,13 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
         if channel.record is not None:  # audited like the gate's own refusals
             channel.app[AUTH].refuse(channel.auth.where(channel.endpoint), err, channel.record.id)
         raise
+    remote = remotes.named(channel, name)
+    if remote is not None:  # ready upstream: the TTL does not apply, a context length cannot
+        if context_length is not None:
+            raise unsupported("A context length", remote.key, param="contextLength")
+        info = records.remote_instance_info(remote)
+        await channel.finish({"type": "alreadyLoaded", "info": info})
+        return
     choice = await choose(channel, kind, {"identifier": name})
     if choice.instance is not None:
         instance = choice.instance
@@ -294,6 +333,9 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
 async def load_model(channel: Channel, parameter: Any) -> None:
     kind = kind_of(channel)
     key = text_param(parameter, "modelKey")
+    remote = remotes.named(channel, key)
+    if remote is not None:
+        raise unsupported("Loading", remote.key, param="modelKey")
     identifier = parameter.get("identifier")
     if identifier is not None:
         identifier = channel.manager.check_identifier(identifier, channel.allows)
@@ -323,6 +365,9 @@ async def load_model(channel: Channel, parameter: Any) -> None:
 async def unload_model(call: Call, parameter: Any) -> None:
     kind = kind_of(call)
     identifier = text_param(parameter, "identifier")
+    remote = remotes.named(call, identifier)
+    if remote is not None:
+        raise unsupported("Unloading", remote.key, param="identifier")
     instance = next((i for i in loaded(call, kind) if i.identifier == identifier), None)
     if instance is None:
         hidden = call.manager.find_instance(identifier)
@@ -334,7 +379,7 @@ async def unload_model(call: Call, parameter: Any) -> None:
 
 
 async def _tokens(call: Call, parameter: Any) -> list[int]:
-    instance = await required_instance(call, parameter)
+    instance = await local_instance(call, parameter, "Tokenizing")
     text = text_param(parameter, "inputString")
     backend = instance.backend
     if isinstance(backend, Embedder):

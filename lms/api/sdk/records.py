@@ -13,6 +13,7 @@ from typing import Any, Literal
 from lms.inference.catalog import ModelFile
 from lms.inference.embedder import Embedder
 from lms.inference.manager import Instance
+from lms.remote.models import RemoteModel
 
 Kind = Literal["llm", "embedding"]
 
@@ -61,6 +62,46 @@ def instance_info(instance: Instance) -> dict[str, Any]:
         "instanceReference": instance_reference(instance),
         "contextLength": int(instance.context_length),
     }
+
+
+#: How an instance reference of a remote model starts (the model key follows).
+REMOTE_REFERENCE = "remote:"
+
+
+def remote_model_info(model: RemoteModel) -> dict[str, Any]:
+    """``LlmInfo`` of a remote engine's model. The SDK's schema has no remote format and no
+    field saying where a model runs: ``format`` is ``gguf`` (a value it accepts), ``path`` the
+    key, ``sizeBytes`` 0 (unknown), the display name says ``(remote NAME)``, and an extra
+    ``remote`` member (ignored by the SDK) names the remote."""
+    return {
+        "type": "llm",
+        "modelKey": model.key,
+        "format": "gguf",
+        "displayName": f"{model.model.upstream_id} (remote {model.model.remote})",
+        "path": model.key,
+        "sizeBytes": 0,
+        "maxContextLength": int(model.context_length),
+        "vision": False,
+        "trainedForToolUse": bool(model.model.trained_for_tool_use),
+        "remote": model.model.remote,
+    }
+
+
+def remote_instance_info(model: RemoteModel) -> dict[str, Any]:
+    """``LlmInstanceInfo`` of a remote model: always "loaded" (its upstream keeps it ready),
+    identified by its key."""
+    return {
+        **remote_model_info(model),
+        "identifier": model.key,
+        "instanceReference": REMOTE_REFERENCE + model.key,
+        "contextLength": int(model.context_length),
+    }
+
+
+def remote_load_config(model: RemoteModel) -> dict[str, Any]:
+    """A remote model's load settings: its context length (what the upstream says, else
+    :data:`lms.remote.models.DEFAULT_CONTEXT_LENGTH`)."""
+    return {"fields": [{"key": "llm.load.contextLength", "value": int(model.context_length)}]}
 
 
 def load_config(instance: Instance) -> dict[str, Any]:

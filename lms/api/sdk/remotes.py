@@ -1,0 +1,89 @@
+"""Remote engines' models on the SDK sockets (docs/API.md, SDK endpoints).
+
+A remote model (``NAME/<upstream id>`` of a ``[remotes.NAME]`` table) is always "loaded" on
+``/llm``: its upstream keeps it ready, so ``listLoaded`` lists it, ``getOrLoad`` answers
+``alreadyLoaded`` and ``predict`` sends the chat upstream (:func:`lms.pipeline.start`). What runs
+only on a local engine (loading, unloading, tokenizing, prompt templates, embedding through the
+SDK) is refused with ``remote_unsupported``.
+
+Names resolve as on the HTTP routes (:func:`lms.api.instances.remote`): a name under a remote's
+``NAME/`` never falls back to a local model, and a remote model outside the token's allowlist is
+audited and answers exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lms.api.sdk import records, wire
+from lms.api.sdk.calls import Call
+from lms.api.state import REMOTES
+from lms.errors import InstanceNotFoundError, RemoteUnsupportedError
+from lms.remote.models import RemoteModel, unsupported
+
+
+def visible(call: Call) -> list[RemoteModel]:
+    """The remote models the token may use, by key (none on ``/embedding``: a remote model is
+    an llm, and embeddings of remote models go through ``POST /v1/embeddings``)."""
+    if call.namespace == "embedding":
+        return []
+    return [model for model in call.app[REMOTES].models() if call.allows(model.key)]
+
+
+def named(call: Call, name: str) -> RemoteModel | None:
+    """The remote model ``name`` names, or None when it names no remote. A name under a
+    remote's ``NAME/`` that the remote does not list, or that only a model outside the token's
+    allowlist answers to (audited), is ``generic.pathNotFound`` listing the remote models the
+    token may use. On ``/embedding`` a remote model is ``remote_unsupported``."""
+    remotes = call.app[REMOTES]
+    if not remotes.is_remote(name):
+        return None
+    found = remotes.find(name)
+    if found is not None and call.allows(found.key):
+        call.check_model(found.key)
+        if call.namespace == "embedding":
+            raise _no_embedding(found)
+        return found
+    if found is not None:
+        call.hidden(name)
+    keys = [model.key for model in visible(call)]
+    raise wire.path_not_found(name, keys)
+
+
+def queried(call: Call, query: dict[str, Any], *, any_loaded: bool) -> RemoteModel | None:
+    """The remote model an SDK query (``{identifier?, path?, vision?}``) names (:func:`named`);
+    a query without a name takes the first remote model when no instance is loaded
+    (``any_loaded`` false): listings show remote models after the instances."""
+    identifier, path = query.get("identifier"), query.get("path")
+    name = identifier if isinstance(identifier, str) else path
+    if isinstance(name, str):
+        return named(call, name)
+    if query.get("vision") is True or any_loaded:
+        return None
+    return next(iter(visible(call)), None)
+
+
+def referenced(call: Call, reference: str, param: str) -> RemoteModel | None:
+    """The remote model of an instance reference (:data:`records.REMOTE_REFERENCE` + key), or
+    None when ``reference`` is not a remote one. A remote model gone from its remote, or
+    outside the token's allowlist (audited), is "no longer loaded", as a local instance is."""
+    if not reference.startswith(records.REMOTE_REFERENCE):
+        return None
+    key = reference.removeprefix(records.REMOTE_REFERENCE)
+    found = call.app[REMOTES].find(key)
+    if found is not None and call.allows(found.key):
+        call.check_model(found.key)
+        if call.namespace == "embedding":
+            raise _no_embedding(found)
+        return found
+    if found is not None:
+        call.hidden(key)
+    raise InstanceNotFoundError(
+        "that model instance is no longer loaded", param=param, hint="get a new handle"
+    )
+
+
+def _no_embedding(model: RemoteModel) -> RemoteUnsupportedError:
+    err = unsupported("Embedding through the SDK", model.key)
+    err.hint = "embed with POST /v1/embeddings, which passes the request to the remote engine"
+    return err
