@@ -153,9 +153,11 @@ async def pump(stream: Stream, generation: Generation, started: float) -> None:
                 finish = _FINISH.get(choice["finish_reason"], "stop")
     except LmsError as exc:
         error, finish = exc, "error"
+    except asyncio.CancelledError:  # the caller cancelled: the generation still gets its end
+        finish = "cancelled"
     finally:
         stream.close()
-    if calls.names:
+    if calls.names and finish != "cancelled":
         generation.put(("\n" if generation.output_text else "") + calls.text())
     end = loop.time()
     known = prompt_tokens is not None and completion_tokens is not None

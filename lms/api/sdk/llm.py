@@ -128,8 +128,6 @@ async def predict(channel: Channel, parameter: Any) -> None:
         drafts=channel.manager.drafts(channel.allows, channel.hidden),
     )
     channel.on_cancel(run.cancel)
-    if isinstance(instance, RemoteModel):
-        channel.on_cancel(lambda: _end_cancelled(run))
     output: ToolCallStream | None = plan.stream() if plan is not None else None
     async with run:
         await channel.send({"type": "promptProcessingProgress", "progress": 0.0})
@@ -168,15 +166,6 @@ async def predict(channel: Channel, parameter: Any) -> None:
             "predictionConfig": {"fields": settings.echo},
         }
     )
-
-
-def _end_cancelled(run: pipeline.Run) -> None:
-    """Give a cancelled remote run its end. Its engine's stream stops on the cancellation
-    without a result (lms/remote/translate.py ``pump``), and the channel must still end with
-    ``success`` (SDK rule 8). A result that arrives anyway is the first one read; this one is
-    then never read."""
-    if run.result is None:
-        run.generation.put(GenerationResult("cancelled", 0, 0, 0.0, 0.0, usage_known=False))
 
 
 def _model_records(instance: Instance | RemoteModel) -> dict[str, Any]:
