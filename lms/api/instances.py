@@ -12,7 +12,7 @@ from lms.api.state import MANAGER, REMOTES
 from lms.auth.permissions import Permission
 from lms.errors import ModelNotAllowedError, ModelNotFoundError, PermissionDeniedError
 from lms.inference.manager import Choice, Drafts, Instance, InstanceType
-from lms.remote.models import RemoteModel
+from lms.remote.models import RemoteModel, unsupported
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,14 @@ def remote(request: web.Request, query: str) -> RemoteModel | None:
         param="model",
         data={"available_models": visible},
     )
+
+
+def refuse_remote(request: web.Request, query: str, what: str, param: str) -> None:
+    """Refuse ``what`` (loading, unloading) for a remote model with 400 ``remote_unsupported``;
+    a remote key the token may not see, or that does not exist, is the usual 404."""
+    found = remote(request, query)
+    if found is not None:
+        raise unsupported(what, found.key, param=param)
 
 
 async def acquire_any(

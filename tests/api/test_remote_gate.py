@@ -515,3 +515,18 @@ async def test_removing_a_remote_takes_its_models_away_without_a_restart(
     await remotes.reconcile()
     await asyncio.wait_for(remotes.engines["cpu"].polled.wait(), 60)
     assert [m.key for m in remotes.models()] == ["cpu/fake-model"]
+
+
+async def test_loading_and_unloading_a_remote_model_is_refused_clearly(
+    gate: Gate, make_fake_upstream: Callable[..., Awaitable[FakeUpstream]]
+) -> None:
+    fake = await make_fake_upstream()
+    client = await gate({"gpu": remote_table(fake)})
+    load = await client.post("/api/v1/models/load", json={"model": "gpu/fake-model"})
+    unload = await client.post("/api/v1/models/unload", json={"instance_id": "gpu/fake-model"})
+    for answer, param in ((load, "model"), (unload, "instance_id")):
+        assert answer.status == 400
+        error = (await answer.json())["error"]
+        assert (error["code"], error["param"]) == ("remote_unsupported", param)
+    missing = await client.post("/api/v1/models/load", json={"model": "gpu/nothing"})
+    assert missing.status == 404

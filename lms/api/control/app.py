@@ -16,6 +16,7 @@ from aiohttp import web
 
 from lms import protocol
 from lms.api import bodies, middlewares
+from lms.api.instances import refuse_remote
 from lms.api.native.model_admin import start_download
 from lms.api.state import DOWNLOADS, MANAGER, MCP, REMOTES
 from lms.download import importer
@@ -197,6 +198,7 @@ async def instances(request: web.Request) -> web.Response:
 @routes.post(protocol.CONTROL_LOAD)
 async def load(request: web.Request) -> web.Response:
     body = await bodies.read_json(request)
+    refuse_remote(request, bodies.require(body, "model", str), "Loading", "model")
     instance = await request.app[MANAGER].load(
         bodies.require(body, "model", str),
         context_length=bodies.get(body, "context_length", int),
@@ -220,6 +222,7 @@ async def unload(request: web.Request) -> web.Response:
     if everything:
         return web.json_response({"unloaded": await manager.unload_all()})
     assert identifier is not None
+    refuse_remote(request, identifier, "Unloading", "identifier")
     await manager.unload(identifier)
     return web.json_response({"unloaded": [identifier]})
 

@@ -50,6 +50,7 @@ def _load_config(instance: Instance) -> dict[str, Any]:
 async def load(request: web.Request) -> web.Response:
     body = await bodies.read_json(request)
     query = bodies.require(body, "model", str)
+    instances.refuse_remote(request, query, "Loading", "model")
     context_length = bodies.get(body, "context_length", int)
     ttl = bodies.get(body, "ttl", int)
     identifier = bodies.get(body, "identifier", str)
@@ -92,6 +93,7 @@ async def load(request: web.Request) -> web.Response:
 async def unload(request: web.Request) -> web.Response:
     body = await bodies.read_json(request)
     instance_id = bodies.require(body, "instance_id", str)
+    instances.refuse_remote(request, instance_id, "Unloading", "instance_id")
     manager = request.app[MANAGER]
     allowed = model_filter(request)
     instance = manager.find_instance(instance_id)
