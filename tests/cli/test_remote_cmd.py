@@ -564,6 +564,14 @@ def test_the_daemon_serves_what_add_wrote_and_stops_after_rm(
         listed = invoke(runner, "list")
         assert "1 model, 1/1 replica healthy" in listed.stdout
         assert KEY not in everything_printed(listed)
+        ls = runner.invoke(app, ["ls", "--json"])
+        assert ls.exit_code == 0
+        assert [m["remote"] for m in json.loads(ls.stdout) if m.get("remote")] == ["gpu"]
+        chat = runner.invoke(app, ["chat", "gpu/llama-3", "-p", "hi from the cli"])
+        assert chat.exit_code == 0, chat.stderr
+        assert "echo: hi from the cli" in chat.stdout
+        load = runner.invoke(app, ["load", "gpu/llama-3"])
+        assert load.exit_code == 2 and "remote" in load.stderr
 
         assert invoke(runner, "rm", "gpu").exit_code == 0
         while "gpu" in _served():
