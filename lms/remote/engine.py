@@ -34,7 +34,8 @@ from lms.remote.upstream import (
     Replica,
     SafeResolver,
     connection_error,
-    decode_json,
+    decode,
+    encode,
     read_bounded,
     sse_events,
     status_error,
@@ -295,10 +296,9 @@ class RemoteEngine:
 
     # --- requests ----------------------------------------------------------------------------
 
-    async def post_json(self, path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
-        """A non-streamed request: the upstream's JSON object (another replica is tried while
-        one fails: nothing has reached the client yet)."""
-        data = json.dumps(body).encode()
+    async def post_json(self, path: str, data: bytes, key: str) -> dict[str, Any]:
+        """A non-streamed request (``data``: its JSON body): the upstream's JSON object (another
+        replica is tried while one fails: nothing has reached the client yet)."""
         exchange = await self._open(path, data, key)
         try:
             raw = await read_bounded(exchange.response, MAX_BODY_BYTES)
@@ -306,15 +306,14 @@ class RemoteEngine:
             raise timed_out(exc) from None
         finally:
             exchange.close()
-        doc = decode_json(raw)
+        doc = await decode(raw)
         if not isinstance(doc, dict):
             raise UpstreamError("the remote engine's answer is not a JSON object")
         return doc
 
-    async def post_stream(self, path: str, body: dict[str, Any], key: str) -> Stream:
-        """A streamed request whose first event has arrived; until then a failing replica is
-        replaced by another."""
-        data = json.dumps(body).encode()
+    async def post_stream(self, path: str, data: bytes, key: str) -> Stream:
+        """A streamed request (``data``: its JSON body) whose first event has arrived; until
+        then a failing replica is replaced by another."""
         tried: set[Replica] = set()
         while True:
             exchange = await self._open(path, data, key, tried)
@@ -406,7 +405,8 @@ class RemoteEngine:
             path, body = "/v1/completions", translate.completion_body(model, text or "", params)
         generation = Generation(loop, [], params)
         started = asyncio.get_running_loop().time()
-        stream = await self.post_stream(path, body, model.key)
+        # A chat may be megabytes (a long history): encoded on a worker thread.
+        stream = await self.post_stream(path, await encode(body, large=True), model.key)
         task = asyncio.create_task(translate.pump(stream, generation, started))
         generation.set_canceller(lambda: _cancel(task))
         return generation

@@ -22,8 +22,8 @@ from lms.errors import LmsError, UpstreamError
 from lms.inference.generation import Generation, GenerationResult
 from lms.inference.sampling import SamplingParams
 from lms.inference.tools import Tool
-from lms.payload import loads
 from lms.remote.models import RemoteModel, unsupported
+from lms.remote.upstream import decode
 
 if TYPE_CHECKING:
     from lms.remote.engine import Stream
@@ -125,10 +125,7 @@ async def pump(stream: Stream, generation: Generation, started: float) -> None:
     error: LmsError | None = None
     try:
         async for data in stream.events():
-            try:
-                chunk = loads(data.encode(), what="the remote engine's stream")
-            except LmsError:
-                raise UpstreamError("the remote engine sent an event that is not JSON") from None
+            chunk = await decode(data.encode(), "event")
             if not isinstance(chunk, dict):
                 continue
             if isinstance(chunk.get("error"), dict):

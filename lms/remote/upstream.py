@@ -248,12 +248,34 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_json(raw: bytes) -> Any:
-    """An upstream's JSON answer, decoded within lms's bounds (depth, numbers)."""
+#: JSON larger than this is encoded or decoded on a worker thread, never the event loop.
+INLINE_JSON_BYTES = 64 * 1024
+
+
+def decode_json(raw: bytes, what: str = "answer") -> Any:
+    """An upstream's JSON, decoded within lms's bounds (depth, numbers)."""
     try:
-        return payload.loads(raw, what="the remote engine's answer")
+        return payload.loads(raw, what=f"the remote engine's {what}")
     except LmsError:
-        raise UpstreamError("the remote engine's answer is not valid JSON") from None
+        raise UpstreamError(f"the remote engine's {what} is not valid JSON") from None
+
+
+async def decode(raw: bytes, what: str = "answer") -> Any:
+    """:func:`decode_json`, off the event loop when ``raw`` is large."""
+    if len(raw) > INLINE_JSON_BYTES:
+        return await asyncio.to_thread(decode_json, raw, what)
+    return decode_json(raw, what)
+
+
+async def encode(doc: Any, *, large: bool) -> bytes:
+    """``doc`` as JSON bytes, off the event loop when the caller knows it may be ``large``."""
+    if large:
+        return await asyncio.to_thread(_dumps, doc)
+    return _dumps(doc)
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:

@@ -15,13 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from lms import payload, protocol
+from lms import protocol
 from lms.api import bodies
 from lms.api.security import record_generation
 from lms.api.sse import EventStream
 from lms.errors import LmsError, UpstreamError
 from lms.remote.engine import RemoteEngine
 from lms.remote.models import RemoteModel
+from lms.remote.upstream import INLINE_JSON_BYTES, decode, encode
 
 #: Fields lms reads itself and never sends upstream.
 _OWN_FIELDS = ("ttl",)
@@ -59,23 +60,26 @@ async def forward(
     engine = _engine(model)
     upstream = _upstream_body(model, body)
     embeddings = path == protocol.API_OPENAI_EMBEDDINGS
+    large = (request.content_length or 0) > INLINE_JSON_BYTES
     if not stream:
-        doc = await engine.post_json(path, upstream, model.key)
+        doc = await engine.post_json(path, await encode(upstream, large=large), model.key)
         if "model" in doc:
             doc["model"] = model.key
         record_generation(request, *_counts(doc.get("usage"), embeddings=embeddings))
-        return web.json_response(doc)
+        return web.Response(
+            body=await encode(doc, large=large or embeddings), content_type="application/json"
+        )
     options = bodies.get(body, "stream_options", dict, {})
     assert options is not None
     include_usage = bool(bodies.get(options, "include_usage", bool, False))
     upstream["stream_options"] = {**options, "include_usage": True}
-    answer = await engine.post_stream(path, upstream, model.key)
+    answer = await engine.post_stream(path, await encode(upstream, large=large), model.key)
     counts: tuple[int | None, int | None] = (None, None)
     try:
         events = await EventStream.open(request)
         async with events.guard(_error_event(events)):
             async for data in answer.events():
-                chunk = _chunk(data)
+                chunk = await _chunk(data)
                 if chunk is None:
                     continue
                 if "usage" in chunk and isinstance(chunk["usage"], dict):
@@ -94,11 +98,8 @@ async def forward(
     return events.response
 
 
-def _chunk(data: str) -> dict[str, Any] | None:
-    try:
-        chunk = payload.loads(data.encode(), what="the remote engine's stream")
-    except LmsError:
-        raise UpstreamError("the remote engine sent an event that is not JSON") from None
+async def _chunk(data: str) -> dict[str, Any] | None:
+    chunk = await decode(data.encode(), "event")
     if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
         raise UpstreamError("the remote engine reported an error during the stream")
     return chunk if isinstance(chunk, dict) else None
