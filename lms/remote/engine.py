@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import ssl
@@ -127,7 +128,8 @@ class RemoteEngine:
             limit=0,  # bounded per replica by max_concurrent
             ssl=ssl_context,
             resolver=SafeResolver(),
-            keepalive_timeout=30,
+            # Below the 5 s after which llama-server and uvicorn close an idle connection.
+            keepalive_timeout=4,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -353,9 +355,7 @@ class RemoteEngine:
             replica.in_flight += 1
             replica.picked += 1
             try:
-                response = await self.session.post(
-                    replica.url + path, data=data, headers=headers, allow_redirects=False
-                )
+                response = await self._post(replica.url + path, data, headers)
             except TimeoutError as exc:
                 replica.in_flight -= 1
                 replica.failed(connection_error(exc), at_once=False)
@@ -387,6 +387,24 @@ class RemoteEngine:
                 raise error
             replica.failed(f"answered HTTP {response.status}", at_once=False)
             last = error
+
+    async def _post(self, url: str, data: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST, once more on a fresh connection when a kept-alive one turns out closed.
+
+        An upstream closes an idle connection when its keep-alive time ends (llama-server and
+        uvicorn after 5 s); a request sent on it at that moment meets a closed connection
+        before any answer. That says nothing about the replica: the request is sent again, once,
+        on a new connection (nothing has reached the client; the upstream saw no request or
+        dropped it)."""
+        post = functools.partial(
+            self.session.post, url, data=data, headers=headers, allow_redirects=False
+        )
+        try:
+            return await post()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise  # connecting failed: not a stale connection
+            return await post()
 
     # --- generation for the API families that translate --------------------------------------
 
