@@ -224,14 +224,14 @@ def connection_error(exc: BaseException) -> str:
     list``)."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "timed out"
+    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
+        return "TLS verification failed (the upstream's certificate; see ca_file)"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return sanitise(f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the connection was closed"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "the answer broke off"
-    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
-        return "TLS verification failed"
     return sanitise(type(exc).__name__)
 
 

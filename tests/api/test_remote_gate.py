@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pki import make_pki
 from remote.fake_upstream import LEAK_MARKERS, FakeUpstream, Fault
 
 from lms.api.app import build_api_app
@@ -530,3 +532,22 @@ async def test_loading_and_unloading_a_remote_model_is_refused_clearly(
         assert (error["code"], error["param"]) == ("remote_unsupported", param)
     missing = await client.post("/api/v1/models/load", json={"model": "gpu/nothing"})
     assert missing.status == 404
+
+
+async def test_https_upstreams_are_verified_against_the_named_ca(
+    gate: Gate, make_fake_upstream: Callable[..., Awaitable[FakeUpstream]], tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert, pki.key)
+    fake = await make_fake_upstream(ssl_context=context)
+    assert fake.base_url.startswith("https://")
+    client = await gate(
+        {"trusted": remote_table(fake, ca_file=str(pki.ca)), "untrusted": remote_table(fake)}
+    )
+    answer = await client.post("/v1/chat/completions", json={**CHAT, "model": "trusted/fake-model"})
+    assert answer.status == 200
+    untrusted = engine_of(client, "untrusted")
+    assert untrusted.models == {}  # the system's CAs do not know the test CA
+    (replica,) = untrusted.pool.replicas
+    assert not replica.healthy and "TLS" in (replica.error or "")

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -91,6 +92,8 @@ class FakeUpstream:
     usage: Literal["openai", "always", "never"] = "openai"
     strict_models: bool = True
     healthy: bool = True
+    #: Serve HTTPS with this context (``base_url`` is then ``https://``).
+    ssl_context: ssl.SSLContext | None = None
     received: list[Received] = field(default_factory=list)
     disconnects: list[str] = field(default_factory=list)
     key_file: Path | None = None
@@ -119,7 +122,7 @@ class FakeUpstream:
         # A client that goes away cancels its handler: that is how hangs see disconnects.
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         self._port = int(self._runner.addresses[0][1])
         return self
@@ -166,7 +169,8 @@ class FakeUpstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def fail(
         self,
