@@ -10,7 +10,7 @@ from aiohttp import web
 from lms.api.security import TOKEN, check_model, model_filter, refuse
 from lms.api.state import MANAGER, REMOTES
 from lms.auth.permissions import Permission
-from lms.errors import ModelNotAllowedError, ModelNotFoundError, PermissionDeniedError
+from lms.errors import ModelNotAllowedError, PermissionDeniedError
 from lms.inference.manager import Choice, Drafts, Instance, InstanceType
 from lms.remote.models import RemoteModel, unsupported
 
@@ -75,21 +75,12 @@ def remote(request: web.Request, query: str) -> RemoteModel | None:
     a model the remote does not list, or one outside the token's allowlist (audited), is a 404
     listing the remote models this token may use."""
     remotes = request.app.get(REMOTES)
-    if remotes is None or not remotes.is_remote(query):
+    if remotes is None:
         return None
-    allowed = model_filter(request)
-    found = remotes.find(query)
-    if found is not None and allowed(found.key):
-        check_model(request, found.key)
-        return found
+    found = remotes.resolve(query, model_filter(request), lambda: audit_hidden(request, query))
     if found is not None:
-        audit_hidden(request, query)
-    visible = [model.key for model in remotes.models() if allowed(model.key)]
-    raise ModelNotFoundError(
-        f'model "{query}" not found. Available models: {", ".join(visible) or "(none)"}',
-        param="model",
-        data={"available_models": visible},
-    )
+        check_model(request, found.key)
+    return found
 
 
 def refuse_remote(request: web.Request, query: str, what: str, param: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lms.config import Settings
-from lms.errors import ConfigBrokenError
+from lms.errors import ConfigBrokenError, ModelNotFoundError
 from lms.remote.engine import RemoteEngine
 from lms.remote.models import RemoteModel
 from lms.remoteconfig import RemoteSpec
@@ -128,6 +128,28 @@ class Remotes:
         if engine is None or engine.clash is not None:
             return None
         return engine.models.get(query.lower())
+
+    def resolve(
+        self, query: str, allowed: Callable[[str], bool], hidden: Callable[[], None]
+    ) -> RemoteModel | None:
+        """The rule every surface uses (HTTP routes, SDK sockets, ``lms chat``): the remote
+        model ``query`` names, None when it names no configured remote. Within a remote's names
+        nothing falls back to local models: a model the remote does not list, or one outside
+        ``allowed`` (``hidden`` is called, for the audit log), is ModelNotFoundError listing the
+        remote models ``allowed`` shows."""
+        if not self.is_remote(query):
+            return None
+        found = self.find(query)
+        if found is not None and allowed(found.key):
+            return found
+        if found is not None:
+            hidden()
+        visible = [model.key for model in self.models() if allowed(model.key)]
+        raise ModelNotFoundError(
+            f'model "{query}" not found. Available models: {", ".join(visible) or "(none)"}',
+            param="model",
+            data={"available_models": visible},
+        )
 
     def is_remote(self, query: str) -> bool:
         """Whether ``query`` names a model of a configured remote (``NAME/...``)."""

@@ -18,7 +18,7 @@ from typing import Any
 from lms.api.sdk import records, wire
 from lms.api.sdk.calls import Call
 from lms.api.state import REMOTES
-from lms.errors import InstanceNotFoundError, RemoteUnsupportedError
+from lms.errors import InstanceNotFoundError, ModelNotFoundError, RemoteUnsupportedError
 from lms.remote.models import RemoteModel, unsupported
 
 
@@ -35,19 +35,16 @@ def named(call: Call, name: str) -> RemoteModel | None:
     remote's ``NAME/`` that the remote does not list, or that only a model outside the token's
     allowlist answers to (audited), is ``generic.pathNotFound`` listing the remote models the
     token may use. On ``/embedding`` a remote model is ``remote_unsupported``."""
-    remotes = call.app[REMOTES]
-    if not remotes.is_remote(name):
+    try:
+        found = call.app[REMOTES].resolve(name, call.allows, lambda: call.hidden(name))
+    except ModelNotFoundError:
+        raise wire.path_not_found(name, [model.key for model in visible(call)]) from None
+    if found is None:
         return None
-    found = remotes.find(name)
-    if found is not None and call.allows(found.key):
-        call.check_model(found.key)
-        if call.namespace == "embedding":
-            raise _no_embedding(found)
-        return found
-    if found is not None:
-        call.hidden(name)
-    keys = [model.key for model in visible(call)]
-    raise wire.path_not_found(name, keys)
+    call.check_model(found.key)
+    if call.namespace == "embedding":
+        raise _no_embedding(found)
+    return found
 
 
 def queried(call: Call, query: dict[str, Any], *, any_loaded: bool) -> RemoteModel | None:
