@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,17 @@ from lms.inference.generation import Generation
 from lms.inference.sampling import SamplingParams
 from lms.inference.tools import Tool
 from lms.remote import translate
-from lms.remote.models import RemoteModel, RemoteModelInfo
+from lms.remote.listing import MAX_MODEL_LIST_BYTES, parse_models
+from lms.remote.models import RemoteModel
 from lms.remote.upstream import (
+    CONNECTION_ERRORS,
     MAX_BODY_BYTES,
     MAX_ERROR_BYTES,
+    Exchange,
     Pool,
     Replica,
     SafeResolver,
+    Stream,
     connection_error,
     decode,
     encode,
@@ -46,56 +49,8 @@ from lms.remoteconfig import KeyFileError, RemoteSpec, key_signature, read_key
 
 log = logging.getLogger("lms.remote")
 
-#: Model ids kept from one upstream's list; bytes of that list.
-MAX_MODELS = 1000
-MAX_MODEL_LIST_BYTES = 1024 * 1024
-MAX_MODEL_ID = 256
 #: Errors of one exchange that mean "this replica failed; another may not".
-_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
-
-
-class Exchange:
-    """A request in flight on one replica: counted until closed (exactly once)."""
-
-    def __init__(self, replica: Replica, response: aiohttp.ClientResponse) -> None:
-        self.replica = replica
-        self.response = response
-        self._closed = False
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.response.close()
-            self.replica.in_flight -= 1
-
-
-class Stream:
-    """A streamed answer whose first event has arrived (so no retry is possible after it)."""
-
-    def __init__(self, exchange: Exchange, events: AsyncIterator[str], first: str | None) -> None:
-        self.exchange = exchange
-        self._events = events
-        self._first = first
-
-    async def events(self) -> AsyncIterator[str]:
-        """The ``data:`` payloads; raises UpstreamError if the stream is cut."""
-        try:
-            if self._first is None:
-                return
-            yield self._first
-            async for data in self._events:
-                yield data
-        except TimeoutError as exc:
-            self.exchange.replica.failed(connection_error(exc), at_once=False)
-            raise timed_out(exc) from None
-        except _CONNECTION_ERRORS as exc:
-            self.exchange.replica.failed(connection_error(exc), at_once=True)
-            raise UpstreamError(
-                f"the remote engine's stream broke off ({connection_error(exc)})"
-            ) from None
-
-    def close(self) -> None:
-        self.exchange.close()
+_CONNECTION_ERRORS = CONNECTION_ERRORS
 
 
 class RemoteEngine:
@@ -240,7 +195,7 @@ class RemoteEngine:
         if listing is None:
             listing = await self._fetch_models(headers, timeout)
         if listing is not None:
-            self._set_models(listing)
+            await self._set_models(listing)
 
     def _index(self, replica: Replica) -> int:
         return self.pool.replicas.index(replica) + 1
@@ -264,34 +219,12 @@ class RemoteEngine:
                 continue
         return None  # keep the last list: requests then get 503, not 404
 
-    def _set_models(self, raw: bytes) -> None:
+    async def _set_models(self, raw: bytes) -> None:
         try:
-            doc = json.loads(raw)
-        except ValueError:
-            log.warning("remote %s: its model list is not JSON", self.spec.name)
+            models = await asyncio.to_thread(parse_models, raw, self.spec, self)
+        except ValueError as exc:
+            log.warning("remote %s: %s", self.spec.name, exc)
             return
-        data = doc.get("data") if isinstance(doc, dict) else None
-        if not isinstance(data, list):
-            log.warning("remote %s: its model list has no 'data' list", self.spec.name)
-            return
-        models: dict[str, RemoteModel] = {}
-        for entry in data[:MAX_MODELS]:
-            upstream_id = entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(upstream_id, str) or not _is_model_id(upstream_id):
-                continue
-            if not self.spec.serves(upstream_id):
-                continue
-            key = f"{self.spec.name}/{upstream_id}"
-            if key.lower() in models:  # two ids equal but for case: the first one wins
-                continue
-            info = RemoteModelInfo(
-                key=key,
-                remote=self.spec.name,
-                upstream_id=upstream_id,
-                owned_by=_text(entry.get("owned_by")) or "remote",
-                context_length=_context_length(entry),
-            )
-            models[key.lower()] = RemoteModel(info, self)
         if set(models) != set(self.models):
             log.info("remote %s: %d model(s)", self.spec.name, len(models))
         self.models = models
@@ -443,30 +376,3 @@ class RemoteEngine:
 
 def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
-
-
-def _is_model_id(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_MODEL_ID
-        and value.isprintable()
-        and not any(c.isspace() for c in value)
-    )
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value.isprintable() and len(value) <= 128 else None
-
-
-def _context_length(entry: dict[str, Any]) -> int | None:
-    """The model's context, where the upstream says it (vLLM ``max_model_len``; lms and
-    others ``context_length``; llama-server ``meta.n_ctx_train``)."""
-    meta = entry.get("meta")
-    for value in (
-        entry.get("max_model_len"),
-        entry.get("context_length"),
-        meta.get("n_ctx_train") if isinstance(meta, dict) else None,
-    ):
-        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 1 << 24:
-            return value
-    return None

@@ -26,7 +26,7 @@ from lms.remote.models import RemoteModel, unsupported
 from lms.remote.upstream import decode
 
 if TYPE_CHECKING:
-    from lms.remote.engine import Stream
+    from lms.remote.upstream import Stream
 
 _FINISH: dict[str, Any] = {"stop": "stop", "tool_calls": "stop", "length": "length"}
 

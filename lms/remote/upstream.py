@@ -308,3 +308,51 @@ def timed_out(exc: BaseException) -> LmsError:
 
 def now() -> float:
     return time.monotonic()
+
+
+#: Errors of one exchange that mean "this replica failed; another may not".
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
+
+
+class Exchange:
+    """A request in flight on one replica: counted until closed (exactly once)."""
+
+    def __init__(self, replica: Replica, response: aiohttp.ClientResponse) -> None:
+        self.replica = replica
+        self.response = response
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.response.close()
+            self.replica.in_flight -= 1
+
+
+class Stream:
+    """A streamed answer whose first event has arrived (so no retry is possible after it)."""
+
+    def __init__(self, exchange: Exchange, events: AsyncIterator[str], first: str | None) -> None:
+        self.exchange = exchange
+        self._events = events
+        self._first = first
+
+    async def events(self) -> AsyncIterator[str]:
+        """The ``data:`` payloads; raises UpstreamError if the stream is cut."""
+        try:
+            if self._first is None:
+                return
+            yield self._first
+            async for data in self._events:
+                yield data
+        except TimeoutError as exc:
+            self.exchange.replica.failed(connection_error(exc), at_once=False)
+            raise timed_out(exc) from None
+        except CONNECTION_ERRORS as exc:
+            self.exchange.replica.failed(connection_error(exc), at_once=True)
+            raise UpstreamError(
+                f"the remote engine's stream broke off ({connection_error(exc)})"
+            ) from None
+
+    def close(self) -> None:
+        self.exchange.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lms.errors import (
@@ -11,7 +13,9 @@ from lms.errors import (
     ServerBusyError,
     UpstreamError,
 )
+from lms.remote.listing import parse_models
 from lms.remote.upstream import FAILURES_TO_REMOVE, Pool, Replica, sanitise, status_error
+from lms.remoteconfig import RemoteSpec
 
 
 @pytest.mark.parametrize(
@@ -82,3 +86,29 @@ def test_passive_checks_take_a_replica_out() -> None:
     assert flaky.healthy  # failures count in a row
     dead.failed("cannot connect", at_once=True)
     assert not dead.healthy and dead.error == "cannot connect"
+
+
+def test_model_lists_become_keys_under_the_remote_name() -> None:
+    spec = RemoteSpec(name="gpu", urls=("http://h:1",), models=("qwen*", "Meta/*"))
+    raw = json.dumps(
+        {
+            "data": [
+                {"id": "Qwen-7B", "max_model_len": 32768},
+                {"id": "qwen-7b"},  # equal but for case: the first one wins
+                {"id": "Meta/Llama-3", "meta": {"n_ctx_train": 8192}, "owned_by": "vllm"},
+                {"id": "other"},  # not allowed by the globs
+                {"id": "bad id"},
+                {"id": "x" * 300},
+                {"no": "id"},
+                "not an object",
+            ]
+        }
+    ).encode()
+    models = parse_models(raw, spec, backend=None)  # type: ignore[arg-type]
+    assert sorted(m.key for m in models.values()) == ["gpu/Meta/Llama-3", "gpu/Qwen-7B"]
+    assert models["gpu/qwen-7b"].context_length == 32768
+    assert models["gpu/meta/llama-3"].model.owned_by == "vllm"
+    assert models["gpu/meta/llama-3"].context_length == 8192
+    for broken in (b"not json", b'{"data": 1}', b"[]"):
+        with pytest.raises(ValueError):
+            parse_models(broken, spec, backend=None)  # type: ignore[arg-type]
