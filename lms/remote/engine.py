@@ -254,7 +254,7 @@ class RemoteEngine:
             exchange = await self._open(path, data, key, tried)
             events = sse_events(exchange.response).__aiter__()
             try:
-                first: str | None = await events.__anext__()
+                first: bytes | None = await events.__anext__()
             except StopAsyncIteration:
                 first = None
             except TimeoutError as exc:

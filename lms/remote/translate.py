@@ -125,7 +125,7 @@ async def pump(stream: Stream, generation: Generation, started: float) -> None:
     error: LmsError | None = None
     try:
         async for data in stream.events():
-            chunk = await decode(data.encode(), "event")
+            chunk = await decode(data, "event")
             if not isinstance(chunk, dict):
                 continue
             if isinstance(chunk.get("error"), dict):

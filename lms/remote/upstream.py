@@ -278,7 +278,7 @@ def _dumps(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """The ``data:`` payloads of a server-sent event stream, one line at most
     :data:`MAX_LINE_BYTES`; ends at ``[DONE]`` (raises UpstreamError when the stream ends
     without it: a cut stream must never look like a finished one)."""
@@ -292,8 +292,8 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
             line, buffer = buffer[:end].rstrip(b"\r"), buffer[end + 1 :]
             if not line.startswith(b"data:"):
                 continue  # comments, event names, keep-alives
-            data = line[5:].strip().decode("utf-8", errors="replace")
-            if data == "[DONE]":
+            data = line[5:].strip()
+            if data == b"[DONE]":
                 return
             yield data
         if len(buffer) > MAX_LINE_BYTES:
@@ -332,12 +332,14 @@ class Exchange:
 class Stream:
     """A streamed answer whose first event has arrived (so no retry is possible after it)."""
 
-    def __init__(self, exchange: Exchange, events: AsyncIterator[str], first: str | None) -> None:
+    def __init__(
+        self, exchange: Exchange, events: AsyncIterator[bytes], first: bytes | None
+    ) -> None:
         self.exchange = exchange
         self._events = events
         self._first = first
 
-    async def events(self) -> AsyncIterator[str]:
+    async def events(self) -> AsyncIterator[bytes]:
         """The ``data:`` payloads; raises UpstreamError if the stream is cut."""
         try:
             if self._first is None:

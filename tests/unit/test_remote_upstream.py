@@ -112,3 +112,21 @@ def test_model_lists_become_keys_under_the_remote_name() -> None:
     for broken in (b"not json", b'{"data": 1}', b"[]"):
         with pytest.raises(ValueError):
             parse_models(broken, spec, backend=None)  # type: ignore[arg-type]
+
+
+def test_the_cheap_path_renames_plain_chunks_and_leaves_the_rest_to_the_full_one() -> None:
+    from lms.api.openai.remote import _Rename
+
+    rename = _Rename('we"ird/id', 'gpu/we"ird/id')
+    chunk = b'{"id":"x","model": "we\\"ird/id","choices":[{"delta":{"content":"\\"model\\""}}]}'
+    renamed = rename.plain(chunk)
+    assert renamed is not None and json.loads(renamed)["model"] == 'gpu/we"ird/id'
+    assert json.loads(renamed)["choices"] == json.loads(chunk)["choices"]
+    for other in (
+        b'{"model":"we\\"ird/id","usage":{"prompt_tokens":1}}',
+        b'{"model":"we\\"ird/id","error":{"message":"x"}}',
+        b'{"model":"we\\"ird/id","x":"a\rb"}',
+        b'{"model":"another"}',
+        b"[1]",
+    ):
+        assert rename.plain(other) is None

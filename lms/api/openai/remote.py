@@ -10,6 +10,8 @@ its permission and its allowlist before this runs; none of the client's headers 
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,10 +77,15 @@ async def forward(
     upstream["stream_options"] = {**options, "include_usage": True}
     answer = await engine.post_stream(path, await encode(upstream, large=large), model.key)
     counts: tuple[int | None, int | None] = (None, None)
+    rename = _Rename(model.model.upstream_id, model.key)
     try:
         events = await EventStream.open(request)
         async with events.guard(_error_event(events)):
             async for data in answer.events():
+                fast = rename.plain(data)
+                if fast is not None:  # most chunks: text, model renamed, nothing to look at
+                    await events.send(fast)
+                    continue
                 chunk = await _chunk(data)
                 if chunk is None:
                     continue
@@ -98,8 +105,34 @@ async def forward(
     return events.response
 
 
-async def _chunk(data: str) -> dict[str, Any] | None:
-    chunk = await decode(data.encode(), "event")
+class _Rename:
+    """The cheap path of a streamed chunk: ``"model": "<upstream id>"`` becomes the client's
+    key in the bytes as they came, without decoding and encoding the chunk. Only for a chunk
+    that is plainly one JSON object holding neither ``usage`` nor ``error`` (those are read in
+    full) nor a carriage return (which an SSE client would read as a line break); anything else
+    takes the full path."""
+
+    def __init__(self, upstream_id: str, key: str) -> None:
+        quoted = json.dumps(upstream_id).encode()
+        self._pattern = re.compile(rb'"model"\s*:\s*' + re.escape(quoted))
+        self._replacement = b'"model":' + json.dumps(key).encode()
+
+    def plain(self, data: bytes) -> str | None:
+        if not (data.startswith(b"{") and data.endswith(b"}")):
+            return None
+        if b'"usage"' in data or b'"error"' in data or b"\r" in data:
+            return None
+        renamed, found = self._pattern.subn(lambda _: self._replacement, data, count=1)
+        if found != 1:
+            return None
+        try:
+            return renamed.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+
+async def _chunk(data: bytes) -> dict[str, Any] | None:
+    chunk = await decode(data, "event")
     if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
         raise UpstreamError("the remote engine reported an error during the stream")
     return chunk if isinstance(chunk, dict) else None
