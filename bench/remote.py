@@ -156,17 +156,30 @@ def run_round(
     return sum(o.tokens for o in outcomes) / wall, statistics.median(ttfts), outcomes
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def paired(
     direct: Target,
     gate: Target,
+    pids: tuple[int, int],
     clients: int,
     requests: int,
     max_tokens: int,
     rounds: int,
     gap: float,
 ) -> dict[str, list[float]]:
-    """ABBA rounds: per round each path's tokens/s and p50 TTFT."""
-    found: dict[str, list[float]] = {k: [] for k in ("d_tps", "g_tps", "d_ttft", "g_ttft")}
+    """ABBA rounds: per round each path's tokens/s and p50 TTFT (``d_``/``g_``), and the CPU
+    milliseconds per streamed chunk of the gate and of llama-server (``pids``) in the gate's
+    runs (``gate_cpu``, ``llama_cpu``)."""
+    keys = ("d_tps", "g_tps", "d_ttft", "g_ttft", "gate_cpu", "llama_cpu")
+    found: dict[str, list[float]] = {k: [] for k in keys}
     for n in range(rounds):
         # Whoever runs second in a pair meets a machine the first has just warmed; swapping the
         # order each round cancels that out of the median. The pause keeps llama-server's
@@ -174,10 +187,33 @@ def paired(
         order = [("d", direct), ("g", gate)] if n % 2 == 0 else [("g", gate), ("d", direct)]
         for side, path in order:
             time.sleep(gap)
-            tps, ttft, _ = run_round(path, clients, requests, max_tokens)
+            before = [cpu_seconds(pid) for pid in pids]
+            tps, ttft, outcomes = run_round(path, clients, requests, max_tokens)
+            used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
             found[f"{side}_tps"].append(tps)
             found[f"{side}_ttft"].append(ttft)
+            if side == "g":
+                chunks = max(1, sum(o.tokens for o in outcomes))
+                found["gate_cpu"].append(used[0] * 1000 / chunks)
+                found["llama_cpu"].append(used[1] * 1000 / chunks)
     return found
+
+
+def interleaved(direct: Target, gate: Target, requests: int, rounds: int) -> list[float]:
+    """``max_tokens`` 1, one client, requests alternating between the paths (ABBA): per round,
+    the gate's p50 time to first token minus the direct one, in ms."""
+    added = []
+    for _ in range(rounds):
+        times: dict[str, list[float]] = {"d": [], "g": []}
+        for k in range(requests):
+            order = [("d", direct), ("g", gate)] if k % 2 == 0 else [("g", gate), ("d", direct)]
+            for side, path in order:
+                outcome = stream_chat(path.port, path.model, PROMPTS[0], 1, path.token)
+                if outcome.ttft is None or not outcome.done:
+                    raise RuntimeError(f"port {path.port}: a request failed: {outcome}")
+                times[side].append(outcome.ttft)
+        added.append((statistics.median(times["g"]) - statistics.median(times["d"])) * 1000)
+    return added
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -247,6 +283,7 @@ def measure(args: argparse.Namespace, models: Path, model_path: Path) -> None:
         served, token, home = make_gate([f"http://127.0.0.1:{llama_port}"], models)
         model = upstream_id(llama_port)
         wait_listed(served.port, token, f"up/{model}", time.monotonic() + 60)
+        pids = (served.proc.pid, procs[0].pid)
         direct = Target(llama_port, model, None)
         gate = Target(served.port, f"up/{model}", token)
         for path in (direct, gate, direct, gate):  # first-run costs, warm prompt caches
@@ -261,7 +298,9 @@ def measure(args: argparse.Namespace, models: Path, model_path: Path) -> None:
         print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
         rows = []
         for clients in (int(c) for c in args.clients.split(",")):
-            f = paired(direct, gate, clients, args.requests, args.max_tokens, args.rounds, args.gap)
+            f = paired(
+                direct, gate, pids, clients, args.requests, args.max_tokens, args.rounds, args.gap
+            )
             ratios = [g / d for g, d in zip(f["g_tps"], f["d_tps"], strict=True)]
             added = [(g - d) * 1000 for g, d in zip(f["g_ttft"], f["d_ttft"], strict=True)]
             rows.append((f"{clients} client(s)", f, ratios, added))
@@ -271,18 +310,18 @@ def measure(args: argparse.Namespace, models: Path, model_path: Path) -> None:
                 f" {statistics.median(ratios):.3f} (rounds {spread(ratios, '.3f')});"
                 f" p50 TTFT direct {statistics.median(f['d_ttft']) * 1000:.1f} ms,"
                 f" gate {statistics.median(f['g_ttft']) * 1000:.1f} ms, added"
-                f" {statistics.median(added):+.2f} ms (rounds {spread(added, '+.1f')})",
+                f" {statistics.median(added):+.2f} ms (rounds {spread(added, '+.1f')});"
+                f" CPU per streamed chunk: gate {statistics.median(f['gate_cpu']):.3f} ms,"
+                f" llama-server {statistics.median(f['llama_cpu']):.2f} ms",
                 flush=True,
             )
         if args.short_requests:
-            f = paired(direct, gate, 1, args.short_requests, 1, args.rounds, args.gap)
-            added = [(g - d) * 1000 for g, d in zip(f["g_ttft"], f["d_ttft"], strict=True)]
-            rows.append(("max_tokens 1", f, [], added))
+            added = interleaved(direct, gate, args.short_requests, args.rounds)
+            rows.append(("max_tokens 1", {}, [], added))
             print(
-                f"max_tokens 1, 1 client, {args.short_requests} requests a round: p50 TTFT"
-                f" direct {statistics.median(f['d_ttft']) * 1000:.2f} ms,"
-                f" gate {statistics.median(f['g_ttft']) * 1000:.2f} ms, added"
-                f" {statistics.median(added):+.2f} ms (rounds {spread(added, '+.2f')})",
+                f"max_tokens 1, 1 client, {args.short_requests} request pairs a round (ABBA):"
+                f" added p50 TTFT {statistics.median(added):+.2f} ms"
+                f" (rounds {spread(added, '+.2f')})",
                 flush=True,
             )
         print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
@@ -306,7 +345,9 @@ def measure(args: argparse.Namespace, models: Path, model_path: Path) -> None:
 
 def failover(args: argparse.Namespace, models: Path, model_path: Path) -> None:
     ports = [free_port(), free_port()]
-    server_args = slots_args(2)
+    # Two replicas share the machine's cores: each gets half, so neither spins on the other's.
+    threads = str(max(1, (os.cpu_count() or 2) // 2))
+    server_args = [*slots_args(2)[:4], "-fa", "on", "-t", threads, "-tb", threads]
     procs: dict[int, subprocess.Popen[bytes]] = {}
     served = None
     home = None
