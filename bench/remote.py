@@ -22,6 +22,7 @@ The load average is printed before and after: a run sharing the CPU with other w
 repeated, not read (wrap runs in ``flock`` with any other benchmark of the machine).
 
     .venv/bin/python bench/remote.py [--rounds 8] [--clients 1,4] [--requests 4] [--max-tokens 128]
+        [--short-requests 20] [--server-args '-t 1 -tb 1']
     .venv/bin/python bench/remote.py --failover [--duration 120] [--kill-every 30] [--clients 4]
 """
 
@@ -213,23 +214,32 @@ def paired(
 
 
 def interleaved(
-    direct: Target, gate: Target, requests: int, rounds: int, seen: dict[str, list[Outcome]]
-) -> list[float]:
+    direct: Target,
+    gate: Target,
+    gate_pid: int,
+    requests: int,
+    rounds: int,
+    seen: dict[str, list[Outcome]],
+) -> tuple[list[float], float]:
     """``max_tokens`` 1, one client, requests alternating between the paths (ABBA): per round,
     the gate's p50 time to first token minus the direct one, in ms (failed requests are only
-    appended to ``seen``)."""
+    appended to ``seen``); and the gate's CPU milliseconds per request."""
     added = []
+    cpu = 0.0
     for _ in range(rounds):
         times: dict[str, list[float]] = {"d": [], "g": []}
         for k in range(requests):
             order = [("d", direct), ("g", gate)] if k % 2 == 0 else [("g", gate), ("d", direct)]
             for side, path in order:
+                before = cpu_seconds(gate_pid)
                 outcome = stream_chat(path.port, path.model, PROMPTS[0], 1, path.token)
+                if side == "g":
+                    cpu += cpu_seconds(gate_pid) - before
                 seen[side].append(outcome)
                 if kind(outcome) == "ok" and outcome.ttft is not None:
                     times[side].append(outcome.ttft)
         added.append((statistics.median(times["g"]) - statistics.median(times["d"])) * 1000)
-    return added
+    return added, cpu * 1000 / max(1, len(seen["g"]))
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -295,7 +305,8 @@ def measure(args: argparse.Namespace, models: Path, model_path: Path) -> None:
     home = None
     try:
         llama_port = free_port()
-        procs.append(launch(model_path, llama_port, slots_args(4)))
+        server_args = slots_args(4) + shlex.split(args.server_args)
+        procs.append(launch(model_path, llama_port, server_args))
         served, token, home = make_gate([f"http://127.0.0.1:{llama_port}"], models)
         model = upstream_id(llama_port)
         wait_listed(served.port, token, f"up/{model}", time.monotonic() + 60)
@@ -305,7 +316,7 @@ def measure(args: argparse.Namespace, models: Path, model_path: Path) -> None:
         for path in (direct, gate, direct, gate):  # first-run costs, warm prompt caches
             run_round(path, 4, 1, args.max_tokens)
         print(
-            f"llama-server: {build_llama_server()} ({shlex.join(slots_args(4))}), model {model};"
+            f"llama-server: {build_llama_server()} ({shlex.join(server_args)}), model {model};"
             f" gate: lms daemon, auth on, [remotes.up]; /v1/chat/completions streamed,"
             f" temperature 0, max_tokens {args.max_tokens}, {args.requests} request(s) per client"
             f" per round, {args.rounds} rounds ABBA",
@@ -343,12 +354,12 @@ def measure(args: argparse.Namespace, models: Path, model_path: Path) -> None:
             )
         if args.short_requests:
             seen = {"d": [], "g": []}
-            added = interleaved(direct, gate, args.short_requests, args.rounds, seen)
+            added, cpu = interleaved(direct, gate, pids[0], args.short_requests, args.rounds, seen)
             rows.append(("max_tokens 1", [], added, seen))
             print(
                 f"max_tokens 1, 1 client, {args.short_requests} request pairs a round (ABBA):"
                 f" added p50 TTFT {statistics.median(added):+.2f} ms"
-                f" (rounds {spread(added, '+.2f')});"
+                f" (rounds {spread(added, '+.2f')}); gate CPU per request {cpu:.2f} ms;"
                 f" failed: direct {failures(seen['d'])}, gate {failures(seen['g'])}",
                 flush=True,
             )
@@ -494,6 +505,9 @@ def main() -> int:
         "--short-requests", type=int, default=20, help="max_tokens 1 requests a round (0: none)"
     )
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two runs")
+    parser.add_argument(
+        "--server-args", default="", help="more llama-server options, e.g. '-t 1 -tb 1'"
+    )
     parser.add_argument("--failover", action="store_true")
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--kill-every", type=float, default=30.0)
