@@ -18,6 +18,11 @@ its port. Counted: successes, requests that failed before any content (target 0)
 after content that end with an error event, and silent stops (a stream that ends without
 ``[DONE]`` after a finish, or without an error event: must be 0).
 
+On a 2-core machine llama-server's two compute threads and the gate share the cores: every
+millisecond of the gate's CPU (printed per streamed chunk and per request) is taken from
+generation. ``--server-args '-t 1 -tb 1'`` leaves a core to the gate, which separates that
+contention from the latency the gate adds by itself.
+
 The load average is printed before and after: a run sharing the CPU with other work is to be
 repeated, not read (wrap runs in ``flock`` with any other benchmark of the machine).
 
