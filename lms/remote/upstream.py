@@ -47,6 +47,11 @@ from lms.redaction import escape_controls, redact
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_LINE_BYTES = 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
+#: After ``[DONE]``, what is read of the rest of a stream's body so its connection can be kept
+#: (the end of the chunked body follows at once from a well-behaved upstream); past either
+#: bound the connection is closed instead, which costs the next request a new connection.
+DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 1.0
 #: Consecutive 5xx answers after which the passive check takes a replica out (a connection
 #: error takes it out at once); the active check brings it back.
 FAILURES_TO_REMOVE = 3
@@ -338,6 +343,7 @@ class Stream:
         self.exchange = exchange
         self._events = events
         self._first = first
+        self._ended = first is None  # [DONE] seen
 
     async def events(self) -> AsyncIterator[bytes]:
         """The ``data:`` payloads; raises UpstreamError if the stream is cut."""
@@ -347,6 +353,7 @@ class Stream:
             yield self._first
             async for data in self._events:
                 yield data
+            self._ended = True
         except TimeoutError as exc:
             self.exchange.replica.failed(connection_error(exc), at_once=False)
             raise timed_out(exc) from None
@@ -358,3 +365,27 @@ class Stream:
 
     def close(self) -> None:
         self.exchange.close()
+
+    async def finish(self) -> None:
+        """Close; a stream that ended at ``[DONE]`` first reads the end of its body (within
+        :data:`DRAIN_BYTES` and :data:`DRAIN_SECONDS`), which returns its connection to the pool
+        for the next request instead of closing it. Upstreams on uvicorn or aiohttp (vLLM,
+        SGLang, lms) keep it; llama-server closes its side after every streamed answer (its
+        HTTP library does, whatever the ``Keep-Alive`` header says), so there each stream costs
+        a connection either way."""
+        if not self._ended or self.exchange.response.closed:
+            self.close()
+            return
+        content = self.exchange.response.content
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                read = 0
+                while read <= DRAIN_BYTES and not content.at_eof():
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    read += len(chunk)
+        except (TimeoutError, *CONNECTION_ERRORS):
+            pass
+        finally:
+            self.close()

@@ -30,6 +30,7 @@ from lms.auth.registry import Registry
 from lms.auth.usage import UsageStore
 from lms.config import ConfigWatcher
 from lms.inference.manager import ModelManager
+from lms.remote import upstream
 from lms.remote.engine import RemoteEngine
 
 Gate = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
@@ -207,6 +208,27 @@ async def test_a_stream_asks_for_usage_counts_it_and_shows_it_only_when_asked(
     counted = UsageStore().read([record.id])[record.id]
     assert counted.prompt_tokens > 0 and counted.completion_tokens > 0
     assert counted.unknown_count == 0
+
+
+async def test_a_finished_stream_leaves_its_connection_for_the_next_request(
+    gate: Gate,
+    make_fake_upstream: Callable[..., Awaitable[FakeUpstream]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After [DONE] the gate reads the end of the body, so the connection goes back to the pool
+    # (an upstream that keeps connections alive, as uvicorn and aiohttp do, is not reconnected
+    # to per request). The end of the body comes a moment after [DONE] (else aiohttp sees both
+    # at once and this would pass without the drain); the drain's time bound is lifted so a
+    # slow machine cannot decide this.
+    monkeypatch.setattr(upstream, "DRAIN_SECONDS", 600.0)
+    fake = await make_fake_upstream(linger=0.1)
+    client = await gate({"gpu": remote_table(fake)})
+    for _ in range(3):
+        response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert response.status == 200
+        assert sse_data(await response.text())[-1] == "[DONE]"
+    peers = {r.peer for r in fake.received if r.path == "/v1/chat/completions"}
+    assert len(peers) == 1, peers
 
 
 async def test_usage_an_upstream_does_not_report_is_counted_as_unknown(

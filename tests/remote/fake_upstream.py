@@ -82,6 +82,7 @@ class Received:
     headers: CIMultiDict[str]  # case-insensitive: received.headers["authorization"]
     body: bytes
     json: Any  # the parsed body, or None when there was none or it was not JSON
+    peer: Any = None  # the gate's (host, port): one connection per distinct peer
 
 
 @dataclass
@@ -92,6 +93,8 @@ class FakeUpstream:
     usage: Literal["openai", "always", "never"] = "openai"
     strict_models: bool = True
     healthy: bool = True
+    #: Seconds between a stream's ``[DONE]`` and the end of its body.
+    linger: float = 0.0
     #: Serve HTTPS with this context (``base_url`` is then ``https://``).
     ssl_context: ssl.SSLContext | None = None
     received: list[Received] = field(default_factory=list)
@@ -223,9 +226,10 @@ class FakeUpstream:
         if raw:
             with contextlib.suppress(ValueError):
                 parsed = json.loads(raw)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         seen = Received(
             request.method, request.path, request.query_string, CIMultiDict(request.headers),
-            raw, parsed,
+            raw, parsed, peer,
         )  # fmt: skip
         self.received.append(seen)
         return seen
@@ -412,6 +416,8 @@ class FakeUpstream:
                     return response
             await response.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
+        if self.linger:
+            await asyncio.sleep(self.linger)  # the end of the chunked body comes later
         await response.write_eof()
         return response
 

@@ -100,7 +100,7 @@ async def forward(
                 await events.send(chunk)
             await events.send("[DONE]")
     finally:
-        answer.close()
+        await answer.finish()
         record_generation(request, *counts)
     return events.response
 
