@@ -9,8 +9,10 @@ import http.server
 import json
 import os
 import socketserver
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,15 @@ def remote_doc(
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    #: Tracebacks of handlers that raised: kept for :meth:`FakeControlServer.stop` instead of
+    #: printed to stderr (where they would be noise in another test's output).
+    errors: list[str]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return  # the client gave up on its answer (e.g. a CLI that timed out): its test's
+            # assertions see that; nothing went wrong in the fake
+        self.errors.append(traceback.format_exc())
 
 
 class FakeControlServer:
@@ -163,6 +174,7 @@ class FakeControlServer:
             do_POST = _answer
 
         self._httpd = _UnixHTTPServer(str(self.socket_path), RequestHandler)
+        self._httpd.errors = []
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -170,9 +182,14 @@ class FakeControlServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving; raises if a handler raised (a broken test route, not a client's)."""
+        errors: list[str] = []
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            errors = self._httpd.errors
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.socket_path.unlink(missing_ok=True)
+        if errors:
+            raise AssertionError("the fake control server's handler raised:\n" + errors[0])
