@@ -425,6 +425,31 @@ async def test_a_failed_replica_is_skipped_before_anything_is_streamed(
     assert first.healthy
 
 
+async def test_a_connection_dropped_before_any_answer_is_tried_once_more_on_a_new_one(
+    gate: Gate, make_fake_upstream: Callable[..., Awaitable[FakeUpstream]]
+) -> None:
+    # An upstream closes a kept-alive connection when its keep-alive time ends; a request sent
+    # at that moment meets a closed connection before any answer. That is retried once on a
+    # new connection and says nothing about the replica (one replica here: without the retry
+    # the client would get 503 and the replica would be taken out).
+    fake = await make_fake_upstream()
+    client = await gate({"gpu": remote_table(fake)})
+    for stream in (False, True):
+        fake.fail(Fault.DROP, times=1)
+        answer = await client.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+        assert answer.status == 200, await answer.text()
+        assert "echo" in await answer.text()
+    assert fake.paths_seen().count("/v1/chat/completions") == 4  # two dropped, two answered
+    (replica,) = engine_of(client).pool.replicas
+    assert replica.healthy and replica.error is None and replica.failures == 0
+    # Dropped twice in a row is the replica's failure, not a stale connection.
+    fake.fail(Fault.DROP, times=2)
+    answer = await client.post("/v1/chat/completions", json=CHAT)
+    assert answer.status == 503
+    assert (await answer.json())["error"]["code"] == "remote_unavailable"
+    assert not replica.healthy
+
+
 async def test_a_replica_that_refuses_connections_is_taken_out_at_once(
     gate: Gate, make_fake_upstream: Callable[..., Awaitable[FakeUpstream]]
 ) -> None:

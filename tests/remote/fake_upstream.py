@@ -268,6 +268,10 @@ class FakeUpstream:
         if plan.fault is Fault.HANG_BEFORE_HEADERS:
             await self._hang(request)
             raise web.HTTPServiceUnavailable()  # only once the fake closes
+        if plan.fault is Fault.DROP:
+            assert request.transport is not None
+            request.transport.close()
+            raise web.HTTPServiceUnavailable()  # never written: the connection is gone
         if plan.fault is Fault.REDIRECT:
             location = plan.location or f"{self.base_url}/redirected{request.path_qs}"
             return web.Response(status=302, headers={"Location": location})

@@ -52,6 +52,8 @@ class Fault(enum.StrEnum):
     HUGE_LINE = "huge_line"  # a stream chunk (one line) of `size` bytes, then the rest as usual
     HUGE_BODY = "huge_body"  # a non-streaming reply of `size` bytes (a valid completion)
     REDIRECT = "redirect"  # 302 to `location` (default: /redirected/... on this fake)
+    DROP = "drop"  # read the request, close the connection without a byte of answer (what a
+    # client meets when the server's keep-alive time ends as its request goes out)
 
 
 @dataclass
