@@ -153,7 +153,7 @@ async def pump(stream: Stream, generation: Generation, started: float) -> None:
     except asyncio.CancelledError:  # the caller cancelled: the generation still gets its end
         finish = "cancelled"
     finally:
-        await stream.finish()
+        stream.finish()
     if calls.names and finish != "cancelled":
         generation.put(("\n" if generation.output_text else "") + calls.text())
     end = loop.time()

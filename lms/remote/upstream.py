@@ -366,16 +366,23 @@ class Stream:
     def close(self) -> None:
         self.exchange.close()
 
-    async def finish(self) -> None:
-        """Close; a stream that ended at ``[DONE]`` first reads the end of its body (within
-        :data:`DRAIN_BYTES` and :data:`DRAIN_SECONDS`), which returns its connection to the pool
-        for the next request instead of closing it. Upstreams on uvicorn or aiohttp (vLLM,
-        SGLang, lms) keep it; llama-server closes its side after every streamed answer (its
-        HTTP library does, whatever the ``Keep-Alive`` header says), so there each stream costs
-        a connection either way."""
+    def finish(self) -> None:
+        """Close; a stream that ended at ``[DONE]`` hands its connection to a background task
+        that reads the end of its body (within :data:`DRAIN_BYTES` and :data:`DRAIN_SECONDS`)
+        and so returns it to the pool for the next request instead of closing it. The caller
+        does not wait for that: its client's answer and its next request on a kept-alive
+        connection never wait for an upstream slow to end its body. Upstreams on uvicorn or
+        aiohttp (vLLM, SGLang, lms) keep the connection; llama-server closes its side after
+        every streamed answer (its HTTP library does, whatever the ``Keep-Alive`` header says),
+        so there each stream costs a connection either way."""
         if not self._ended or self.exchange.response.closed:
             self.close()
             return
+        task = asyncio.get_running_loop().create_task(self._drain())
+        _DRAINS.add(task)  # referenced until done; cancelled with the loop's other tasks
+        task.add_done_callback(_DRAINS.discard)
+
+    async def _drain(self) -> None:
         content = self.exchange.response.content
         try:
             async with asyncio.timeout(DRAIN_SECONDS):
@@ -389,3 +396,7 @@ class Stream:
             pass
         finally:
             self.close()
+
+
+#: The drains of :meth:`Stream.finish` in progress.
+_DRAINS: set[asyncio.Task[None]] = set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -227,8 +228,32 @@ async def test_a_finished_stream_leaves_its_connection_for_the_next_request(
         response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
         assert response.status == 200
         assert sse_data(await response.text())[-1] == "[DONE]"
+        # The drain runs beside the answer: the next request waits for it here, else it could
+        # start before the connection is back in the pool (and rightly open another).
+        await asyncio.gather(*upstream._DRAINS)
     peers = {r.peer for r in fake.received if r.path == "/v1/chat/completions"}
     assert len(peers) == 1, peers
+
+
+async def test_an_upstream_slow_to_end_its_body_does_not_hold_back_the_answer(
+    gate: Gate,
+    make_fake_upstream: Callable[..., Awaitable[FakeUpstream]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The upstream sends [DONE] and then never ends its body (until it closes); the drain
+    # waits for it as long as it may. Each client's answer still ends, and its next request on
+    # the same kept-alive connection is served: the drain runs beside them, on the pass-through
+    # path and on a translated one. The time limits guard against a hang; they measure nothing.
+    monkeypatch.setattr(upstream, "DRAIN_SECONDS", 600.0)
+    fake = await make_fake_upstream(linger=math.inf)
+    client = await gate({"gpu": remote_table(fake)})
+    passed = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert passed.status == 200
+    assert sse_data(await asyncio.wait_for(passed.text(), 120))[-1] == "[DONE]"
+    translated = await client.post("/v1/messages", json={**CHAT, "max_tokens": 32, "stream": True})
+    assert translated.status == 200
+    text = await asyncio.wait_for(translated.text(), 120)
+    assert "event: message_stop" in text and "echo" in text
 
 
 async def test_usage_an_upstream_does_not_report_is_counted_as_unknown(

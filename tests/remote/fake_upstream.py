@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import shutil
 import ssl
 import tempfile
@@ -93,7 +94,8 @@ class FakeUpstream:
     usage: Literal["openai", "always", "never"] = "openai"
     strict_models: bool = True
     healthy: bool = True
-    #: Seconds between a stream's ``[DONE]`` and the end of its body.
+    #: Seconds between a stream's ``[DONE]`` and the end of its body (``math.inf``: until the
+    #: fake closes).
     linger: float = 0.0
     #: Serve HTTPS with this context (``base_url`` is then ``https://``).
     ssl_context: ssl.SSLContext | None = None
@@ -420,7 +422,10 @@ class FakeUpstream:
                     return response
             await response.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
-        if self.linger:
+        if self.linger == math.inf:
+            assert self._release is not None
+            await self._release.wait()  # the end of the body comes when the fake closes
+        elif self.linger:
             await asyncio.sleep(self.linger)  # the end of the chunked body comes later
         await response.write_eof()
         return response

@@ -100,7 +100,7 @@ async def forward(
                 await events.send(chunk)
             await events.send("[DONE]")
     finally:
-        await answer.finish()
+        answer.finish()
         record_generation(request, *counts)
     return events.response
 
