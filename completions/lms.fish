@@ -398,7 +398,7 @@ complete -c lms -n '__lms_at \'remote add\'' -l ca-file -x -d 'PEM file of the C
 complete -c lms -n '__lms_at \'remote add\'' -l timeout -x -d 'Seconds a whole request may take (default 600).'
 complete -c lms -n '__lms_at \'remote add\'' -l connect-timeout -x -d 'Seconds to connect to the server (default 10).'
 complete -c lms -n '__lms_at \'remote add\'' -l idle-timeout -x -d 'Seconds the server may stay silent mid-answer (default 300).'
-complete -c lms -n '__lms_at \'remote add\'' -l max-concurrent -x -d 'Requests sent to one replica at once; more wait (default 64).'
+complete -c lms -n '__lms_at \'remote add\'' -l max-concurrent -x -d 'Requests sent to one replica at once; more are refused with 503 (default 64).'
 complete -c lms -n '__lms_at \'remote add\'' -l health-path -x -d 'Route asked to check the server\'s health (default /v1/models).'
 complete -c lms -n '__lms_at \'remote add\'' -l replace -d 'Replace a remote of the same name.'
 complete -c lms -n '__lms_at \'remote add\'' -l json -d 'Print one JSON document on stdout.'

@@ -133,7 +133,7 @@ def add(
         typer.Option(
             "--max-concurrent",
             metavar="N",
-            help="Requests sent to one replica at once; more wait (default 64).",
+            help="Requests sent to one replica at once; more are refused with 503 (default 64).",
             show_default=False,
         ),
     ] = None,
@@ -175,14 +175,14 @@ def add(
         table["key_file"] = str(managed_key)
     if ca_file is not None:
         table["ca_file"] = edits.checked_ca_file(ca_file)
-    numbers = {
+    optional = {
         "timeout": timeout,
         "connect_timeout": connect_timeout,
         "idle_timeout": idle_timeout,
         "max_concurrent": max_concurrent,
         "health_path": health_path,
     }
-    table.update({field: value for field, value in numbers.items() if value is not None})
+    table.update({field: value for field, value in optional.items() if value is not None})
     spec = edits.parse(name, table)
     edits.refuse_publisher_clash(name)
     # Refused early, before a key is read; checked again under config.toml's lock below.

@@ -49,9 +49,6 @@ from lms.remoteconfig import KeyFileError, RemoteSpec, key_signature, read_key
 
 log = logging.getLogger("lms.remote")
 
-#: Errors of one exchange that mean "this replica failed; another may not".
-_CONNECTION_ERRORS = CONNECTION_ERRORS
-
 
 class RemoteEngine:
     """The gate's side of one remote engine. Build it, :meth:`start` it, :meth:`close` it."""
@@ -178,7 +175,7 @@ class RemoteEngine:
                     body = await read_bounded(response, MAX_MODEL_LIST_BYTES)
                     ok = 200 <= response.status < 300
                     reason = None if ok else f"health check answered HTTP {response.status}"
-            except (LmsError, TimeoutError, *_CONNECTION_ERRORS) as exc:
+            except (LmsError, TimeoutError, *CONNECTION_ERRORS) as exc:
                 ok, body = False, b""
                 reason = f"health check failed: {connection_error(exc)}"
             if ok and not replica.healthy:
@@ -215,7 +212,7 @@ class RemoteEngine:
                 ) as response:
                     if response.status == 200:
                         return await read_bounded(response, MAX_MODEL_LIST_BYTES)
-            except (LmsError, TimeoutError, *_CONNECTION_ERRORS):
+            except (LmsError, TimeoutError, *CONNECTION_ERRORS):
                 continue
         return None  # keep the last list: requests then get 503, not 404
 
@@ -260,7 +257,7 @@ class RemoteEngine:
             except TimeoutError as exc:
                 exchange.close()
                 raise timed_out(exc) from None
-            except (UpstreamError, *_CONNECTION_ERRORS) as exc:
+            except (UpstreamError, *CONNECTION_ERRORS) as exc:
                 exchange.close()
                 reason = str(exc) if isinstance(exc, LmsError) else connection_error(exc)
                 exchange.replica.failed(reason, at_once=True)
@@ -293,7 +290,7 @@ class RemoteEngine:
                 replica.in_flight -= 1
                 replica.failed(connection_error(exc), at_once=False)
                 raise timed_out(exc) from None
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 replica.in_flight -= 1
                 reason = connection_error(exc)
                 replica.failed(reason, at_once=True)
@@ -311,7 +308,7 @@ class RemoteEngine:
                 return exchange
             try:
                 raw = await read_bounded(response, MAX_ERROR_BYTES)
-            except (LmsError, TimeoutError, *_CONNECTION_ERRORS):
+            except (LmsError, TimeoutError, *CONNECTION_ERRORS):
                 raw = b""
             finally:
                 exchange.close()
@@ -322,13 +319,15 @@ class RemoteEngine:
             last = error
 
     async def _post(self, url: str, data: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        """POST, once more on a fresh connection when a kept-alive one turns out closed.
+        """POST, once more when the connection closes before any answer.
 
         An upstream closes an idle connection when its keep-alive time ends (llama-server and
         uvicorn after 5 s); a request sent on it at that moment meets a closed connection
-        before any answer. That says nothing about the replica: the request is sent again, once,
-        on a new connection (nothing has reached the client; the upstream saw no request or
-        dropped it)."""
+        before any answer. That says nothing about the replica: the request is sent again, once
+        (aiohttp then connects anew: a closed connection never returns to its pool). Which
+        connection it was is not known here, so a new connection closed at once gets the same
+        second try; a second close is the replica's failure (the caller's). Nothing has reached
+        the client either way."""
         post = functools.partial(
             self.session.post, url, data=data, headers=headers, allow_redirects=False
         )

@@ -162,19 +162,11 @@ async def predict(channel: Channel, parameter: Any) -> None:
         {
             "type": "success",
             "stats": stats(result, stop_reason(result, run.params, calls)),
-            **_model_records(instance),
+            "modelInfo": records.instance_info(instance),
+            "loadModelConfig": records.load_config(instance),
             "predictionConfig": {"fields": settings.echo},
         }
     )
-
-
-def _model_records(instance: Instance | RemoteModel) -> dict[str, Any]:
-    """``modelInfo`` and ``loadModelConfig`` of a ``predict``'s ``success``."""
-    if isinstance(instance, RemoteModel):
-        info, config = records.remote_instance_info(instance), records.remote_load_config(instance)
-    else:
-        info, config = records.instance_info(instance), records.load_config(instance)
-    return {"modelInfo": info, "loadModelConfig": config}
 
 
 async def _template_text(

@@ -243,13 +243,7 @@ async def loading(
 async def list_loaded(call: Call, parameter: Any) -> list[dict[str, Any]]:
     kind = kind_of(call)
     local = [records.instance_info(i) for i in loaded(call, kind) if call.allows(i.model.key)]
-    return local + [records.remote_instance_info(m) for m in remotes.visible(call)]
-
-
-def _info(instance: Instance | RemoteModel) -> dict[str, Any]:
-    if isinstance(instance, RemoteModel):
-        return records.remote_instance_info(instance)
-    return records.instance_info(instance)
+    return local + [records.instance_info(m) for m in remotes.visible(call)]
 
 
 async def get_model_info(call: Call, parameter: Any) -> dict[str, Any] | None:
@@ -260,7 +254,7 @@ async def get_model_info(call: Call, parameter: Any) -> dict[str, Any] | None:
             return None
         query = (parameter.get("specifier") or {}).get("query") or {}
         raise wire.no_model_matching(query, visible(call, kind_of(call)))
-    return _info(instance)
+    return records.instance_info(instance)
 
 
 async def get_load_config(call: Call, parameter: Any) -> dict[str, Any]:
@@ -268,8 +262,6 @@ async def get_load_config(call: Call, parameter: Any) -> dict[str, Any]:
     if instance is None:
         query = (parameter.get("specifier") or {}).get("query") or {}
         raise wire.no_model_matching(query, visible(call, kind_of(call)))
-    if isinstance(instance, RemoteModel):
-        return records.remote_load_config(instance)
     return records.load_config(instance)
 
 
@@ -291,7 +283,7 @@ async def get_or_load(channel: Channel, parameter: Any) -> None:
     if remote is not None:  # ready upstream: the TTL does not apply, a context length cannot
         if context_length is not None:
             raise unsupported("A context length", remote.key, param="contextLength")
-        info = records.remote_instance_info(remote)
+        info = records.instance_info(remote)
         await channel.finish({"type": "alreadyLoaded", "info": info})
         return
     choice = await choose(channel, kind, {"identifier": name})

@@ -54,8 +54,11 @@ def instance_reference(instance: Instance) -> str:
     return f"{instance.identifier}#{int(instance.loaded_at * 1_000_000):x}"
 
 
-def instance_info(instance: Instance) -> dict[str, Any]:
-    """``LlmInstanceInfo`` or ``EmbeddingModelInstanceInfo`` of a loaded instance."""
+def instance_info(instance: Instance | RemoteModel) -> dict[str, Any]:
+    """``LlmInstanceInfo`` or ``EmbeddingModelInstanceInfo`` of a loaded instance (or of a
+    remote model, always loaded)."""
+    if isinstance(instance, RemoteModel):
+        return _remote_instance_info(instance)
     return {
         **model_info(instance.model, instance.type),
         "identifier": instance.identifier,
@@ -87,7 +90,7 @@ def remote_model_info(model: RemoteModel) -> dict[str, Any]:
     }
 
 
-def remote_instance_info(model: RemoteModel) -> dict[str, Any]:
+def _remote_instance_info(model: RemoteModel) -> dict[str, Any]:
     """``LlmInstanceInfo`` of a remote model: always "loaded" (its upstream keeps it ready),
     identified by its key."""
     return {
@@ -98,14 +101,16 @@ def remote_instance_info(model: RemoteModel) -> dict[str, Any]:
     }
 
 
-def remote_load_config(model: RemoteModel) -> dict[str, Any]:
+def _remote_load_config(model: RemoteModel) -> dict[str, Any]:
     """A remote model's load settings: its context length (what the upstream says, else
     :data:`lms.remote.models.DEFAULT_CONTEXT_LENGTH`)."""
     return {"fields": [{"key": "llm.load.contextLength", "value": int(model.context_length)}]}
 
 
-def load_config(instance: Instance) -> dict[str, Any]:
+def load_config(instance: Instance | RemoteModel) -> dict[str, Any]:
     """The instance's load settings as a KV config (``getLoadConfig``, ``loadModelConfig``)."""
+    if isinstance(instance, RemoteModel):
+        return _remote_load_config(instance)
     backend = instance.backend
     if isinstance(backend, Embedder):
         return {"fields": [{"key": "embedding.load.contextLength", "value": backend.n_ctx}]}

@@ -18,7 +18,7 @@ from typing import Any
 from lms.api.sdk import records, wire
 from lms.api.sdk.calls import Call
 from lms.api.state import REMOTES
-from lms.errors import InstanceNotFoundError, ModelNotFoundError, RemoteUnsupportedError
+from lms.errors import InstanceNotFoundError, ModelNotFoundError
 from lms.remote.models import RemoteModel, unsupported
 
 
@@ -39,12 +39,7 @@ def named(call: Call, name: str) -> RemoteModel | None:
         found = call.app[REMOTES].resolve(name, call.allows, lambda: call.hidden(name))
     except ModelNotFoundError:
         raise wire.path_not_found(name, [model.key for model in visible(call)]) from None
-    if found is None:
-        return None
-    call.check_model(found.key)
-    if call.namespace == "embedding":
-        raise _no_embedding(found)
-    return found
+    return None if found is None else _usable(call, found)
 
 
 def queried(call: Call, query: dict[str, Any], *, any_loaded: bool) -> RemoteModel | None:
@@ -69,10 +64,7 @@ def referenced(call: Call, reference: str, param: str) -> RemoteModel | None:
     key = reference.removeprefix(records.REMOTE_REFERENCE)
     found = call.app[REMOTES].find(key)
     if found is not None and call.allows(found.key):
-        call.check_model(found.key)
-        if call.namespace == "embedding":
-            raise _no_embedding(found)
-        return found
+        return _usable(call, found)
     if found is not None:
         call.hidden(key)
     raise InstanceNotFoundError(
@@ -80,7 +72,12 @@ def referenced(call: Call, reference: str, param: str) -> RemoteModel | None:
     )
 
 
-def _no_embedding(model: RemoteModel) -> RemoteUnsupportedError:
-    err = unsupported("Embedding through the SDK", model.key)
-    err.hint = "embed with POST /v1/embeddings, which passes the request to the remote engine"
-    return err
+def _usable(call: Call, model: RemoteModel) -> RemoteModel:
+    """``model``, found and allowed: checked as the gate checks any model (rate limits, audit);
+    on ``/embedding`` it is ``remote_unsupported``."""
+    call.check_model(model.key)
+    if call.namespace == "embedding":
+        err = unsupported("Embedding through the SDK", model.key)
+        err.hint = "embed with POST /v1/embeddings, which passes the request to the remote engine"
+        raise err
+    return model
