@@ -41,6 +41,21 @@ def registry_file_of(settings: Settings) -> Path:
         raise ConfigBrokenError(f"auth.registry_file: {exc}") from None
 
 
+def registry_locator(watcher: ConfigWatcher) -> Callable[[], Path]:
+    """The registry ``watcher``'s config.toml names now, for a check on every request: worked
+    out again only when the file's settings change (ConfigBrokenError while it is broken)."""
+    last: tuple[Settings, Path] | None = None
+
+    def locate() -> Path:
+        nonlocal last
+        settings = watcher.current()
+        if last is None or last[0] is not settings:
+            last = (settings, registry_file_of(settings))
+        return last[1]
+
+    return locate
+
+
 def current_registry_file() -> Path:
     """The token registry in force for this process: config.toml's ``auth.registry_file`` (a
     security setting: the environment cannot move it). ConfigBrokenError while config.toml is

@@ -275,8 +275,7 @@ def _locator(path: Path | Callable[[], Path] | None) -> Callable[[], Path]:
         return lambda: fixed
     if path is not None:
         return path
-    watcher = config.ConfigWatcher({})  # security settings come from the file alone
-    return lambda: config.registry_file_of(watcher.current())
+    return config.registry_locator(config.ConfigWatcher({}))  # security: the file alone
 
 
 def _invalid(token_id: str, reason: str) -> InvalidApiKeyError:

@@ -71,7 +71,7 @@ class Daemon:
         self.remotes = Remotes(self.config.current, lambda: publishers_in(self.models_dir()))
         # The registry config.toml names now (auth.registry_file), followed on every check.
         self.guard = AuthGuard(
-            verifier=TokenVerifier(lambda: config.registry_file_of(self.config.current()))
+            verifier=TokenVerifier(config.registry_locator(self.config))
         )
         self.socket_path = paths.socket_path()
         self.started_at = time.time()

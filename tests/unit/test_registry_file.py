@@ -181,7 +181,7 @@ def test_the_daemons_verifier_reads_its_config_watcher(tmp_path: Path) -> None:
     shared = tmp_path / "shared.toml"
     _, token = Registry(shared).create("a")
     watcher = config.ConfigWatcher({})
-    verifier = TokenVerifier(lambda: config.registry_file_of(watcher.current()))
+    verifier = TokenVerifier(config.registry_locator(watcher))  # as the daemon builds it
     with pytest.raises(InvalidApiKeyError):
         verifier.authenticate(token)
     point_at(shared)
