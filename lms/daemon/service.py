@@ -70,9 +70,7 @@ class Daemon:
         )
         self.remotes = Remotes(self.config.current, lambda: publishers_in(self.models_dir()))
         # The registry config.toml names now (auth.registry_file), followed on every check.
-        self.guard = AuthGuard(
-            verifier=TokenVerifier(config.registry_locator(self.config))
-        )
+        self.guard = AuthGuard(verifier=TokenVerifier(config.registry_locator(self.config)))
         self.socket_path = paths.socket_path()
         self.started_at = time.time()
         self._stop = asyncio.Event()
